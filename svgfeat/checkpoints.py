@@ -1,0 +1,223 @@
+"""The one place that reads and writes weight files.
+
+Readers: Meta DINOv3 ``.pth``, timm/HF ``.safetensors``, official SVG Lightning ``.ckpt`` (+ YAML),
+official DiT ``.pt`` (``{"ema": ...}``) and svgfeat's own safetensors + JSON config. Every pickle is
+read with ``torch.load(weights_only=True)``; a file that tries to run code is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError, ConfigError
+
+CONFIG_KEY = "svgfeat_config"  # safetensors metadata key holding the JSON config
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file (memoised on path, size and mtime)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def _check_exists(path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"weight file not found: {p}")
+    if p.is_dir():
+        raise CheckpointError(f"expected a weight file, got a directory: {p}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"weight file is empty (0 bytes): {p}")
+    return p
+
+
+def load_file(path) -> dict:
+    """Read a weight file into a dict (tensors and plain containers). Never executes pickled code."""
+    p = _check_exists(path)
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as st_load
+
+        try:
+            return st_load(str(p))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{p.name}: not a valid safetensors file (truncated or corrupt?): {e}") from None
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e).splitlines()[0] if str(e) else "unsupported pickle content"
+        if "Weights only load failed" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
+            raise CheckpointError(
+                f"{p.name}: refused to load: the file contains pickled objects that are not plain tensors "
+                f"(it could execute code). svgfeat only loads weights with weights_only=True. ({msg})") from None
+        raise CheckpointError(f"{p.name}: corrupt or truncated pickle: {msg}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{p.name}: cannot read weight file (truncated or corrupt?): {first}") from None
+
+
+def read_safetensors_config(path) -> dict | None:
+    """The JSON config stored in a svgfeat safetensors file's metadata (None if absent)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises several types for a corrupt header
+        raise CheckpointError(f"{Path(path).name}: not a valid safetensors file: {e}") from None
+    return json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
+
+
+def save_safetensors(path, state_dict: dict, config: dict | None = None, sidecar_json: bool = True) -> Path:
+    """Write ``state_dict`` (+ JSON ``config`` in the metadata and beside it) atomically."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    meta = {CONFIG_KEY: json.dumps(config, sort_keys=True)} if config is not None else None
+    tmp = p.with_name(p.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, p)
+    if config is not None and sidecar_json:
+        p.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    return p
+
+
+def load_yaml(path) -> dict:
+    import yaml
+
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read YAML config {path}: {e}") from None
+
+
+# ----------------------------------------------------------------------------- state-dict helpers
+def strip_prefix(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _fmt_keys(keys, n=8) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_strict(module: torch.nn.Module, sd: dict, what: str, source: str = "") -> None:
+    """Load ``sd`` into ``module``; any missing/unexpected key or shape mismatch raises one readable error."""
+    own = module.state_dict()
+    check_state(own, sd, what, source)
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def check_state(own: dict, sd: dict, what: str, source: str = "") -> None:
+    """Compare a state dict ``sd`` against the expected ``own`` (key -> tensor); raise on any difference."""
+    missing = set(own) - set(sd)
+    unexpected = set(sd) - set(own)
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in set(own) & set(sd) if tuple(sd[k].shape) != tuple(own[k].shape)]
+    where = f" in {source}" if source else ""
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_fmt_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_fmt_keys(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {'; '.join(sorted(shapes)[:4])}")
+    if problems:
+        raise CheckpointError(f"{what} weights{where} do not fit the model (wrong architecture or config?): "
+                              + " | ".join(problems))
+
+
+# ----------------------------------------------------------------------------- official SVG checkpoints
+SVG_SKIPPED_PREFIXES = ("loss.", "norm_vit.")  # training-only / unused by the official model
+SVG_PARTS = ("encoder.", "extra_vit.", "decoder.")
+
+
+def split_svg_state(sd: dict, source: str = "") -> dict:
+    """Split an official SVG autoencoder state dict into parts.
+
+    Returns {"encoder": Meta-layout DINOv3 keys or {}, "extra_vit": ..., "decoder": ..., "mask_token":
+    tensor or None}. ``loss.*`` and ``norm_vit.*`` are skipped explicitly; anything else is an error.
+    """
+    if "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    parts = {name[:-1]: strip_prefix(sd, name) for name in SVG_PARTS}
+    known = {k for k in sd if k.startswith(SVG_PARTS + SVG_SKIPPED_PREFIXES) or k == "mask_token"}
+    unknown = set(sd) - known
+    if unknown:
+        raise CheckpointError(f"unexpected keys in SVG checkpoint {source}: {_fmt_keys(unknown)}")
+    if not parts["extra_vit"] and not parts["decoder"]:
+        raise CheckpointError(f"{source or 'file'} is not an SVG autoencoder checkpoint "
+                              "(no 'extra_vit.*' or 'decoder.*' keys)")
+    parts["mask_token"] = sd.get("mask_token")
+    return parts
+
+
+def svg_config_from_yaml(cfg: dict) -> dict:
+    """Pick the parts of an official AE YAML that define the model (ddconfig, extra_vit_config, dino name)."""
+    params = cfg.get("model", {}).get("params", cfg.get("params", cfg))
+    out = {}
+    if params.get("ddconfig"):
+        out["ddconfig"] = dict(params["ddconfig"])
+    if params.get("extra_vit_config"):
+        out["extra_vit_config"] = dict(params["extra_vit_config"])
+    dc = params.get("dinoconfig") or {}
+    if dc.get("model_name"):
+        out["dino_model_name"] = dc["model_name"]
+    if not out:
+        raise ConfigError("YAML has no model.params.ddconfig / extra_vit_config: not an official SVG AE config")
+    return out
+
+
+def infer_ddconfig(decoder_sd: dict) -> dict:
+    """Recover the decoder's ddconfig from the shapes of its weights (for YAML-less loading)."""
+    try:
+        z = decoder_sd["conv_in.weight"].shape[1]
+        ch = decoder_sd["conv_out.weight"].shape[1]
+        levels = sorted({int(k.split(".")[1]) for k in decoder_sd if k.startswith("up.")})
+        n = len(levels)
+        ch_mult = [decoder_sd[f"up.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(n)]
+        nrb = len({k.split(".")[3] for k in decoder_sd if k.startswith("up.0.block.")}) - 1
+        attn_levels = sorted({int(k.split(".")[1]) for k in decoder_sd if ".attn." in k and k.startswith("up.")})
+        out_ch = decoder_sd["conv_out.weight"].shape[0]
+    except (KeyError, IndexError) as e:
+        raise CheckpointError(f"cannot infer the decoder config from its weights (missing {e}); pass the YAML") from None
+    resolution = 256
+    base = resolution // 2 ** (n - 1)
+    attn_res = [base * 2 ** (n - 1 - i) for i in attn_levels]
+    return dict(z_channels=z, ch=ch, ch_mult=ch_mult, num_res_blocks=nrb, attn_resolutions=attn_res,
+                resolution=resolution, in_channels=3, out_ch=out_ch, dropout=0.0)
+
+
+def infer_residual_config(res_sd: dict) -> dict:
+    """Recover the residual ViT config (depth, width, mlp, out dim, grid) from its weights."""
+    try:
+        dim = res_sd["class_token"].shape[-1]
+        depth = len({k.split(".")[2] for k in res_sd if k.startswith("encoder.layers.")})
+        mlp = res_sd["encoder.layers.encoder_layer_0.mlp.0.weight"].shape[0]
+        out_dim = res_sd["heads.2.weight"].shape[0]
+        patch = res_sd["conv_proj.weight"].shape[-1]
+        seq = res_sd["encoder.pos_embedding"].shape[1] - 1
+    except KeyError as e:
+        raise CheckpointError(f"residual encoder weights lack {e}; not an SVG 'extra_vit' state dict") from None
+    grid = int(round(seq ** 0.5))
+    return dict(image_size=grid * patch, patch_size=patch, depth=depth, dim=dim, mlp_dim=mlp, out_dim=out_dim)

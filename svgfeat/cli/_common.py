@@ -1,0 +1,42 @@
+"""Options shared by several commands (weights, device) and small helpers."""
+
+from __future__ import annotations
+
+import click
+
+dinov3_option = click.option(
+    "--dinov3", "dinov3", type=click.Path(dir_okay=False), default=None,
+    help="DINOv3 weights (Meta .pth, timm .safetensors or 'hf' for the Hugging Face cache).",
+)
+svg_option = click.option(
+    "--svg", "svg", type=click.Path(dir_okay=False), default=None,
+    help="SVG autoencoder checkpoint (official Lightning .ckpt or svgfeat .safetensors). Omit for DINOv3 only.",
+)
+svg_config_option = click.option(
+    "--svg-config", "svg_config", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="Official YAML config of the SVG checkpoint (needed for .ckpt files whose decoder is not the default).",
+)
+model_option = click.option(
+    "--model", "model", default=None,
+    help="Registered model name (see `svgfeat doctor`); test_* variants run with random weights.",
+)
+alignment_option = click.option(
+    "--alignment", type=click.Choice(["batch", "fixed"]), default="batch", show_default=True,
+    help="Residual alignment: batch statistics (official) or frozen statistics.",
+)
+device_option = click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+
+
+def encoder_options(f):
+    """Decorator adding --dinov3/--svg/--svg-config/--model/--alignment/--device."""
+    for opt in reversed([dinov3_option, svg_option, svg_config_option, model_option, alignment_option, device_option]):
+        f = opt(f)
+    return f
+
+
+def build_encoder(dinov3, svg, svg_config, model, alignment, device):
+    """Build an SVGEncoder from CLI options (thin wrapper over :func:`svgfeat.load_encoder`)."""
+    from ..models.svg import load_encoder
+
+    return load_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model,
+                        alignment=alignment, device=device)
