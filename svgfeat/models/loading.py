@@ -89,9 +89,7 @@ def build_encoder(dinov3=None, svg=None, svg_config=None, alignment="batch", dev
     if own_sd is not None:
         config = own_cfg
     elif model is not None:
-        from .registry import create_model
-
-        config = create_model(model).config
+        config = None  # built from the registry below
     else:
         if dino_sd is not None:
             variant = infer_dino_variant(dino_sd, str(dinov3 or svg))
@@ -111,8 +109,14 @@ def build_encoder(dinov3=None, svg=None, svg_config=None, alignment="batch", dev
                                  residual=True, decoder=True, mask_ratio=mask_ratio)
             config["residual"] = {**config["residual"], **res}
             config["decoder"] = {k: dd[k] for k in DD_KEYS if k in dd}
-    config = dict(config, alignment=alignment)
-    enc = SVGEncoder(config)
+    if model is not None and own_sd is None:
+        from .registry import create_model
+
+        enc = create_model(model)  # registered (seeded) init; weights below override it
+        if enc.align is not None:
+            enc.set_alignment(alignment)
+    else:
+        enc = SVGEncoder(dict(config, alignment=alignment))
 
     # ---- weights
     if own_sd is not None:

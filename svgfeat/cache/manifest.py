@@ -1,0 +1,76 @@
+"""Cache manifest: provenance, layout and completeness of a feature cache directory.
+
+Layout of a cache directory::
+
+    manifest.json            # this manifest (written atomically; "complete": true at the end)
+    shard-00000.safetensors  # groups of rows [items of shard 0]
+    shard-00000.json         # that shard's sample index (paths, labels, item/view ids) + failures + sha256
+    stats.json               # optional: per-channel statistics (svgfeat stats)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .._version import __version__
+from ..errors import CacheError
+
+FORMAT = "svgfeat-cache"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.safetensors"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_manifest(root) -> dict:
+    p = Path(root) / MANIFEST
+    if not p.exists():
+        raise CacheError(f"{root} is not a feature cache (no {MANIFEST})")
+    try:
+        m = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CacheError(f"{p}: corrupt manifest: {e}") from None
+    if m.get("format") != FORMAT:
+        raise CacheError(f"{p}: not an svgfeat cache manifest (format={m.get('format')!r})")
+    if m.get("format_version", 0) > FORMAT_VERSION:
+        raise CacheError(f"{root}: cache format {m['format_version']} is newer than this svgfeat "
+                         f"({__version__}) supports ({FORMAT_VERSION}); upgrade svgfeat")
+    return m
+
+
+# fields that must agree between a request and an existing cache
+REQUEST_FIELDS = ("encoder", "transform", "groups", "dtype", "views", "dataset_fingerprint", "shard_size")
+ENCODER_FIELDS = ("model", "dinov3_sha256", "svg_sha256", "alignment", "fixed_stats", "latent_channels")
+
+
+def _diff(a, b, prefix=""):
+    out = []
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        out.append(f"{prefix.rstrip('.')}: cache has {a!r}, requested {b!r}")
+    return out
+
+
+def request_diff(existing: dict, request: dict) -> list[str]:
+    """Human-readable differences between an existing cache's request block and a new one."""
+    return _diff({k: existing.get(k) for k in REQUEST_FIELDS}, {k: request.get(k) for k in REQUEST_FIELDS})
+
+
+def check_compatible(spec_a: dict, spec_b: dict, what: str = "encoder") -> None:
+    """Raise CacheError naming the differing fields of two encoder specs (model, weight hashes, alignment)."""
+    diffs = _diff({k: spec_a.get(k) for k in ENCODER_FIELDS}, {k: spec_b.get(k) for k in ENCODER_FIELDS})
+    if diffs:
+        raise CacheError(f"{what} mismatch: " + "; ".join(diffs))

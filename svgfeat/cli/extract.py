@@ -1,0 +1,49 @@
+"""`svgfeat extract DATA -o CACHE ...`: dataset -> encoder -> feature cache."""
+
+import sys
+
+import click
+
+from ._common import encoder_options
+
+
+@click.command()
+@click.argument("data")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Cache directory.")
+@encoder_options
+@click.option("--groups", default="latent,cls,pooled", show_default=True,
+              help="Comma-separated groups: dino,residual,latent,cls,registers,pooled,residual_raw,cls_l<i>,"
+                   "pooled_l<i>,dino_l<i>.")
+@click.option("--size", default=256, show_default=True, type=int)
+@click.option("--preset", default="svg", show_default=True,
+              type=click.Choice(["svg", "center-crop", "resize", "none"]))
+@click.option("--dtype", default="fp16", show_default=True, type=click.Choice(["fp16", "bf16", "fp32"]))
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--shard-size", default=1024, show_default=True, type=int, help="Images per shard.")
+@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes.")
+@click.option("--limit", default=None, type=int, help="Only the first N items.")
+@click.option("--views", default=1, show_default=True, type=int, help="Views per image (1 plain, 2 +flip, >2 +crops).")
+@click.option("--labels", "label_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Label file for a flat folder (filename label per line).")
+@click.option("--overwrite", is_flag=True, help="Replace a cache that holds a different extraction.")
+def extract(data, out, dinov3, svg, svg_config, model, alignment, device, groups, size, preset, dtype,
+            batch_size, shard_size, workers, limit, views, label_file, overwrite):
+    """Extract SVG features of DATA (folder, file list or sample:...) into the cache OUT (resumable)."""
+    from ..data import open_dataset
+    from ..extract import extract as run
+
+    ds = open_dataset(data, labels=label_file)
+    cache = run(ds, out, dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, groups=groups, size=size,
+                preset=preset, dtype=dtype, alignment=alignment, batch_size=batch_size, shard_size=shard_size,
+                workers=workers, device=device, limit=limit, views=views, overwrite=overwrite)
+    fails = cache.failures
+    click.echo(f"cache {cache.root}: {len(cache)} rows, groups {', '.join(sorted(cache.groups))}")
+    if fails:
+        reasons = {}
+        for _, r in fails:
+            reasons[r.split(":")[0]] = reasons.get(r.split(":")[0], 0) + 1
+        click.echo(f"{len(fails)} file(s) failed: " + ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items())),
+                   err=True)
+        for p, r in fails[:20]:
+            click.echo(f"  {p}: {r}", err=True)
+        sys.exit(1)
