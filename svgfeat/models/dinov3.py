@@ -7,7 +7,6 @@ by ~0.5 against Meta's model). Key conversion Meta -> timm is timm's ``checkpoin
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -131,7 +130,7 @@ def timm_to_meta(sd: dict, num_heads: int) -> dict:
             base = k[: -len(".q_bias")]
             out[base + ".qkv.bias"] = torch.cat([v, torch.zeros_like(v), vb])
             out[base + ".qkv.bias_mask"] = torch.cat(
-                [torch.ones(dim), torch.zeros(dim), torch.ones(dim)]).to(torch.float32)
+                [torch.ones(dim), torch.zeros(dim), torch.ones(dim)]).to(device=v.device, dtype=torch.float32)
             continue
         if k.endswith(".v_bias"):
             continue
@@ -139,10 +138,8 @@ def timm_to_meta(sd: dict, num_heads: int) -> dict:
               .replace("mlp.fc1_g", "mlp.w1").replace("mlp.fc1_x", "mlp.w2").replace("mlp.fc2", "mlp.w3"))
         out[nk] = v
     head_dim = dim // num_heads
-    out["rope_embed.periods"] = dinov3_rope_periods(head_dim)
-    out["mask_token"] = torch.zeros(1, dim, dtype=sd["cls_token"].dtype)
+    dev = sd["cls_token"].device
+    out["rope_embed.periods"] = dinov3_rope_periods(head_dim).to(dev)
+    out["mask_token"] = torch.zeros(1, dim, dtype=sd["cls_token"].dtype, device=dev)
     return out
 
-
-def _check_periods(head_dim: int) -> bool:  # pragma: no cover - documentation helper
-    return math.isclose(float(dinov3_rope_periods(head_dim)[-1]), 100 ** (2 * (head_dim // 4 - 1) / (head_dim // 2)))

@@ -170,9 +170,10 @@ def official_state_dict(enc: SVGEncoder, include_encoder: bool = True) -> dict:
         sd.update({f"encoder.{k}": v for k, v in timm_to_meta(enc.backbone.model.state_dict(), heads).items()})
     sd.update({f"extra_vit.{k}": v for k, v in enc.residual.state_dict().items()})
     n = enc.residual_channels + 32  # the official (unused) LayerNorm(output_dim + embed_dim=32)
-    sd["norm_vit.weight"], sd["norm_vit.bias"] = torch.ones(n), torch.zeros(n)
+    dev = enc.decoder.conv_out.weight.device
+    sd["norm_vit.weight"], sd["norm_vit.bias"] = torch.ones(n, device=dev), torch.zeros(n, device=dev)
     sd.update({f"decoder.{k}": v for k, v in enc.decoder.state_dict().items()})
-    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    return {k: v.detach() if v.is_meta else v.detach().cpu().contiguous() for k, v in sd.items()}
 
 
 def export_official(enc: SVGEncoder, path, include_encoder: bool = True) -> tuple[Path, Path]:

@@ -1,0 +1,55 @@
+"""Shared fixtures: the golden directory, real sample images, tiny encoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+
+
+def golden_path(name: str) -> Path:
+    p = GOLDEN / name
+    if not p.exists():
+        pytest.skip(f"golden fixture {p} is absent (../shared/golden is provided in CI and dev sessions)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def golden():
+    return golden_path
+
+
+@pytest.fixture(scope="session")
+def golden_encoder():
+    """The full-size SVG encoder with the golden random weights (batch alignment)."""
+    import svgfeat
+
+    return svgfeat.load_encoder(dinov3=golden_path("dinov3_vits16plus_random.pth"),
+                                svg=golden_path("svg_ae_shared.ckpt"), svg_config=golden_path("svg_ae_shared.yaml"))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    import svgfeat
+
+    return svgfeat.create_model("test_tiny")
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Real photographs (scikit-image), uint8 HWC."""
+    import skimage.data
+
+    return [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket()]
+
+
+def normalise(images_uint8: np.ndarray):
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x - mean) / std
