@@ -66,17 +66,32 @@ def validate_groups(groups, enc=None) -> list[str]:
 class _Items(torch.utils.data.Dataset):
     """Items [start, end) of a dataset -> (item, views [K,3,S,S] or None, failure reason or None)."""
 
-    def __init__(self, ds, start, end, transform, views, view_seed):
+    def __init__(self, ds, start, end, transform, views, view_seed, draft=None):
         self.ds, self.start, self.end = ds, start, end
-        self.transform, self.views, self.view_seed = transform, views, view_seed
+        self.transform, self.views, self.view_seed, self.draft = transform, views, view_seed, draft
 
     def __len__(self):
         return self.end - self.start
 
     def __getitem__(self, k):
         i = self.start + k
+        if self.draft == "bytes":  # device decoding: only read the file here
+            from .data.gpu_decode import is_jpeg, read_bytes
+
+            try:
+                blob = read_bytes(self.ds.abspath(i))
+            except OSError as e:
+                return i, None, f"unreadable: {e}"
+            if blob.numel() == 0:
+                return i, None, "empty-file"
+            if is_jpeg(blob):
+                return i, blob, None
+        return self._decode(i)
+
+    def _decode(self, i):
+        draft = self.draft if isinstance(self.draft, int) else None
         try:
-            img = self.ds.load(i)
+            img = self.ds.load(i, draft=draft) if draft else self.ds.load(i)
             x = torch.stack([make_view(img, self.transform, v, self.view_seed, i) for v in range(self.views)])
             return i, x, None
         except DecodeError as e:
@@ -108,18 +123,19 @@ def _barrier(world):
 class _Encoding:
     """Runs the encoder on batches and returns the requested groups on CPU in the cache dtype."""
 
-    def __init__(self, enc, groups, dtype, device):
+    def __init__(self, enc, groups, dtype, device, autocast: bool = True):
         self.enc, self.groups, self.dtype = enc, groups, DTYPES[dtype]
         self.device = torch.device(device)
         self.layers = layers_needed(groups)
         self.cuda = self.device.type == "cuda"
+        self.autocast = self.cuda and autocast
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = x.to(self.device, non_blocking=True)
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             f = self.enc.encode(x, layers=self.layers or None)
             out = {}
             for g in self.groups:
@@ -174,13 +190,16 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
             groups=DEFAULT_GROUPS, size: int = 256, preset: str = "svg", dtype: str = "fp16",
             alignment: str = "batch", batch_size: int = 64, shard_size: int = 1024, workers: int = 0,
             device="cpu", limit: int | None = None, views: int = 1, view_seed: int = 0,
-            fixed_stats_limit: int | None = None, overwrite: bool = False, progress: bool = True):
+            fixed_stats_limit: int | None = None, overwrite: bool = False, progress: bool = True,
+            fast_jpeg: bool = False, gpu_decode: bool = False, autocast: bool = True):
     """Extract features of ``data`` (a dataset spec or Dataset) into the cache directory ``out``.
 
     Returns the opened :class:`~svgfeat.cache.FeatureCache`. A complete cache made with the same
     encoder weights, transform, groups, dtype, views and file list is reused without running the
     encoder; an incomplete one is resumed; a mismatched one is refused (CacheError names the difference)
-    unless ``overwrite``.
+    unless ``overwrite``. ``fast_jpeg`` decodes JPEGs at reduced DCT scale (faster, approximate; recorded
+    in the manifest's transform). ``gpu_decode`` decodes/resizes JPEG batches on ``device`` (nvJPEG on
+    CUDA); views must then be 1. ``autocast``: bf16 autocast on CUDA (ignored on CPU).
     """
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
@@ -194,7 +213,10 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
     transform = Transform(preset, size)
     groups = validate_groups(groups)
     fingerprint = ds.fingerprint() if n_items == len(ds) else f"{ds.fingerprint()}[:{n_items}]"
-    request = {"transform": transform.spec(), "groups": None, "dtype": dtype, "views": views,
+    if gpu_decode and views != 1:
+        raise ConfigError("gpu_decode supports views=1 only")
+    tspec = dict(transform.spec(), fast_jpeg=bool(fast_jpeg), decoder="device" if gpu_decode else "pil")
+    request = {"transform": tspec, "groups": None, "dtype": dtype, "views": views,
                "dataset_fingerprint": fingerprint, "shard_size": shard_size, "alignment": alignment}
 
     if encoder is None and not overwrite:
@@ -259,14 +281,15 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
         write_json_atomic(out / MANIFEST, manifest)
     _barrier(world)
 
-    encode = _Encoding(enc, groups, dtype, device)
+    encode = _Encoding(enc, groups, dtype, device, autocast)
     mine = [s for s in range(num_shards) if s % world == rank]
     todo = [s for s in mine if not _shard_done(out, s)]
     bar = _bar(sum(min(shard_size, n_items - s * shard_size) for s in todo), "extract", progress and rank == 0)
     t0 = time.time()
     for s in todo:
         _write_one_shard(out, s, ds, s * shard_size, min((s + 1) * shard_size, n_items), transform, views,
-                         view_seed, batch_size, workers, device, encode, bar)
+                         view_seed, batch_size, workers, device, encode, bar,
+                         "bytes" if gpu_decode else (transform.size if fast_jpeg else None))
     bar.close()
     _barrier(world)
     if rank == 0:
@@ -301,9 +324,9 @@ def _shard_done(out: Path, s: int) -> bool:
 
 
 def _write_one_shard(out, s, ds, start, end, transform, views, view_seed, batch_size, workers, device, encode,
-                     bar):
+                     bar, draft=None):
     loader = torch.utils.data.DataLoader(
-        _Items(ds, start, end, transform, views, view_seed), batch_size=max(1, batch_size // views),
+        _Items(ds, start, end, transform, views, view_seed, draft), batch_size=max(1, batch_size // views),
         num_workers=workers, collate_fn=_collate, pin_memory=torch.device(device).type == "cuda",
         persistent_workers=False)
     paths, labels, items, view_ids, failures, pending, chunks = [], [], [], [], [], [], []
@@ -313,6 +336,20 @@ def _write_one_shard(out, s, ds, start, end, transform, views, view_seed, batch_
         chunks.append(encode(x))
 
     for batch in loader:
+        blobs = [(j, x) for j, (i, x, err) in enumerate(batch) if err is None and x.dtype == torch.uint8]
+        if blobs:
+            from .data.gpu_decode import decode_resize
+
+            dec, bad = decode_resize([b for _, b in blobs], encode_size(transform), device)
+            batch = list(batch)
+            k = 0
+            for n, (j, _) in enumerate(blobs):
+                i = batch[j][0]
+                if n in bad:
+                    batch[j] = (i, None, "truncated: device JPEG decode failed")
+                else:
+                    batch[j] = (i, dec[k:k + 1], None)
+                    k += 1
         for i, x, err in batch:
             if err is not None:
                 failures.append([ds.paths[i], err])
@@ -338,6 +375,10 @@ def _write_one_shard(out, s, ds, start, end, transform, views, view_seed, batch_
              "items": items, "views": view_ids, "failures": failures, "sha256": digest,
              "size": (out / name).stat().st_size}
     write_json_atomic(out / name.replace(".safetensors", ".json"), index)
+
+
+def encode_size(transform) -> int:
+    return transform.size
 
 
 def _finalize(out: Path, num_shards: int) -> None:

@@ -1,6 +1,5 @@
 """Cache reading: random access without loading shards, dtypes, device views, verify, stats, CLI."""
 
-import json
 import subprocess
 import sys
 

@@ -1,6 +1,5 @@
 """Extraction: bad files, equality with encode(), resume after SIGKILL, torchrun, mismatch refusal."""
 
-import json
 import os
 import signal
 import subprocess

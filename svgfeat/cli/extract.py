@@ -25,9 +25,10 @@ from ._common import encoder_options
 @click.option("--views", default=1, show_default=True, type=int, help="Views per image (1 plain, 2 +flip, >2 +crops).")
 @click.option("--labels", "label_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Label file for a flat folder (filename label per line).")
+@click.option("--fast-jpeg", is_flag=True, help="Decode JPEGs at reduced DCT scale (faster, approximate).")
 @click.option("--overwrite", is_flag=True, help="Replace a cache that holds a different extraction.")
 def extract(data, out, dinov3, svg, svg_config, model, alignment, device, groups, size, preset, dtype,
-            batch_size, shard_size, workers, limit, views, label_file, overwrite):
+            batch_size, shard_size, workers, limit, views, label_file, fast_jpeg, overwrite):
     """Extract SVG features of DATA (folder, file list or sample:...) into the cache OUT (resumable)."""
     from ..data import open_dataset
     from ..extract import extract as run
@@ -35,7 +36,8 @@ def extract(data, out, dinov3, svg, svg_config, model, alignment, device, groups
     ds = open_dataset(data, labels=label_file)
     cache = run(ds, out, dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, groups=groups, size=size,
                 preset=preset, dtype=dtype, alignment=alignment, batch_size=batch_size, shard_size=shard_size,
-                workers=workers, device=device, limit=limit, views=views, overwrite=overwrite)
+                workers=workers, device=device, limit=limit, views=views, overwrite=overwrite,
+                fast_jpeg=fast_jpeg)
     fails = cache.failures
     click.echo(f"cache {cache.root}: {len(cache)} rows, groups {', '.join(sorted(cache.groups))}")
     if fails:

@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from .datasets import (IMAGE_EXTENSIONS, ImageDataset, SampleDigits, SamplePhotos, class_folders, file_list,
-                       flat_with_labels, plain_folder)
+from .datasets import (
+    IMAGE_EXTENSIONS,
+    ImageDataset,
+    SampleDigits,
+    SamplePhotos,
+    class_folders,
+    file_list,
+    flat_with_labels,
+    plain_folder,
+)
 from .decode import DecodeError, load_image
 
 __all__ = ["open_dataset", "ImageDataset", "DecodeError", "load_image"]

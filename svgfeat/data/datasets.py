@@ -41,8 +41,8 @@ class ImageDataset:
     def abspath(self, i: int) -> str:
         return os.path.join(self.root, self.paths[i])
 
-    def load(self, i: int):
-        return load_image(self.abspath(i))
+    def load(self, i: int, draft: int | None = None):
+        return load_image(self.abspath(i), draft=draft)
 
     def fingerprint(self) -> str:
         """sha256 of the ordered (path, label) list: identifies the file list in cache manifests."""
@@ -70,7 +70,7 @@ class SampleDigits(ImageDataset):
     def abspath(self, i):
         return f"sample:{self.paths[i]}"
 
-    def load(self, i):
+    def load(self, i, draft=None):
         return _sample.digit_image(self._images[i])
 
 
@@ -85,7 +85,7 @@ class SamplePhotos(ImageDataset):
     def abspath(self, i):
         return f"sample:{self.paths[i]}"
 
-    def load(self, i):
+    def load(self, i, draft=None):
         return _sample.photo(self.paths[i].split("/", 1)[1])
 
 

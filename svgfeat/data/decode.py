@@ -47,8 +47,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(source) -> Image.Image:
-    """Path / bytes / file object -> RGB PIL image with EXIF orientation applied."""
+def load_image(source, draft: int | None = None) -> Image.Image:
+    """Path / bytes / file object -> RGB PIL image with EXIF orientation applied.
+
+    ``draft``: for JPEGs, let libjpeg decode at a reduced scale (1/2, 1/4, 1/8) while both sides stay
+    >= ``draft`` -- several times faster for large photos, approximately (not bit-) equal to full decode
+    followed by box downsampling.
+    """
     name = source if isinstance(source, (str, Path)) else "<bytes>"
     if isinstance(source, (str, Path)):
         p = Path(source)
@@ -67,6 +72,8 @@ def load_image(source) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
+                if draft and img.format == "JPEG":
+                    img.draft("RGB", (draft, draft))
                 img = ImageOps.exif_transpose(img)
                 img.load()
                 return to_rgb(img)
