@@ -108,3 +108,20 @@ def test_svgfeat_format_round_trip_with_fixed_stats(tmp_path, photos):
     x = svgfeat.preprocess(photos, size=64)
     assert torch.equal(enc.encode(x).latent, again.encode(x).latent)
     assert again.align.fixed_stats_dict()["sigma_res"] == 1.5
+
+
+def test_timm_safetensors_layout_loads_identically(tmp_path, photos):
+    from safetensors.torch import save_file
+
+    meta = svgfeat.load_encoder(dinov3=golden_path("dinov3_vits16plus_random.pth"))
+    save_file({k: v.contiguous() for k, v in meta.backbone.model.state_dict().items()}, tmp_path / "d.safetensors")
+    timm_layout = svgfeat.load_encoder(dinov3=tmp_path / "d.safetensors")
+    x = svgfeat.preprocess(photos[:1], size=64)
+    assert torch.equal(meta.encode(x).dino, timm_layout.encode(x).dino)
+
+
+def test_hf_source_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError, match="Hugging Face"):
+        svgfeat.load_encoder(dinov3="hf")

@@ -44,7 +44,12 @@ def read_dinov3(path) -> tuple[dict, dict]:
     if str(path).lower() in ("hf", "pretrained", "hub"):
         import timm
 
-        m = timm.create_model("vit_small_plus_patch16_dinov3_qkvb.lvd1689m", pretrained=True, num_classes=0)
+        try:
+            m = timm.create_model("vit_small_plus_patch16_dinov3_qkvb.lvd1689m", pretrained=True, num_classes=0)
+        except Exception as e:  # hub errors come in many types (offline, gated, missing)
+            raise CheckpointError(
+                "dinov3='hf': could not get timm/vit_small_plus_patch16_dinov3_qkvb.lvd1689m from the Hugging Face "
+                f"cache or hub ({type(e).__name__}); download Meta's .pth and pass its path instead") from None
         return m.state_dict(), {"path": "hf:timm/vit_small_plus_patch16_dinov3_qkvb.lvd1689m", "sha256": None}
     sd = ck.load_file(path)
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict) and "cls_token" not in sd:
