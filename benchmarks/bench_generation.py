@@ -72,7 +72,7 @@ def bench_training(batch: int, reps: int) -> dict:
         dit, dit_name = test_dit_tiny(in_channels=enc.latent_channels, input_size=size // 16), "test_dit_tiny"
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        cache = extract("sample:photos", Path(tmp) / "c", encoder=enc, size=size, limit=2 * batch,
+        cache = extract("sample:photos", Path(tmp) / "c", encoder=enc, size=size, limit=batch,
                         groups=("latent",), batch_size=batch, progress=False)
         t_extract = time.perf_counter() - t0
         lat = cache.read("latent")
@@ -104,7 +104,7 @@ def bench_training(batch: int, reps: int) -> dict:
             dit_step(tok, torch.zeros(batch, dtype=torch.long), 0)
 
         t_cached = timeit(cached, reps)
-        t_online = timeit(online, max(1, reps // 3))
+        t_online = timeit(online, max(1, reps // 2))
     return dict(encoder=enc_name, dit=dit_name, batch=batch, extract_s=t_extract, cached_step_s=t_cached,
                 online_step_s=t_online, ratio=t_online / t_cached)
 
@@ -132,13 +132,10 @@ def train_tiny(steps: int) -> SVGDiT:
     return m.eval()
 
 
-def bench_solvers(train_steps: int, cfg: float, shift: float) -> dict:
-    m = train_tiny(train_steps)
-    C, s = m.in_channels, m.config.input_size
-    z0 = torch.randn(16, s * s, C, generator=torch.Generator().manual_seed(1))
-    y = torch.arange(16) % 10
+def bench_solvers(m, z0, y, cfg: float, shift: float, ref_steps: int = 200) -> dict:
+    """Fewest steps per solver whose RMS distance to a midpoint-``ref_steps`` reference <= Euler-25's."""
     kw = dict(cfg=cfg, shift=shift, null_label=m.num_classes)
-    ref = sample(m, z0, y, steps=200, method="midpoint", **kw)
+    ref = sample(m, z0, y, steps=ref_steps, method="midpoint", **kw)
 
     def err(method, steps):
         return ((sample(m, z0, y, steps=steps, method=method, **kw) - ref) ** 2).mean().sqrt().item()
@@ -178,27 +175,38 @@ def time_solvers(best: dict, batch: int, cfg: float, shift: float) -> dict:
     return res
 
 
+def report(what: str, sv: dict) -> None:
+    print(f"[solvers] {what}: Euler-25 RMS to the reference {sv['euler_25_rms']:.4g}")
+    for method, b in sv["solvers"].items():
+        print(f"[solvers]   {method}: reaches Euler-25 quality at {b['steps']} steps = {b['nfe']} NFE "
+              f"(RMS {b['rms']:.4g}) vs 25 NFE", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--train-steps", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--golden-quality", action="store_true", help="Also measure solver quality on the golden DiT.")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     tr = bench_training(args.batch, args.reps)
     print(f"[train] encoder: {tr['encoder']}; DiT: {tr['dit']}; batch {tr['batch']}")
-    print(f"[train] one-time extraction of {2 * tr['batch']} images: {tr['extract_s']:.2f} s")
+    print(f"[train] one-time extraction of {tr['batch']} images: {tr['extract_s']:.2f} s")
     print(f"[train] step on cached latents: {tr['cached_step_s'] * 1e3:.1f} ms; encoding on the fly: "
           f"{tr['online_step_s'] * 1e3:.1f} ms; ratio on-the-fly / cached = {tr['ratio']:.1f}x")
-    sv = bench_solvers(args.train_steps, 1.5, 0.15)
-    print(f"[solvers] tiny DiT trained {args.train_steps} steps; Euler-25 RMS to midpoint-200 reference: "
-          f"{sv['euler_25_rms']:.4g}")
-    for method, b in sv["solvers"].items():
-        print(f"[solvers] {method}: reaches Euler-25 quality at {b['steps']} steps = {b['nfe']} NFE "
-              f"(RMS {b['rms']:.4g}) vs 25 NFE")
+    m = train_tiny(args.train_steps)
+    z0 = torch.randn(16, m.config.input_size ** 2, m.in_channels, generator=torch.Generator().manual_seed(1))
+    sv = bench_solvers(m, z0, torch.arange(16) % 10, 1.5, 0.15)
+    report(f"tiny DiT trained {args.train_steps} steps on synthetic latents", sv)
+    if args.golden_quality and (GOLDEN / "svg_dit_shared.pt").is_file():
+        g = load_dit(GOLDEN / "svg_dit_shared.pt")
+        z0 = torch.randn(1, 256, 392, generator=torch.Generator().manual_seed(1))
+        report("golden DiT (random weights), reference midpoint-100",
+               bench_solvers(g, z0, torch.tensor([207]), 1.5, 0.15, ref_steps=100))
     tm = time_solvers(sv["solvers"], args.batch, 1.5, 0.15)
     print(f"[sampling] {tm['model']}, batch {tm['batch']}, CFG 1.5 (batched): Euler-25 {tm['euler_25_img_s']:.2f} img/s")
     for method, b in sv["solvers"].items():
@@ -206,6 +214,7 @@ def main():
             ips = tm[f"{method}_{b['steps']}_img_s"]
             print(f"[sampling] {method}-{b['steps']}: {ips:.2f} img/s, "
                   f"speed ratio vs Euler-25 = {tm[f'{method}_speedup']:.2f}x")
+    sys.stdout.flush()
     print(f"total {time.perf_counter() - t0:.1f} s")
 
 

@@ -67,7 +67,8 @@ def load_file(path) -> dict:
                 f"{p.name}: refused to load: the file contains pickled objects that are not plain tensors "
                 f"(it could execute code). svgfeat only loads weights with weights_only=True. ({msg})") from None
         raise CheckpointError(f"{p.name}: corrupt or truncated pickle: {msg}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, UnicodeDecodeError) as e:  # what torch.load raises on junk bytes varies
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{p.name}: cannot read weight file (truncated or corrupt?): {first}") from None
 

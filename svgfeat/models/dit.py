@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import checkpoints as ck
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, SvgfeatError
 from .registry import register_model
 
 # --------------------------------------------------------------------------------------------------------
@@ -395,7 +395,13 @@ def load_dit(path, config=None, device="cpu") -> SVGDiT:
     p = Path(path)
     if p.suffix in (".yaml", ".yml", ".json"):
         raise CheckpointError(f"{p} is a config file; pass the weights as path and the config as config=")
-    sd = _state_from_file(ck.load_file(p), p)
+    try:
+        raw = ck.load_file(p)
+    except SvgfeatError:
+        raise
+    except Exception as e:  # any other unpickler failure on a corrupt file
+        raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    sd = _state_from_file(raw, p)
     fmt = "svgfeat" if p.suffix == ".safetensors" else "official"
     if config is None and fmt == "svgfeat":
         config = ck.read_safetensors_config(p)
