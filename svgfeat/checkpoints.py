@@ -69,7 +69,7 @@ def load_file(path) -> dict:
         raise CheckpointError(f"{p.name}: corrupt or truncated pickle: {msg}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
             AttributeError, UnicodeDecodeError) as e:  # what torch.load raises on junk bytes varies
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
         raise CheckpointError(f"{p.name}: cannot read weight file (truncated or corrupt?): {first}") from None
 
 
