@@ -1,0 +1,103 @@
+"""`svgfeat index build CACHE -o INDEX` and `svgfeat index info INDEX`: faiss indexes over a feature cache."""
+
+import json
+
+import click
+
+
+@click.group()
+def index():
+    """Build and inspect retrieval indexes over a feature cache."""
+
+
+@index.command()
+@click.argument("cache", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Index file to write (a sidecar OUT.json is written beside it).")
+@click.option("--group", default=None,
+              help="Cache group to index [default: pooled; dino with --patch].")
+@click.option("--factory", default="Flat", show_default=True,
+              help="faiss index_factory string (Flat, HNSW32, IVF4096,PQ64, OPQ16,IVF256,PQ16...) or auto.")
+@click.option("--metric", type=click.Choice(["cosine", "l2", "ip"]), default="cosine", show_default=True)
+@click.option("--auto", "auto", is_flag=True, help="Pick the factory from the data size and --max-memory.")
+@click.option("--max-memory", default="4GB", show_default=True, help="Memory budget of --auto, e.g. 4GB.")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited per query.")
+@click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW search depth.")
+@click.option("--gpu", is_flag=True, help="Build and search on the GPU (faiss-gpu); CPU if unavailable.")
+@click.option("--patch", is_flag=True, help="Index every patch vector (patch-level retrieval).")
+@click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--patch: keep patches on every STRIDE-th grid row and column.")
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="--patch: keep a random fraction of the patches (seeded).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of training samples / subsampling.")
+def build(cache, out, group, factory, metric, auto, max_memory, nprobe, ef_search, gpu, patch, stride, fraction,
+          seed):
+    """Index the vectors of CACHE (memory-mapped, added in batches) and write OUT + OUT.json."""
+    from ..cache import open_cache
+    from ..heads.index_factory import parse_memory
+
+    c = open_cache(cache)
+    parse_memory(max_memory)
+    device = "cuda" if gpu else "cpu"
+    factory = "auto" if auto else factory
+    if patch:
+        from ..heads.patch_retrieval import PatchIndex
+
+        idx = PatchIndex(factory, metric, group=group or "dino", stride=stride, fraction=fraction, seed=seed,
+                         nprobe=nprobe, ef_search=ef_search, max_memory=max_memory, device=device).fit(c)
+    else:
+        if stride != 1 or fraction is not None:
+            raise click.BadParameter("--stride/--fraction subsample patches and need --patch")
+        from ..heads.retrieval import FaissIndex
+
+        idx = FaissIndex(factory, metric, group=group or "pooled", nprobe=nprobe, ef_search=ef_search,
+                         max_memory=max_memory, seed=seed, device=device).fit(c)
+    path = idx.save(out)
+    _print_info(idx.info())
+    click.echo(f"wrote {path} and {path.name}.json")
+
+
+@index.command()
+@click.argument("index_path", metavar="INDEX", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the sidecar summary as JSON.")
+def info(index_path, as_json):
+    """Describe an index: factory, metric, size, provenance, measured recall."""
+    from ..heads.retrieval import read_sidecar
+
+    side = read_sidecar(index_path)
+    side.pop("meta", None)
+    if as_json:
+        click.echo(json.dumps(side, indent=1))
+    else:
+        _print_info(side)
+
+
+def _print_info(info: dict) -> None:
+    prov = info.get("provenance") or {}
+    enc = prov.get("encoder") or {}
+    click.echo(f"kind:      {info.get('kind', 'global')}")
+    click.echo(f"factory:   {info['factory']}" + (f"  ({info['factory_reason']})"
+                                                  if info.get("factory_reason") not in (None, "given") else ""))
+    click.echo(f"metric:    {info['metric']}")
+    click.echo(f"vectors:   {info['ntotal']} x {info['dim']} (group {info.get('group')}, backend "
+               f"{info.get('backend')})")
+    if info.get("patch"):
+        p = info["patch"]
+        click.echo(f"patches:   grid {p['grid'][0]}x{p['grid'][1]} of {p['rows']} images, stride {p['stride']}, "
+                   f"fraction {p['fraction']}")
+    if info.get("search_params"):
+        click.echo("search:    " + ", ".join(f"{k}={v}" for k, v in info["search_params"].items()))
+    rec = info.get("recall")
+    if rec:
+        how = "exact search" if rec.get("exact") else f"measured on {rec['queries']} held-out queries"
+        click.echo(f"recall@{rec['k']}: {rec['recall']:.4f} ({how})")
+    if enc:
+        click.echo(f"encoder:   {enc.get('model')} (dinov3 sha256 {enc.get('dinov3_sha256')}, svg sha256 "
+                   f"{enc.get('svg_sha256')}, alignment {enc.get('alignment')})")
+    if prov.get("transform"):
+        t = prov["transform"]
+        click.echo(f"transform: {t.get('preset')} {t.get('size')}px")
+    if prov.get("cache"):
+        click.echo(f"cache:     {prov['cache']}")
+    if info.get("build_seconds") is not None:
+        click.echo(f"built in:  {info['build_seconds']:.2f} s")

@@ -1,0 +1,44 @@
+"""`svgfeat serve INDEX [--host 127.0.0.1] [--port 8080]`: HTTP search service (standard library only)."""
+
+import click
+
+from ._common import encoder_options
+
+
+@click.command()
+@click.argument("index_path", metavar="INDEX", type=click.Path(exists=True, dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind (loopback by default; 0.0.0.0 exposes the service to the network).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option("--max-upload", default="10MB", show_default=True, help="Largest accepted upload, e.g. 10MB.")
+@click.option("--max-concurrent", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Searches running at once; more get 503.")
+@click.option("--max-k", default=100, show_default=True, type=click.IntRange(min=1), help="Largest k accepted.")
+@click.option("--verbose", is_flag=True, help="Log every request.")
+@encoder_options
+def serve(index_path, host, port, max_upload, max_concurrent, max_k, verbose, dinov3, svg, svg_config, model,
+          alignment, device):
+    """Serve INDEX over HTTP: GET / (upload page), GET /api/info, POST /api/search, GET /thumb/<id>.
+    Pass the index's encoder (--model/--dinov3/--svg) to accept image uploads; without it only row queries work."""
+    from ..heads.index_factory import parse_memory
+    from ..heads.patch_retrieval import load_any
+    from ..serve.server import make_server
+
+    limit = parse_memory(max_upload)
+    idx = load_any(index_path, device=device)
+    encoder = None
+    if dinov3 or svg or model:
+        from ._common import build_encoder
+
+        encoder = build_encoder(dinov3, svg, svg_config, model, alignment, device)
+    server = make_server(idx, encoder, host, port, max_upload=limit, max_concurrent=max_concurrent, max_k=max_k,
+                         device=device, verbose=verbose)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: anyone who can reach this machine can query the index", err=True)
+    click.echo(f"serving {index_path} on {server.url} (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("stopped")
+    finally:
+        server.server_close()

@@ -1,0 +1,165 @@
+"""Where index vectors come from, and how queries are made comparable to them.
+
+- :class:`ArraySource` / :class:`CacheSource`: the vectors an index is built from, read in batches (a cache is
+  never loaded whole) with a seeded random sample for training and recall measurement.
+- provenance: what an index records about its vectors (encoder spec, transform, group, cache) and the check that
+  refuses queries from a different encoder / transform / group (:class:`~svgfeat.errors.CacheError`).
+- :func:`encode_images`: image paths / PIL / bytes -> the index's feature group, with the index's transform.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CacheError, ConfigError, DataError
+from .exact_search import as_float32
+
+TRANSFORM_FIELDS = ("preset", "size", "crop_pct")
+
+
+def is_cache(x) -> bool:
+    return hasattr(x, "iter_batches") and hasattr(x, "encoder_spec") and hasattr(x, "manifest")
+
+
+class ArraySource:
+    """In-memory vectors ``[n, d]`` (numpy or torch, any device); keys are row numbers ``0..n-1``."""
+
+    def __init__(self, X):
+        self.X = as_float32(X, "X")
+        self.n, self.d = self.X.shape
+        self.keys = np.arange(self.n, dtype=np.int64)
+
+    def batches(self, batch_size: int):
+        for s in range(0, self.n, batch_size):
+            yield self.keys[s:s + batch_size], self.X[s:s + batch_size]
+
+    def sample(self, m: int, rng: np.random.Generator):
+        keys = np.sort(rng.choice(self.n, size=min(m, self.n), replace=False)).astype(np.int64)
+        return keys, self.X[keys]
+
+
+class CacheSource:
+    """One vector group of a feature cache, ``[n, C]`` (multi-axis non-spatial groups are flattened).
+
+    Keys are cache row ids. Reading goes through ``cache.read`` / ``cache.iter_batches`` (memory-mapped)."""
+
+    def __init__(self, cache, group: str):
+        if group not in cache.groups:
+            raise CacheError(f"group {group!r} is not in cache {cache.root} (it has: "
+                             f"{', '.join(sorted(cache.groups))})")
+        shape = list(cache.groups[group]["shape"])
+        if len(shape) == 3:
+            raise ConfigError(f"group {group!r} is a patch grid {shape}; a global index needs one vector per "
+                              f"image (e.g. 'pooled' or 'cls'); use PatchIndex / `svgfeat index build --patch` "
+                              f"for per-patch retrieval")
+        self.cache, self.group = cache, group
+        self.n, self.d = len(cache), int(np.prod(shape))
+        if self.n == 0:
+            raise CacheError(f"cache {cache.root} has no rows")
+
+    def batches(self, batch_size: int):
+        for rows, arrs in self.cache.iter_batches([self.group], batch_size=batch_size):
+            yield rows.astype(np.int64), arrs[self.group].reshape(len(rows), -1).astype(np.float32)
+
+    def sample(self, m: int, rng: np.random.Generator):
+        rows = np.sort(rng.choice(self.n, size=min(m, self.n), replace=False)).astype(np.int64)
+        return rows, self.cache.read(self.group, rows).reshape(len(rows), -1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- provenance
+def cache_provenance(cache, group: str) -> dict:
+    """What an index built from ``cache``/``group`` records: encoder spec, transform, group, cache + dataset."""
+    ds = cache.manifest.get("dataset", {})
+    return {"encoder": dict(cache.encoder_spec), "transform": dict(cache.transform), "group": group,
+            "cache": str(cache.root), "cache_created": cache.manifest.get("created"),
+            "dataset_root": ds.get("root"), "dataset_fingerprint": cache.manifest.get("dataset_fingerprint"),
+            "alignment": cache.manifest.get("alignment")}
+
+
+def encoder_provenance(encoder) -> dict:
+    from ..extract import encoder_spec
+
+    return encoder_spec(encoder)
+
+
+def check_provenance(index_prov: dict | None, *, encoder: dict | None = None, transform: dict | None = None,
+                     group: str | None = None, what: str = "query") -> None:
+    """Raise CacheError naming every field in which a query's provenance differs from the index's.
+
+    An index built from plain arrays without provenance accepts anything (only the dimension is checked)."""
+    if not index_prov or not index_prov.get("encoder"):
+        return
+    diffs = []
+    if encoder is not None:
+        from ..cache import check_compatible
+
+        try:
+            check_compatible(index_prov["encoder"], encoder, what="encoder")
+        except CacheError as e:
+            diffs.append(str(e).replace("cache has", "index has").replace("requested", f"{what} has"))
+    if transform is not None:
+        for f in TRANSFORM_FIELDS:
+            a, b = (index_prov.get("transform") or {}).get(f), transform.get(f)
+            if a != b:
+                diffs.append(f"transform.{f}: index has {a!r}, {what} has {b!r}")
+    if group is not None and index_prov.get("group") != group:
+        diffs.append(f"group: index has {index_prov.get('group')!r}, {what} has {group!r}")
+    if diffs:
+        raise CacheError(f"{what} provenance does not match the index ({index_prov.get('cache') or 'arrays'}): "
+                         + "; ".join(diffs))
+
+
+def check_encoder(index_prov: dict | None, encoder) -> None:
+    """Refuse an encoder whose spec differs from the index's. A ``fixed``-alignment encoder without statistics
+    adopts the ones stored with the index (as ``svgfeat.extract`` does with an existing cache)."""
+    spec = (index_prov or {}).get("encoder") or {}
+    align = getattr(encoder, "align", None)
+    if spec.get("fixed_stats") and getattr(encoder, "alignment", None) == "fixed" and not align.has_fixed_stats:
+        align.set_fixed_stats(spec["fixed_stats"])
+    check_provenance(index_prov, encoder=encoder_provenance(encoder), what="encoder")
+
+
+def check_cache_query(index_prov: dict | None, cache, group: str) -> None:
+    check_provenance(index_prov, encoder=cache.encoder_spec, transform=cache.transform, group=group,
+                     what=f"cache {cache.root}")
+
+
+# ----------------------------------------------------------------------------- encoding queries
+def load_query_image(src):
+    """Path / bytes / PIL image -> RGB PIL image (DecodeError on undecodable input)."""
+    from PIL import Image
+
+    from ..data.decode import load_image, to_rgb
+
+    if isinstance(src, Image.Image):
+        return to_rgb(src)
+    if isinstance(src, (str, Path, bytes, bytearray)):
+        return load_image(src)
+    raise DataError(f"query image: expected a path, bytes or a PIL image, got {type(src).__name__}")
+
+
+@torch.no_grad()
+def encode_images(encoder, images, transform: dict, group: str, device=None, batch_size: int = 32) -> np.ndarray:
+    """Encode query images exactly like ``svgfeat.extract`` (view 0 of ``transform``) and return ``group``:
+    float32 ``[B, *group_shape]`` (``[B, C]`` for pooled/cls, ``[B, C, h, w]`` for dino/latent)."""
+    from ..data.transforms import Transform
+    from ..models.svg import layers_needed
+
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if not images:
+        raise DataError("no query images given")
+    t = Transform(transform.get("preset", "svg"), int(transform.get("size", 256)),
+                  float(transform.get("crop_pct", 0.875)))
+    if device is None:
+        device = next(encoder.parameters()).device
+    layers = layers_needed([group]) or None
+    out = []
+    for s in range(0, len(images), batch_size):
+        x = torch.stack([t(load_query_image(im)) for im in images[s:s + batch_size]]).to(device)
+        f = encoder.encode(x, layers=layers)
+        out.append(f.group(group).float().cpu().numpy())
+    return np.concatenate(out)

@@ -1,0 +1,1 @@
+"""Retrieval service and reports: a standard-library HTTP server over an index, and HTML result pages."""

@@ -1,0 +1,103 @@
+"""One query front-end for the CLI and the HTTP service: image / indexed row / ``CACHE:ROW`` -> result dicts."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+from ..errors import CacheError, ConfigError, DataError
+from ..heads.patch_retrieval import PatchIndex, load_any
+from ..heads.query import check_encoder
+
+_CACHE_ROW = re.compile(r"^(?P<cache>.+):(?P<row>-?\d+)$")
+
+
+def parse_query(q: str) -> tuple:
+    """``"img.png"`` -> ("image", path); ``"CACHE:ROW"`` -> ("cache", cache_dir, row)."""
+    if Path(q).is_file():
+        return ("image", q)
+    m = _CACHE_ROW.match(q)
+    if m and Path(m.group("cache")).is_dir():
+        return ("cache", m.group("cache"), int(m.group("row")))
+    raise DataError(f"query {q!r} is neither an image file nor CACHE:ROW (a feature cache directory and a row "
+                    "number, e.g. ./cache:12)")
+
+
+def parse_region(text: str | None):
+    """``"r0:r1,c0:c1"`` -> (r0, r1, c0, c1) half-open patch-grid bounds; None -> None (whole grid)."""
+    if not text:
+        return None
+    m = re.fullmatch(r"\s*(\d+):(\d+)\s*,\s*(\d+):(\d+)\s*", text)
+    if not m:
+        raise ConfigError(f"region {text!r}: expected ROW0:ROW1,COL0:COL1 in patch-grid units, e.g. 0:4,2:6")
+    return tuple(int(v) for v in m.groups())
+
+
+class SearchService:
+    """Answers queries against one index (global :class:`FaissIndex` or :class:`PatchIndex`).
+
+    ``encoder`` (optional) encodes image queries; its spec must match the index provenance (checked here)."""
+
+    def __init__(self, index, encoder=None, device="cpu"):
+        if isinstance(index, (str, Path)):
+            index = load_any(index, device=device)
+        self.index, self.encoder, self.device = index, encoder, device
+        self.patch = isinstance(index, PatchIndex)
+        self.flat = index.index_ if self.patch else index
+        self._lock = threading.Lock()
+        if encoder is not None:
+            check_encoder(self.flat.provenance_, encoder)
+
+    @property
+    def meta(self) -> dict:
+        return self.flat.meta_
+
+    def info(self) -> dict:
+        out = self.index.info()
+        out["encoder_loaded"] = self.encoder is not None
+        return out
+
+    def _results(self, D=None, nbr=None, hits=None) -> list[dict]:
+        if hits is not None:
+            return [h.to_dict() for h in hits]
+        return self.flat.describe(D, nbr)[0]
+
+    def by_image(self, image, k: int = 10, region=None, aggregate: str = "max") -> list[dict]:
+        """``image``: path, bytes or PIL image. ``region``/``aggregate`` apply to patch indexes."""
+        if self.encoder is None:
+            enc = (self.flat.provenance_ or {}).get("encoder") or {}
+            raise ConfigError("image queries are encoded on the fly and need the index's encoder: pass "
+                              f"--model/--dinov3/--svg matching the index (model {enc.get('model')!r}, dinov3 "
+                              f"sha256 {enc.get('dinov3_sha256')!r}, svg sha256 {enc.get('svg_sha256')!r})")
+        with self._lock:
+            if self.patch:
+                return self._results(hits=self.index.search_images(image, self.encoder, region, k,
+                                                                    device=self.device, aggregate=aggregate))
+            D, nbr = self.index.search_images([image], self.encoder, k, device=self.device)
+        return self._results(D, nbr)
+
+    def by_cache_row(self, cache, row: int, k: int = 10, region=None, aggregate: str = "max") -> list[dict]:
+        from ..cache import open_cache
+
+        cache = open_cache(cache)
+        if not -len(cache) <= row < len(cache):
+            raise DataError(f"row {row} is out of range for cache {cache.root} ({len(cache)} rows)")
+        if self.patch:
+            return self._results(hits=self.index.search_cache(cache, row, region, k, aggregate=aggregate))
+        D, nbr = self.index.search_cache(cache, [row], k)
+        return self._results(D, nbr)
+
+    def by_row(self, row: int, k: int = 10, region=None, aggregate: str = "max") -> list[dict]:
+        """Query with row ``row`` of the cache the index was built from."""
+        src = (self.flat.provenance_ or {}).get("cache")
+        if not src or not Path(src).is_dir():
+            raise CacheError(f"row queries read the index's source cache, which is not available ({src!r})")
+        return self.by_cache_row(src, row, k, region, aggregate)
+
+    def query(self, q: str, k: int = 10, region=None, aggregate: str = "max") -> list[dict]:
+        """A CLI query string: an image path or ``CACHE:ROW``."""
+        parsed = parse_query(q)
+        if parsed[0] == "image":
+            return self.by_image(parsed[1], k, region, aggregate)
+        return self.by_cache_row(parsed[1], parsed[2], k, region, aggregate)

@@ -1,0 +1,225 @@
+"""`svgfeat serve`: the HTTP API with a real client (urllib) on 127.0.0.1 and the page in headless Chromium."""
+
+import io
+import json
+import re
+import threading
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+from _retrieval_helpers import chromium, photo_folder, run_chromium, tiny_cache
+
+import svgfeat
+from svgfeat.errors import CacheError
+
+pytest.importorskip("faiss", reason="faiss-cpu is a default dependency; CI installs it")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from svgfeat.heads.retrieval import FaissIndex
+    from svgfeat.serve.server import make_server, serve_in_thread
+
+    cache = tiny_cache("test_tiny")
+    path = FaissIndex().fit(cache).save(tmp_path_factory.mktemp("srv") / "g.faiss")
+    srv = make_server(str(path), svgfeat.create_model("test_tiny"), "127.0.0.1", 0, max_upload=2_000_000,
+                      max_concurrent=2)
+    thread = serve_in_thread(srv)
+    yield srv, cache
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def call(srv, path, data=None, ctype=None, method=None):
+    """(status, parsed JSON or raw bytes)."""
+    req = urllib.request.Request(srv.url + path, data=data, method=method)
+    if ctype:
+        req.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            body, status, rtype = r.read(), r.status, r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        body, status, rtype = e.read(), e.code, e.headers.get("Content-Type", "")
+    return status, (json.loads(body) if rtype.startswith("application/json") else body)
+
+
+def image_bytes(cache, i):
+    return (photo_folder() / "imgs" / cache.paths[i]).read_bytes()
+
+
+def multipart(fields: dict, files: dict):
+    b = uuid.uuid4().hex
+    out = io.BytesIO()
+    for k, v in fields.items():
+        out.write(f'--{b}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
+    for k, (name, data) in files.items():
+        out.write(f'--{b}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\n'
+                  f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    out.write(f"--{b}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={b}"
+
+
+def test_loopback_by_default_and_info(server):
+    srv, cache = server
+    assert srv.server_address[0] == "127.0.0.1" and srv.server_address[1] > 0
+    status, info = call(srv, "/api/info")
+    assert status == 200 and info["ntotal"] == len(cache) and info["factory"] == "Flat"
+    assert info["provenance"]["encoder"]["model"] == "test_tiny" and info["encoder_loaded"] is True
+    status, page = call(srv, "/")
+    assert status == 200 and b"/api/search" in page
+
+
+def test_search_by_upload_raw_and_multipart(server):
+    srv, cache = server
+    status, r = call(srv, "/api/search?k=3", image_bytes(cache, 2), "image/png")
+    assert status == 200, r
+    assert r["ids"][0] == 2 and r["scores"][0] > 0.999 and len(r["ids"]) == 3
+    assert r["paths"][0] == cache.paths[2] and r["labels"] == [-1, -1, -1]
+    body, ctype = multipart({"k": "2"}, {"image": ("x.jpg", image_bytes(cache, 5))})
+    status, r = call(srv, "/api/search", body, ctype)
+    assert status == 200 and r["ids"][0] == 5 and len(r["ids"]) == 2
+
+
+def test_search_by_row_and_cache_row(server):
+    srv, cache = server
+    status, r = call(srv, "/api/search", json.dumps({"row": 4, "k": 5}).encode(), "application/json")
+    assert status == 200 and r["ids"][0] == 4 and len(r["ids"]) == 5
+    status, r = call(srv, "/api/search?k=1", json.dumps({"cache_row": f"{cache.root}:6"}).encode(),
+                     "application/json")
+    assert status == 200 and r["ids"] == [6]
+    other = tiny_cache("test_tiny_dino")
+    status, r = call(srv, "/api/search", json.dumps({"cache_row": f"{other.root}:0"}).encode(), "application/json")
+    assert status == 409 and "model: index has 'test_tiny'" in r["error"]
+
+
+def test_bad_requests_get_4xx_json_and_the_server_survives(server):
+    srv, cache = server
+    status, r = call(srv, "/api/search", b"definitely not an image", "image/jpeg")
+    assert status == 400 and "not a decodable image" in r["error"]
+    status, r = call(srv, "/api/search", b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "image/png")
+    assert status == 400 and "not a decodable image" in r["error"]
+    status, r = call(srv, "/api/search", b"\xff" * 2_500_000, "image/jpeg")
+    assert status == 413 and "exceeds the limit of 2000000 bytes" in r["error"]
+    status, r = call(srv, "/api/search?k=0", image_bytes(cache, 0), "image/png")
+    assert status == 400 and "k must be in [1, 100]" in r["error"]
+    status, r = call(srv, "/api/search?k=abc", image_bytes(cache, 0), "image/png")
+    assert status == 400 and "integer" in r["error"]
+    status, r = call(srv, "/api/search", b"{not json", "application/json")
+    assert status == 400 and "invalid JSON" in r["error"]
+    status, r = call(srv, "/api/search", json.dumps({"row": 999}).encode(), "application/json")
+    assert status == 400 and "row must be in" in r["error"]
+    status, r = call(srv, "/api/search", b"x", "text/plain")
+    assert status == 415
+    status, r = call(srv, "/api/search", b"", "image/png")
+    assert status == 400 and "empty" in r["error"]
+    status, r = call(srv, "/nope")
+    assert status == 404 and "no such endpoint" in r["error"]
+    status, r = call(srv, "/thumb/999")
+    assert status == 404 and "no image with id 999" in r["error"]
+    status, r = call(srv, "/api/info")
+    assert status == 200  # still serving
+
+
+def test_thumbnails(server):
+    srv, cache = server
+    status, jpeg = call(srv, "/thumb/3")
+    assert status == 200 and jpeg[:3] == b"\xff\xd8\xff"
+    from PIL import Image
+
+    assert max(Image.open(io.BytesIO(jpeg)).size) <= 160
+
+
+def test_bounded_concurrency_answers_503_when_saturated(server):
+    srv, cache = server
+    for _ in range(srv.max_concurrent):  # occupy every slot as running searches would
+        assert srv.slots.acquire(blocking=False)
+    try:
+        status, r = call(srv, "/api/search", json.dumps({"row": 0}).encode(), "application/json")
+        assert status == 503 and "busy" in r["error"]
+        status, _ = call(srv, "/api/info")  # cheap endpoints keep working
+        assert status == 200
+    finally:
+        for _ in range(srv.max_concurrent):
+            srv.slots.release()
+    # concurrent clients within the limit all succeed
+    results = []
+
+    def worker(i):
+        results.append(call(srv, "/api/search?k=1", json.dumps({"row": i}).encode(), "application/json"))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert sorted(r[1]["ids"][0] for r in results if r[0] == 200) == [0, 1]
+
+
+def test_encoder_must_match_and_uploads_need_one(tmp_path):
+    from svgfeat.heads.retrieval import FaissIndex
+    from svgfeat.serve.server import make_server, serve_in_thread
+
+    path = FaissIndex().fit(tiny_cache("test_tiny")).save(tmp_path / "g.faiss")
+    with pytest.raises(CacheError, match="test_tiny_dino"):
+        make_server(str(path), svgfeat.create_model("test_tiny_dino"), port=0)
+    srv = make_server(str(path), None, port=0)
+    serve_in_thread(srv)
+    try:
+        status, r = call(srv, "/api/search", image_bytes(tiny_cache("test_tiny"), 0), "image/png")
+        assert status == 400 and "--model/--dinov3/--svg" in r["error"]
+        status, r = call(srv, "/api/search", json.dumps({"row": 1}).encode(), "application/json")
+        assert status == 200 and r["ids"][0] == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_page_renders_neighbours_in_headless_chromium(server):
+    if chromium() is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium): page not checked in a browser")
+    srv, cache = server
+    dom = run_chromium(f"{srv.url}/?row=3&k=4", "--dump-dom").stdout
+    info = re.search(r'<div id="info">(.*?)</div>', dom)
+    assert info and f"{len(cache)} vectors x 64" in info.group(1), dom[-3000:]  # the page's JS fetched /api/info
+    ids = re.findall(r'<figure class="result" data-id="(\d+)">', dom)
+    assert len(ids) == 4 and ids[0] == "3"  # ... and ran a search, rendering neighbours as thumbnails
+    assert re.search(r'<img src="/thumb/3"', dom) and "4 results" in dom
+
+
+def test_serve_command_runs_and_stops_on_ctrl_c(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from svgfeat.heads.retrieval import FaissIndex
+
+    cache = tiny_cache("test_tiny")
+    path = FaissIndex().fit(cache).save(tmp_path / "g.faiss")
+    proc = subprocess.Popen([sys.executable, "-c", "from svgfeat.cli import main; main()", "serve", str(path),
+                             "--port", "0", "--model", "test_tiny", "--max-upload", "1MB"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+        assert m, line + proc.stderr.read() if proc.poll() is not None else line
+
+        class Srv:
+            url = m.group(1)
+
+        status, info = call(Srv, "/api/info")
+        assert status == 200 and info["ntotal"] == len(cache)
+        status, r = call(Srv, "/api/search?k=2", image_bytes(cache, 3), "image/jpeg")
+        assert status == 200 and r["ids"][0] == 3
+        status, r = call(Srv, "/api/search", b"\0" * 1_200_000, "image/jpeg")
+        assert status == 413
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert proc.returncode == 0 and "stopped" in out
