@@ -120,8 +120,8 @@ def test_timm_safetensors_layout_loads_identically(tmp_path, photos):
     assert torch.equal(meta.encode(x).dino, timm_layout.encode(x).dino)
 
 
-def test_hf_source_offline_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    with pytest.raises(CheckpointError, match="Hugging Face"):
-        svgfeat.load_encoder(dinov3="hf")
+def test_hf_source_offline_is_a_clear_error(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "svgfeat", "encode", "sample:photos", "-o", str(tmp_path / "o.st"),
+                        "--dinov3", "hf"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "Hugging Face" in r.stderr and "Traceback" not in r.stderr
