@@ -27,16 +27,36 @@ DD_KEYS = ("z_channels", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", 
 _VARIANT_MODEL = {"vit_small_plus": "svg_vits16plus", "vit_base": "svg_vitb16", "vit_large": "svg_vitl16"}
 
 
-def infer_dino_variant(sd: dict, source: str = "") -> str:
-    """DINOv3 variant name from a Meta- or timm-layout state dict."""
+_DEPTH = {"vit_small": 12, "vit_small_plus": 12, "vit_base": 12, "vit_large": 24, "vit_huge_plus": 32}
+
+
+def infer_dino_variant(sd: dict, source: str = "") -> tuple[str, dict]:
+    """(variant, timm overrides) of a Meta- or timm-layout DINOv3 state dict.
+
+    Standard variants are recognised by width/depth/FFN type; anything else (a custom or tiny backbone) is
+    rebuilt from the shapes: width from ``cls_token``, depth from ``blocks.*``, heads from the RoPE
+    ``periods`` (head_dim = 4 * len(periods)), registers from the storage tokens.
+    """
     if "cls_token" not in sd:
         raise CheckpointError(f"{source or 'file'} is not a DINOv3 state dict (no 'cls_token' key); "
                               f"found keys like {ck._fmt_keys(list(sd)[:5], 5)}")
     dim = sd["cls_token"].shape[-1]
     swiglu = "blocks.0.mlp.w1.weight" in sd or "blocks.0.mlp.fc1_g.weight" in sd
-    if (dim, swiglu) not in _KNOWN:
-        raise CheckpointError(f"{source}: unknown DINOv3 variant (width {dim}, swiglu={swiglu})")
-    return _KNOWN[(dim, swiglu)]
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    known = _KNOWN.get((dim, swiglu))
+    if known is not None and _DEPTH[known] == depth:
+        return known, {}
+    base = "vit_small_plus" if swiglu else "vit_small"
+    periods = sd.get("rope_embed.periods")
+    if periods is None:
+        raise CheckpointError(f"{source}: non-standard DINOv3 (width {dim}, depth {depth}) without "
+                              "'rope_embed.periods' to infer the head count; use an svgfeat checkpoint or model=")
+    heads = dim // (4 * periods.numel())
+    regs = sd.get("storage_tokens", sd.get("reg_token"))
+    over = {"embed_dim": dim, "depth": depth, "num_heads": heads}
+    if regs is not None and regs.shape[1] != 4:
+        over["num_reg_tokens"] = regs.shape[1]
+    return base, over
 
 
 def read_dinov3(path) -> tuple[dict, dict]:
@@ -97,21 +117,22 @@ def build_encoder(dinov3=None, svg=None, svg_config=None, alignment="batch", dev
         config = None  # built from the registry below
     else:
         if dino_sd is not None:
-            variant = infer_dino_variant(dino_sd, str(dinov3 or svg))
+            variant, dino_over = infer_dino_variant(dino_sd, str(dinov3 or svg))
         else:
-            variant = HUB_NAMES.get(yaml_cfg.get("dino_model_name", ""), "vit_small_plus")
+            variant, dino_over = HUB_NAMES.get(yaml_cfg.get("dino_model_name", ""), "vit_small_plus"), {}
         if parts is None:
-            config = _svg_config(f"dinov3_{variant}", variant, 0, residual=False)
+            config = _svg_config(f"dinov3_{variant}", variant, 0, dino_overrides=dino_over, residual=False)
         else:
-            res = ck.infer_residual_config(parts["extra_vit"])
-            res.setdefault("heads", 8)
-            dd = yaml_cfg.get("ddconfig") or ck.infer_ddconfig(parts["decoder"])
             evc = yaml_cfg.get("extra_vit_config", {})
+            res = ck.infer_residual_config(parts["extra_vit"])
+            res["heads"] = int(evc.get("num_heads", 8))
+            dd = yaml_cfg.get("ddconfig") or ck.infer_ddconfig(parts["decoder"])
             mask_ratio = float(evc.get("mask_ratio", 0.1)) if parts["mask_token"] is not None else -1
             if parts["mask_token"] is not None and mask_ratio <= 0:
                 mask_ratio = 0.1
-            config = _svg_config(_VARIANT_MODEL.get(variant, f"svg_{variant}"), variant, 0,
-                                 residual=True, decoder=True, mask_ratio=mask_ratio)
+            name = _VARIANT_MODEL.get(variant, f"svg_{variant}") if not dino_over else "svg_custom"
+            config = _svg_config(name, variant, 0, dino_overrides=dino_over, residual=True, decoder=True,
+                                 mask_ratio=mask_ratio)
             config["residual"] = {**config["residual"], **res}
             config["decoder"] = {k: dd[k] for k in DD_KEYS if k in dd}
     if model is not None and own_sd is None:
@@ -196,7 +217,8 @@ def export_official(enc: SVGEncoder, path, include_encoder: bool = True) -> tupl
         "embed_dim": 32,
         "ddconfig": dict(enc.decoder.config, double_z=True),
         "dinoconfig": {"model_name": hub},
-        "extra_vit_config": {"output_dim": enc.residual_channels, "mask_ratio": enc.mask_ratio, "use_outnorm": True},
+        "extra_vit_config": {"output_dim": enc.residual_channels, "mask_ratio": enc.mask_ratio, "use_outnorm": True,
+                             "num_heads": enc.residual.config["heads"]},
     }}}
     yp = p.with_suffix(".yaml")
     yp.write_text(yaml.safe_dump(cfg, sort_keys=False))

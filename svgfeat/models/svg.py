@@ -166,7 +166,8 @@ class SVGEncoder(nn.Module):
         if self.residual is not None:
             r = self.residual(x)
             if (self.training if mask is None else mask) and hasattr(self, "mask_token"):
-                u = torch.rand(r.shape[0], device=r.device, generator=generator)
+                gen_dev = generator.device if generator is not None else r.device
+                u = torch.rand(r.shape[0], device=gen_dev, generator=generator).to(r.device)
                 keep = (u >= self.mask_ratio).to(r.dtype).view(-1, 1, 1, 1)
                 r = r * keep + self.mask_token.to(r.dtype).unsqueeze(-1) * (1 - keep)
             residual = self.align(out.patch, r)

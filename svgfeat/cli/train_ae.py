@@ -1,0 +1,81 @@
+"""`svgfeat train-ae DATA --dinov3 PATH --out DIR`: train an SVG autoencoder (residual encoder + decoder)."""
+
+from __future__ import annotations
+
+import click
+
+BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_plus"]
+
+
+@click.command(name="train-ae")
+@click.argument("data")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (resumes if it "
+              "holds checkpoints).")
+@click.option("--dinov3", default=None, help="Frozen DINOv3 weights (Meta .pth, timm .safetensors or 'hf'); "
+              "optional only for test_* models.")
+@click.option("--backbone", type=click.Choice(BACKBONES), default=None,
+              help="DINOv3 variant (default: inferred from --dinov3, else vit_small_plus).")
+@click.option("--model", default=None, help="Registered encoder to start from instead (e.g. test_tiny).")
+@click.option("--size", default=256, show_default=True, type=int, help="Training crop size (multiple of 16).")
+@click.option("--steps", default=100_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Global batch (split over torchrun ranks).")
+@click.option("--lr", default=1e-4, show_default=True, type=float)
+@click.option("--disc-lr", default=None, type=float, help="Discriminator lr (default: --lr).")
+@click.option("--disc-start", default=2501, show_default=True, type=int,
+              help="Iteration at which the adversarial loss starts (official 5001 Lightning steps = 2501).")
+@click.option("--disc-weight", default=0.5, show_default=True, type=float)
+@click.option("--perceptual-weight", default=1.0, show_default=True, type=float)
+@click.option("--reduction", type=click.Choice(["sum", "mean"]), default="sum", show_default=True,
+              help="Reconstruction loss: per-image pixel sum (official) or mean.")
+@click.option("--mask-ratio", default=None, type=float, help="Residual masking probability (default 0.1).")
+@click.option("--residual-dropout", default=None, type=float, help="Residual ViT dropout (default 0.1).")
+@click.option("--rope-rescale", default=None, type=float,
+              help="DINOv3 train-mode RoPE rescale factor; 2 reproduces the official run (default: off).")
+@click.option("--batch-stats", type=click.Choice(["global", "local"]), default="global", show_default=True,
+              help="Under torchrun: alignment/BatchNorm/adaptive-weight statistics over the global batch, or "
+                   "per rank (official).")
+@click.option("--lpips", "lpips_mode", type=click.Choice(["pretrained", "random", "none"]), default="pretrained",
+              show_default=True, help="LPIPS weights; 'random' only checks the plumbing.")
+@click.option("--lpips-weights", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="LPIPS lin layers (vgg.pth).")
+@click.option("--vgg-weights", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="torchvision vgg16 state dict (vgg16-397923af.pth).")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="auto = bf16 autocast on CUDA, fp32 elsewhere.")
+@click.option("--seed", default=23, show_default=True, type=int)
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=0))
+@click.option("--log-every", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--ckpt-every", default=2000, show_default=True, type=click.IntRange(min=1))
+@click.option("--sample-every", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--stats-images", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Training images used for the fixed alignment statistics at the end.")
+@click.option("--export-official", is_flag=True, help="Also write official/svg_autoencoder.ckpt + .yaml.")
+@click.option("--resume/--no-resume", default=True, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train_ae(data, out, dinov3, backbone, model, size, steps, batch_size, lr, disc_lr, disc_start, disc_weight,
+             perceptual_weight, reduction, mask_ratio, residual_dropout, rope_rescale, batch_stats, lpips_mode,
+             lpips_weights, vgg_weights, amp, seed, workers, log_every, ckpt_every, sample_every, stats_images,
+             export_official, resume, device, progress):
+    """Train the SVG residual encoder + pixel decoder on DATA (dataset spec, folder or file list)."""
+    from ..training.ae_train import train_ae as run
+
+    summary = run(data, out, model=model, backbone=backbone, dinov3=dinov3, device=device, resume=resume,
+                  progress=progress, size=size, steps=steps, batch_size=batch_size, lr=lr, disc_lr=disc_lr,
+                  disc_start=disc_start, disc_weight=disc_weight, perceptual_weight=perceptual_weight,
+                  reduction=reduction, mask_ratio=mask_ratio, residual_dropout=residual_dropout,
+                  rope_rescale=rope_rescale, batch_stats=batch_stats, lpips=lpips_mode,
+                  lpips_weights=lpips_weights, vgg_weights=vgg_weights, amp=amp, seed=seed, workers=workers,
+                  log_every=log_every, ckpt_every=ckpt_every, sample_every=sample_every, stats_images=stats_images,
+                  export_official=export_official)
+    if "encoder" not in summary:  # non-zero ranks
+        return
+    last = summary.get("last") or {}
+    click.echo(f"trained {summary['steps']} steps (from {summary['start_step']}); latent channels "
+               f"{summary['latent_channels']}")
+    if last:
+        click.echo(f"last logged step {last['step']}: L1 {last['l1']:.4f}  PSNR {last['psnr']:.2f} dB")
+    click.echo(f"encoder: {summary['encoder']} (fixed alignment stats over {summary['fixed_stats']['images']} images)")
+    for p in summary.get("official", []):
+        click.echo(f"official: {p}")

@@ -1,0 +1,371 @@
+"""Train an SVG autoencoder (residual encoder + pixel decoder on a frozen DINOv3), one process or ``torchrun``.
+
+Recipe (SVG_REFERENCE.md §1.5-1.6): L1 + LPIPS + PatchGAN hinge loss with the adaptive weight, two Adam
+optimizers (betas (0.5, 0.9), lr 1e-4, no schedule), AE update then discriminator update every iteration,
+residual masking (p = mask_ratio), taming crops (short side -> size, random crop), pixels in [-1, 1].
+``disc_start`` counts iterations; the official 5001 counted Lightning's global_step, which advances by 2
+per iteration with two optimizers under manual optimisation, hence the default 2501.
+
+Determinism: data order, crops, mask draws and RoPE-rescale draws are functions of (seed, step); dropout
+uses the torch RNG, whose state is saved per rank. Resuming reproduces the loss sequence of an
+uninterrupted run, and W ranks with B/W images each reproduce one process with B images (up to float
+round-off) when ``batch_stats="global"`` (alignment statistics, discriminator BatchNorm and the adaptive
+weight's gradient norms computed over the global batch) and the residual dropout is 0. The official DDP
+run used per-GPU statistics for all three (``batch_stats="local"``), so its encoding of a training batch
+depended on the per-GPU split.
+
+Outputs in ``out``: ``checkpoints/step_XXXXXXX/`` (see :mod:`.ae_state`), ``log.jsonl`` (metrics),
+``samples/step_XXXXXXX.png`` (originals | reconstructions), ``encoder.safetensors`` (+ JSON; final weights
+with fixed-alignment statistics of the training data in its config) and, with ``export_official``,
+``official/svg_autoencoder.ckpt`` + ``.yaml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from . import dist as D
+from .ae_data import (
+    AECropDataset,
+    StreamBatchSampler,
+    _mix,
+    fixed_images,
+    make_loader,
+    step_generator,
+    to_model_inputs,
+)
+from .ae_model import (
+    BATCH_STATS,
+    autoencoder_config,
+    build_autoencoder,
+    mask_keep,
+    read_backbone_weights,
+    trainable_parameters,
+    training_latent,
+)
+from .ae_state import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from .discriminator import build_discriminator
+from .losses import REDUCTIONS, AELoss
+from .recon_metrics import psnr, quantize01, save_sheet
+from .rope_aug import install_rope_rescale, rope_rescale_active
+
+LPIPS_MODES = ("pretrained", "random", "none")
+# trainer settings that must match when resuming (others, e.g. steps or log_every, may change)
+RESUME_KEYS = ("size", "batch_size", "seed", "mask_ratio", "rope_rescale", "batch_stats", "disc_ndf", "disc_layers")
+
+
+@dataclass
+class AETrainConfig:
+    """Hyper-parameters of :func:`train_ae` (defaults: the official recipe)."""
+
+    size: int = 256
+    steps: int = 100_000
+    batch_size: int = 64            # global batch (split over ranks)
+    lr: float = 1e-4
+    disc_lr: float | None = None    # None: same as lr
+    betas: tuple = (0.5, 0.9)
+    disc_start: int = 2501
+    disc_weight: float = 0.5
+    disc_factor: float = 1.0
+    perceptual_weight: float = 1.0
+    reduction: str = "sum"
+    disc_ndf: int = 64
+    disc_layers: int = 3
+    mask_ratio: float | None = None       # None: the model's (0.1)
+    residual_dropout: float | None = None  # None: the model's (0.1)
+    rope_rescale: float | None = None     # 2.0 reproduces the official train-mode DINOv3 (see rope_aug)
+    batch_stats: str = "global"
+    lpips: str = "pretrained"
+    lpips_width_div: int = 1
+    vgg_weights: str | None = None
+    lpips_weights: str | None = None
+    amp: str = "auto"                     # auto: bf16 autocast on CUDA, fp32 elsewhere | bf16 | fp32
+    seed: int = 23
+    workers: int = 4
+    log_every: int = 50
+    ckpt_every: int = 2000
+    keep_checkpoints: int = 2             # 0 keeps all
+    sample_every: int = 1000
+    num_samples: int = 8
+    stats_images: int = 10_000
+    stats_batch_size: int = 64
+    export_official: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.size <= 0 or self.size % 16:
+            raise ConfigError(f"size must be a positive multiple of 16, got {self.size}")
+        for name in ("steps", "batch_size", "log_every", "ckpt_every", "sample_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.batch_stats not in BATCH_STATS:
+            raise ConfigError(f"batch_stats={self.batch_stats!r}: expected one of {BATCH_STATS}")
+        if self.reduction not in REDUCTIONS:
+            raise ConfigError(f"reduction={self.reduction!r}: expected one of {REDUCTIONS}")
+        if self.lpips not in LPIPS_MODES:
+            raise ConfigError(f"lpips={self.lpips!r}: expected one of {LPIPS_MODES}")
+        if self.amp not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"amp={self.amp!r}: expected auto, bf16 or fp32")
+        if self.lpips == "none" and self.perceptual_weight > 0:
+            raise ConfigError("lpips='none' needs perceptual_weight=0")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _autocast(device: torch.device, amp: str):
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    if use and device.type != "cuda":
+        raise ConfigError("bf16 autocast is only used on CUDA; pass amp='fp32' (--amp fp32) on CPU")
+    return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use else contextlib.nullcontext
+
+
+class _ChannelSums:
+    """Per-channel float64 sums for the fixed alignment statistics (same math as models.align.AlignmentStats,
+    with sums that can be all-reduced over ranks)."""
+
+    def __init__(self):
+        self.t: dict[str, torch.Tensor] = {}
+
+    def update(self, name: str, x: torch.Tensor) -> None:
+        x = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)
+        new = torch.cat([x.sum(1), (x * x).sum(1), torch.full((1,), float(x.shape[1]), dtype=torch.float64,
+                                                                device=x.device)])
+        self.t[name] = self.t[name] + new if name in self.t else new
+
+    def compute(self, name: str) -> tuple[float, float]:
+        t = self.t[name]
+        C = (t.numel() - 1) // 2
+        s, ss, n = t[:C], t[C:2 * C], t[2 * C]
+        mean = s / n
+        var = ((ss - n * mean * mean) / (n - 1).clamp_min(1)).clamp_min(0)
+        return float(mean.mean()), float(var.sqrt().mean())
+
+
+@torch.no_grad()
+def compute_fixed_stats(enc, data: AECropDataset, info: D.DistInfo, device, n_images: int, batch_size: int,
+                        seed: int) -> dict:
+    """Fixed alignment statistics over (up to) ``n_images`` centre-cropped training images (seeded subset,
+    split over ranks, sums all-reduced): {mu_dino, sigma_dino, mu_res, sigma_res}."""
+    n = len(data)
+    idx = np.arange(n) if n_images >= n else np.sort(np.random.default_rng(_mix(seed, 99)).permutation(n)[:n_images])
+    mine = idx[info.rank::info.world]
+    acc = _ChannelSums()
+    was = enc.training
+    enc.eval()
+    try:
+        for i in range(0, max(len(mine), 1), batch_size):
+            chunk = mine[i:i + batch_size]
+            if len(chunk) == 0:
+                break
+            _, xn = to_model_inputs(torch.stack([data[(int(j), None)] for j in chunk]), device)
+            acc.update("dino", enc.backbone(xn).patch)
+            acc.update("res", enc.raw_residual(xn))
+    finally:
+        enc.train(was)
+    C, r = enc.embed_dim, enc.residual_channels
+    for name, c in (("dino", C), ("res", r)):
+        t = acc.t.get(name, torch.zeros(2 * c + 1, dtype=torch.float64, device=device))
+        acc.t[name] = D.all_reduce_sum(t.to(device), info)
+    mu_d, s_d = acc.compute("dino")
+    mu_r, s_r = acc.compute("res")
+    return {"mu_dino": mu_d, "sigma_dino": s_d, "mu_res": mu_r, "sigma_res": s_r, "images": int(len(idx))}
+
+
+@torch.no_grad()
+def sample_grid(enc, images_u8: torch.Tensor, path, device) -> dict:
+    """Reconstruct fixed images (eval mode) and save originals | reconstructions; returns metrics."""
+    x, xn = to_model_inputs(images_u8, device)
+    x_rec = enc.decode(enc.encode(xn).latent).float()
+    a, b = quantize01(x), quantize01(x_rec)
+    save_sheet((a.cpu(), b.cpu()), path)
+    return {"val_psnr": float(psnr(a, b).mean()), "val_l1": float((x - x_rec.clamp(-1, 1)).abs().mean())}
+
+
+def _truncate_log(path: Path, start_step: int) -> None:
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", -1) < start_step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+def train_ae(data, out, model: str | None = None, backbone: str | None = None, dinov3=None, device="cpu",
+             resume: bool = True, progress: bool = True, config: AETrainConfig | None = None, **overrides) -> dict:
+    """Train an SVG autoencoder on ``data`` (any :func:`svgfeat.open_dataset` spec or Dataset).
+
+    ``model`` (e.g. ``"test_tiny"``) or ``backbone`` (``vit_small_plus`` default, ``vit_base``, ``vit_large``,
+    ...) chooses the architecture; ``dinov3`` the frozen backbone weights (random only for test_* models).
+    ``config``/``overrides``: :class:`AETrainConfig` fields. Returns a summary dict: out, steps, start_step,
+    first/last log records, checkpoint, fixed_stats, latent_channels, encoder (path, rank 0), official
+    (paths, with export_official) and encoder_object (the trained :class:`SVGEncoder`, eval mode).
+    """
+    from ..data import open_dataset
+    from ..models.loading import export_official, save_encoder
+    from .lpips import build_lpips
+
+    cfg = config or AETrainConfig()
+    bad = set(overrides) - set(AETrainConfig.__dataclass_fields__)
+    if bad:
+        raise ConfigError(f"unknown AE training option(s) {sorted(bad)}; "
+                          f"expected fields of AETrainConfig: {sorted(AETrainConfig.__dataclass_fields__)}")
+    cfg = AETrainConfig(**{**asdict(cfg), **overrides})
+    cfg.validate()
+    info, dev = D.setup(device)
+    try:
+        if cfg.batch_size % info.world:
+            raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {info.world} ranks")
+        autocast = _autocast(dev, cfg.amp)
+        dataset = open_dataset(data)
+        crops = AECropDataset(dataset, cfg.size)
+        weights = read_backbone_weights(dinov3) if dinov3 is not None else None
+        if weights is not None and backbone is None and model is None:
+            backbone = weights[2]
+        enc_cfg = autoencoder_config(backbone, cfg.size, model, cfg.mask_ratio, cfg.residual_dropout)
+        enc, prov = build_autoencoder(enc_cfg, weights, dev, cfg.seed)
+        random_dino = dinov3 is None
+        rope = install_rope_rescale(enc.backbone, cfg.rope_rescale) if cfg.rope_rescale else None
+        lp = None
+        if cfg.lpips != "none":
+            lp = build_lpips(cfg.vgg_weights, cfg.lpips_weights, pretrained=cfg.lpips == "pretrained",
+                             width_div=cfg.lpips_width_div, device=dev, seed=cfg.seed)
+        disc = build_discriminator(cfg.disc_ndf, cfg.disc_layers, sync_bn=cfg.batch_stats == "global",
+                                   seed=cfg.seed + 1, device=dev)
+        loss = AELoss(lp, disc, cfg.disc_start, cfg.disc_weight, cfg.disc_factor, cfg.perceptual_weight,
+                      cfg.reduction)
+        ae_params = trainable_parameters(enc)
+        opt_ae = torch.optim.Adam(ae_params, lr=cfg.lr, betas=tuple(cfg.betas))
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr or cfg.lr, betas=tuple(cfg.betas))
+        D.broadcast_module(enc, info)
+        D.broadcast_module(disc, info)
+
+        out = Path(out)
+        ck_root = out / "checkpoints"
+        log_path = out / "log.jsonl"
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        D.barrier(info)
+        trainer_meta = {"trainer": cfg.to_json(), "encoder": enc_cfg, "data": str(data),
+                        "data_len": len(dataset), "dinov3": prov.get("dinov3"), "world_size": info.world}
+        start = 0
+        last = latest_checkpoint(ck_root) if resume else None
+        if last is not None:
+            saved = read_meta(last)["config"]
+            diffs = [k for k in RESUME_KEYS if saved["trainer"].get(k) != cfg.to_json().get(k)]
+            if saved["encoder"] != json.loads(json.dumps(enc_cfg)):
+                diffs.append("encoder config")
+            if saved.get("data_len") != len(dataset):
+                diffs.append(f"dataset size ({saved.get('data_len')} vs {len(dataset)})")
+            if diffs:
+                raise ConfigError(f"cannot resume from {last}: different {', '.join(diffs)}; use a new --out "
+                                  "or --no-resume")
+            start = load_checkpoint(last, enc, disc, opt_ae, opt_d, info, dev)
+        if info.is_main:
+            _truncate_log(log_path, start)
+        D.barrier(info)
+
+        sampler = StreamBatchSampler(len(crops), cfg.batch_size, cfg.seed, info.rank, info.world, start,
+                                     max(cfg.steps - start, 0))
+        lo, hi = sampler.rank_slice()
+        loader = make_loader(crops, sampler, cfg.workers, pin_memory=dev.type == "cuda")
+        grad_reduce = (lambda t: D.all_reduce_mean(t.clone(), info)) if (
+            cfg.batch_stats == "global" and info.distributed) else None
+        mask_ratio = enc.mask_ratio
+        fixed = fixed_images(crops, cfg.num_samples) if info.is_main else None
+        pbar = None
+        if progress and info.is_main:
+            from tqdm import tqdm
+
+            pbar = tqdm(total=cfg.steps, initial=start, desc="train-ae", unit="step", dynamic_ncols=True)
+
+        def save(step):
+            p = save_checkpoint(ck_root, step, enc, disc, opt_ae, opt_d, trainer_meta, info, random_dino)
+            if info.is_main and cfg.keep_checkpoints > 0:
+                old = sorted(d for d in ck_root.glob("step_*") if d.is_dir())[:-cfg.keep_checkpoints]
+                for d in old:
+                    shutil.rmtree(d, ignore_errors=True)
+            return p
+
+        first = last_logs = None
+        t0, n_timed, window, counts = time.perf_counter(), 0, {}, {}
+        step = start
+        for u8 in loader:
+            enc.train()
+            disc.train()
+            x, xn = to_model_inputs(u8, dev)
+            g = step_generator(cfg.seed, step)
+            keep = mask_keep(g, cfg.batch_size, mask_ratio)
+            with rope_rescale_active(rope, g), autocast():
+                z = training_latent(enc, xn, None if keep is None else keep[lo:hi], info, cfg.batch_stats)
+                x_rec = enc.decoder(z)
+                loss_g, logs = loss.generator_loss(x, x_rec, enc.decoder.conv_out.weight, step, grad_reduce)
+            opt_ae.zero_grad(set_to_none=True)
+            loss_g.backward()
+            D.average_gradients(ae_params, info)
+            opt_ae.step()
+            with autocast():
+                d_loss, d_logs = loss.discriminator_loss(x, x_rec.detach(), step)
+            if d_loss is not None:
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                D.average_gradients(disc.parameters(), info)
+                opt_d.step()
+            logs.update(d_logs)
+            logs["psnr"] = psnr(quantize01(x), quantize01(x_rec.detach())).mean()
+            for k, v in logs.items():  # window sums (keys appear once the discriminator starts)
+                window[k] = window.get(k, 0.0) + torch.as_tensor(v).detach().float().to(dev)
+                counts[k] = counts.get(k, 0) + 1
+            n_timed += 1
+            step += 1
+            if pbar is not None:
+                pbar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                keys = sorted(window)
+                vals = torch.stack([window[k] / counts[k] for k in keys])
+                vals = D.all_reduce_mean(vals, info)
+                rec = {"step": step - 1, **{k: float(v) for k, v in zip(keys, vals.cpu())},
+                       "window": n_timed, "sec_per_step": (time.perf_counter() - t0) / n_timed}
+                t0, n_timed, window, counts = time.perf_counter(), 0, {}, {}
+                first = first or rec
+                last_logs = rec
+                if info.is_main:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    if pbar is not None:
+                        pbar.set_postfix(l1=f"{rec['l1']:.4f}", psnr=f"{rec['psnr']:.2f}")
+            if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
+                m = sample_grid(enc, fixed, out / "samples" / f"step_{step:07d}.png", dev)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": step - 1, **m}) + "\n")
+            if step % cfg.ckpt_every == 0 and step < cfg.steps:
+                save(step)
+        if pbar is not None:
+            pbar.close()
+        final_ck = save(cfg.steps) if start < cfg.steps or last is None else last
+
+        stats = compute_fixed_stats(enc, crops, info, dev, cfg.stats_images, cfg.stats_batch_size, cfg.seed)
+        enc.align.set_fixed_stats(stats)
+        summary = {"out": str(out), "steps": cfg.steps, "start_step": start, "first": first, "last": last_logs,
+                   "checkpoint": str(final_ck), "fixed_stats": stats, "latent_channels": enc.latent_channels}
+        if info.is_main:
+            summary["encoder"] = str(save_encoder(enc, out / "encoder.safetensors", include_backbone=random_dino))
+            if cfg.export_official:
+                summary["official"] = [str(p) for p in export_official(enc, out / "official" / "svg_autoencoder.ckpt")]
+            (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        D.barrier(info)
+        summary["encoder_object"] = enc.eval()
+        return summary
+    finally:
+        D.teardown(info)
