@@ -57,7 +57,7 @@ class ArrayCache:
 
 # ---------------------------------------------------------------------------------------------- 1
 def bench_training(batch: int, reps: int) -> dict:
-    from svgfeat.extract import extract
+    from svgfeat.extraction import extract
     from svgfeat.models.registry import create_model
     from svgfeat.models.svg import load_encoder
 

@@ -25,7 +25,7 @@ from _common import photo_folder  # noqa: E402
 
 
 def run(folder, enc, args, gpu_decode, bf16, out):
-    from svgfeat.extract import extract
+    from svgfeat.extraction import extract
 
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

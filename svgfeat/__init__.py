@@ -19,7 +19,7 @@ _LAZY = {
     # cache / extraction (issue B)
     "open_cache": "svgfeat.cache",
     "FeatureCache": "svgfeat.cache",
-    "extract": "svgfeat.extract",
+    "extract": "svgfeat.extraction",
     "open_dataset": "svgfeat.data",
     # heads (issues C, D, E)
     "LinearProbe": "svgfeat.heads.probe",

@@ -74,7 +74,7 @@ def test_device_views_are_shared(cache):
 
 
 def test_verify_detects_corruption(cache, tmp_path):
-    from svgfeat.extract import verify_cache
+    from svgfeat.extraction import verify_cache
 
     assert verify_cache(cache.root) == []
     import shutil

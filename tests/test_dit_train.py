@@ -117,7 +117,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
 
 def test_end_to_end_on_a_real_cache(tmp_path):
     """Encode real images (embedded digits) with the tiny encoder into a real cache, then train on it."""
-    extract = pytest.importorskip("svgfeat.extract").extract
+    extract = pytest.importorskip("svgfeat.extraction").extract
     from svgfeat.cache import open_cache
     from svgfeat.models.registry import create_model
 
@@ -141,7 +141,7 @@ def test_train_dit_cli(tmp_path):
 
     from svgfeat.cli.train_dit import train_dit as cmd
 
-    extract = pytest.importorskip("svgfeat.extract").extract
+    extract = pytest.importorskip("svgfeat.extraction").extract
     from svgfeat.cache import open_cache
     from svgfeat.models.registry import create_model
 

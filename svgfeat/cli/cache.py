@@ -39,7 +39,7 @@ def info(path, as_json):
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 def verify(path):
     """Recompute every shard checksum; exit 1 when anything is wrong."""
-    from ..extract import verify_cache
+    from ..extraction import verify_cache
 
     problems = verify_cache(path)
     for p in problems:

@@ -19,7 +19,7 @@ def encode(images, out, dinov3, svg, svg_config, model, alignment, device, group
     from ..checkpoints import save_safetensors
     from ..data import open_dataset
     from ..data.transforms import preprocess
-    from ..extract import validate_groups
+    from ..extraction import validate_groups
     from ..models.svg import layers_needed
 
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)

@@ -31,7 +31,7 @@ def extract(data, out, dinov3, svg, svg_config, model, alignment, device, groups
             batch_size, shard_size, workers, limit, views, label_file, fast_jpeg, overwrite):
     """Extract SVG features of DATA (folder, file list or sample:...) into the cache OUT (resumable)."""
     from ..data import open_dataset
-    from ..extract import extract as run
+    from ..extraction import extract as run
 
     ds = open_dataset(data, labels=label_file)
     cache = run(ds, out, dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, groups=groups, size=size,

@@ -39,8 +39,12 @@ def open_dataset(spec, labels=None, classes=None) -> ImageDataset:
             return SampleDigits(name.split("/")[1])
         if name == "photos":
             return SamplePhotos()
-        raise DataError(f"unknown sample dataset {s!r}; expected sample:digits/train, sample:digits/val "
-                        "or sample:photos")
+        if name.startswith("digitseg"):
+            from .segmentation import open_seg_dataset
+
+            return open_seg_dataset(s)
+        raise DataError(f"unknown sample dataset {s!r}; expected sample:digits/train, sample:digits/val, "
+                        "sample:photos or sample:digitseg/train|val")
     p = Path(s)
     if not p.exists():
         raise DataError(f"dataset not found: {s} (expected a folder, a .txt file list or sample:...)")

@@ -80,7 +80,7 @@ def cache_provenance(cache, group: str) -> dict:
 
 
 def encoder_provenance(encoder) -> dict:
-    from ..extract import encoder_spec
+    from ..extraction import encoder_spec
 
     return encoder_spec(encoder)
 
