@@ -38,8 +38,10 @@ def plain_loop(X, y, Xv, yv, lrs, batch, steps, seed, device):
     accs = []
     for lr in lrs:
         head = torch.nn.Linear(X.shape[1], int(y.max()) + 1).to(device)
-        torch.nn.init.normal_(head.weight, std=0.01)
-        torch.nn.init.zeros_(head.bias)
+        with torch.no_grad():  # the probe's init: N(0, 0.01) drawn from generator seed + 1, zero bias
+            g = torch.Generator().manual_seed(seed + 1)
+            head.weight.copy_((torch.randn(X.shape[1], head.out_features, generator=g) * 0.01).t())
+            head.bias.zero_()
         opt = torch.optim.SGD(head.parameters(), lr=lr * batch / 256, momentum=0.9, weight_decay=0)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=0)
         order = BatchOrder(np.arange(len(y)), np.arange(len(y)), np.zeros(len(y), np.int64), seed)

@@ -1,0 +1,335 @@
+"""Linear-probe classification (DINOv3 ImageNet-1K protocol) with a grid of heads trained together.
+
+DINOv3 (``dinov3/eval/linear.py``) trains one linear head per learning rate -- 13 rates 1e-5 ... 0.1,
+scaled by batch/256 -- with SGD (momentum 0.9, no weight decay) and a cosine schedule on [CLS, mean patch
+token] features, then reports the best head. :class:`LinearProbe` does the same in one pass over the data
+per epoch for all heads (one batched matmul, see :mod:`svgfeat.heads._grid`), on CPU or GPU, and by
+default selects the head on a held-out split of *train* (``select_on="heldout"``) so that the reported
+val accuracy is unbiased; ``select_on="val"`` reproduces DINOv3's selection on val and is labelled so.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from ..errors import ConfigError
+from ._features import DEFAULT_SPEC, aligned_labels, eval_rows, feature_matrix, is_cache
+from ._grid import BatchOrder, GridConfig, evaluate_grid, train_grid
+
+DINOV3_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
+SELECTIONS = ("heldout", "val")
+
+
+def heldout_split(sample_ids: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
+    """Split rows into (train_rows, heldout_rows) by *sample*: all views of an image land on one side.
+
+    Stratified by label when every class has >= 2 samples and both sides can hold every class; else a
+    plain seeded random split. Returns two sorted np.int64 row arrays.
+    """
+    from sklearn.model_selection import train_test_split
+
+    uniq, first = np.unique(sample_ids, return_index=True)
+    n = len(uniq)
+    n_held = int(round(n * fraction))
+    if not 1 <= n_held < n:
+        raise ConfigError(
+            f"heldout_fraction={fraction} leaves {n_held} of {n} samples held out; need at least 1 sample "
+            "on each side (use a larger fraction, more data, or select_on='val')"
+        )
+    lab = labels[first]
+    classes, counts = np.unique(lab, return_counts=True)
+    stratify = lab if (counts.min() >= 2 and n_held >= len(classes) and n - n_held >= len(classes)) else None
+    _, held = train_test_split(uniq, test_size=n_held, random_state=seed, stratify=stratify)
+    is_held = np.isin(sample_ids, held)
+    return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+
+
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """A grid of linear softmax classifiers trained together; the best one is used for prediction.
+
+    Parameters: features -- feature spec used when X is a cache / SVGFeatures (see
+    :mod:`svgfeat.heads._features`); lrs -- base learning rates (default DINOv3's 13); weight_decays --
+    grid of weight decays (heads = lrs x weight_decays); optimizer -- "sgd" (momentum) or "adamw";
+    scale_lr -- multiply lrs by batch_size/256 (None: True for sgd, False for adamw); epochs /
+    iterations / min_iterations -- training length (``iterations``, when set, is the exact step count;
+    otherwise ``epochs`` epochs but at least ``min_iterations`` steps, so that small datasets do not stop
+    after a handful of steps); batch_size; schedule -- "cosine" or
+    "constant"; standardize -- z-score features with train statistics; select_on -- "heldout" (split
+    ``heldout_fraction`` of train by sample, stratified) or "val" (needs X_val in fit; DINOv3 protocol);
+    device; random_state; progress -- tqdm bars.
+
+    Fitted attributes: classes_ [K]; W_ [H, D, K] / b_ [H, K] float32 CPU tensors; coef_ [K, D] /
+    intercept_ [K] numpy of the best head; heads_ (list of dicts per head: name, lr, base_lr, wd and
+    heldout_/val_ top1/top5 in percent); best_index_; selection_; heldout_rows_ (rows of the training
+    input used for selection, empty with select_on="val"); train_rows_.
+    """
+
+    def __init__(self, features: str = DEFAULT_SPEC, lrs=None, weight_decays=(0.0,), optimizer: str = "sgd",
+                 momentum: float = 0.9, scale_lr=None, epochs: int = 10, iterations=None,
+                 min_iterations: int = 1000, batch_size: int = 1024, schedule: str = "cosine",
+                 standardize: bool = False, select_on: str = "heldout", heldout_fraction: float = 0.1,
+                 device="cpu", random_state: int = 0, init_std: float = 0.01, progress: bool = False):
+        self.features = features
+        self.lrs = lrs
+        self.weight_decays = weight_decays
+        self.optimizer = optimizer
+        self.momentum = momentum
+        self.scale_lr = scale_lr
+        self.epochs = epochs
+        self.iterations = iterations
+        self.min_iterations = min_iterations
+        self.batch_size = batch_size
+        self.schedule = schedule
+        self.standardize = standardize
+        self.select_on = select_on
+        self.heldout_fraction = heldout_fraction
+        self.device = device
+        self.random_state = random_state
+        self.init_std = init_std
+        self.progress = progress
+
+    # ------------------------------------------------------------------ validation
+    def _grid(self):
+        lrs = DINOV3_LRS if self.lrs is None else tuple(float(v) for v in np.atleast_1d(self.lrs))
+        wds = tuple(float(v) for v in np.atleast_1d(self.weight_decays))
+        if not lrs or any(not (v > 0 and np.isfinite(v)) for v in lrs):
+            raise ConfigError(f"lrs must be positive finite numbers, got {self.lrs!r}")
+        if not wds or any(not (v >= 0 and np.isfinite(v)) for v in wds):
+            raise ConfigError(f"weight_decays must be >= 0, got {self.weight_decays!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.select_on not in SELECTIONS:
+            raise ConfigError(f"select_on must be one of {SELECTIONS}, got {self.select_on!r}")
+        if self.iterations is not None and int(self.iterations) < 1:
+            raise ConfigError(f"iterations must be >= 1 (or None to use epochs), got {self.iterations!r}")
+        if int(self.epochs) < 1 or int(self.min_iterations or 0) < 0:
+            raise ConfigError(f"epochs must be >= 1 and min_iterations >= 0, got epochs={self.epochs!r}, "
+                              f"min_iterations={self.min_iterations!r}")
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.select_on == "heldout" and not 0 < self.heldout_fraction < 1:
+            raise ConfigError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
+        scale = (self.optimizer == "sgd") if self.scale_lr is None else bool(self.scale_lr)
+        factor = self.batch_size / 256.0 if scale else 1.0
+        heads = [(lr, wd) for wd, lr in itertools.product(wds, lrs)]
+        return heads, factor
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y=None, *, X_val=None, y_val=None, sample_ids=None, view_ids=None):
+        """Train every head on X [n, D] (array / tensor / FeatureCache / SVGFeatures) with labels y [n].
+
+        X_val / y_val: optional validation data; its per-head accuracy is reported in ``heads_`` and,
+        with select_on="val", used for selection. sample_ids / view_ids [n]: rows sharing a sample_id are
+        augmented views of one image (one is sampled per epoch; the held-out split never separates them).
+        """
+        heads, factor = self._grid()
+        fm = feature_matrix(X, y, features=self.features, sample_ids=sample_ids, view_ids=view_ids,
+                            progress=self.progress)
+        if fm.y is None:
+            raise ConfigError("LinearProbe.fit needs labels: pass y or a cache with labels")
+        if np.issubdtype(fm.y.dtype, np.integer) and (fm.y < 0).any():
+            raise ConfigError(f"{int((fm.y < 0).sum())} training rows are unlabelled (label -1); "
+                              "a linear probe needs every training row labelled")
+        self.classes_ = np.unique(fm.y)
+        if len(self.classes_) < 2:
+            raise ConfigError(f"need at least 2 classes to train a classifier, got {self.classes_.tolist()}")
+        # class names of a training cache: other caches' labels are matched to them by name
+        self.class_names_ = list(X.classes) if is_cache(X) and y is None and X.classes else None
+        if self.select_on == "val" and X_val is None:
+            raise ConfigError("select_on='val' needs validation data: fit(X, y, X_val=..., y_val=...)")
+        yi = np.searchsorted(self.classes_, fm.y)
+        self.feature_groups_ = fm.groups
+        self.n_features_in_ = int(fm.X.shape[1])
+
+        if self.select_on == "heldout":
+            train_rows, held_rows = heldout_split(fm.sample_ids, fm.y, self.heldout_fraction,
+                                                  self.random_state)
+            held_rows = held_rows[eval_rows(fm.sample_ids[held_rows], fm.view_ids[held_rows])]
+        else:
+            train_rows, held_rows = np.arange(len(fm.y)), np.zeros(0, np.int64)
+        self.train_rows_, self.heldout_rows_ = train_rows, held_rows
+
+        device = torch.device(self.device)
+        Xt = fm.X if isinstance(fm.X, torch.Tensor) else torch.from_numpy(np.asarray(fm.X))
+        Xt = Xt.to(device)
+        if not Xt.dtype.is_floating_point:
+            Xt = Xt.float()
+        yt = torch.from_numpy(yi).to(device)
+        if self.standardize:
+            tr = torch.from_numpy(train_rows).to(device)
+            sub = Xt[tr].double()
+            self.mean_ = sub.mean(0).float()
+            self.scale_ = sub.std(0, unbiased=False).clamp_min(1e-6).float()
+        else:
+            self.mean_ = self.scale_ = None
+        order = BatchOrder(train_rows, fm.sample_ids, fm.view_ids, self.random_state)
+        bs = min(int(self.batch_size), order.n_samples)
+        steps_per_epoch = -(-order.n_samples // bs)
+        if self.iterations:  # an explicit step count wins over epochs and min_iterations
+            steps = int(self.iterations)
+        else:
+            steps = max(int(self.epochs) * steps_per_epoch, int(self.min_iterations or 0), 1)
+        cfg = GridConfig(lrs=tuple(lr * factor for lr, _ in heads), wds=tuple(wd for _, wd in heads),
+                         optimizer=self.optimizer, momentum=self.momentum, steps=steps, batch_size=bs,
+                         schedule=self.schedule, init_std=self.init_std, seed=self.random_state)
+        grid = train_grid(Xt, yt, order, len(self.classes_), cfg, self._transform(device), self.progress)
+        self.n_iter_ = steps
+        self.batch_size_ = bs
+        self._dev = (grid.W.clone(memory_format=torch.contiguous_format),
+                     grid.b.clone(memory_format=torch.contiguous_format))
+        self.W_, self.b_ = self._dev[0].cpu(), self._dev[1].cpu()
+
+        multi_wd = len({wd for _, wd in heads}) > 1
+        self.heads_ = [{"name": _head_name(lr, wd, multi_wd), "base_lr": lr, "lr": lr * factor, "wd": wd}
+                       for lr, wd in heads]
+        if len(held_rows):
+            t1, t5 = evaluate_grid(*self._dev, Xt[torch.from_numpy(held_rows).to(device)],
+                                   yt[torch.from_numpy(held_rows).to(device)], self._transform(device))
+            for h, a, b in zip(self.heads_, t1, t5):
+                h["heldout_top1"], h["heldout_top5"] = float(a), float(b)
+        del Xt
+        if X_val is not None:
+            t1, t5, _ = self._evaluate_all(X_val, y_val)
+            for h, a, b in zip(self.heads_, t1, t5):
+                h["val_top1"], h["val_top5"] = float(a), float(b)
+        key = "heldout_top1" if self.select_on == "heldout" else "val_top1"
+        self.selection_ = self.select_on
+        self.best_index_ = int(np.argmax([h[key] for h in self.heads_]))  # first index wins ties
+        W, b = self.W_[self.best_index_], self.b_[self.best_index_]
+        if self.standardize:  # fold standardisation into the exported sklearn-style coefficients
+            W = W / self.scale_.cpu()[:, None]
+            b = b - (self.mean_.cpu()[:, None] * W).sum(0)
+        self.coef_ = W.t().numpy().copy()
+        self.intercept_ = b.numpy().copy()
+        return self
+
+    def _transform(self, device):
+        if not self.standardize:
+            return None
+        mean, scale = self.mean_.to(device), self.scale_.to(device)
+        return lambda x: (x - mean) / scale
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self):
+        if not hasattr(self, "W_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("this LinearProbe is not fitted yet; call fit(X, y) first")
+
+    def _weights(self, device):
+        W, b = getattr(self, "_dev", (self.W_, self.b_))
+        if W.device != torch.device(device):
+            W, b = self.W_.to(device), self.b_.to(device)
+        return W, b
+
+    def _matrix(self, X, y=None):
+        if y is None and is_cache(X) and getattr(self, "class_names_", None):
+            y = aligned_labels(self.class_names_, X)
+        fm = feature_matrix(X, y, features=self.features, progress=self.progress)
+        if fm.X.shape[1] != self.n_features_in_:
+            raise ConfigError(f"X has {fm.X.shape[1]} features, but the probe was fitted with "
+                              f"{self.n_features_in_} (feature spec {self.features!r})")
+        return fm
+
+    @torch.no_grad()
+    def decision_function(self, X, head: int | None = None, chunk: int = 8192) -> np.ndarray:
+        """Logits [n, K] float32 of the best head (or head index ``head``)."""
+        self._check_fitted()
+        fm = self._matrix(X)
+        h = self.best_index_ if head is None else int(head)
+        device = torch.device(self.device)
+        W, b = self._weights(device)
+        W, b = W[h], b[h]
+        tf = self._transform(device)
+        Xt = fm.X if isinstance(fm.X, torch.Tensor) else torch.from_numpy(np.asarray(fm.X))
+        out = []
+        for i in range(0, len(Xt), chunk):
+            xb = Xt[i:i + chunk].to(device).float()
+            out.append(torch.addmm(b, xb if tf is None else tf(xb), W).cpu())
+        return torch.cat(out).numpy()
+
+    def predict(self, X, head: int | None = None) -> np.ndarray:
+        """Predicted labels [n] (values of ``classes_``)."""
+        self._check_fitted()
+        return self.classes_[self.decision_function(X, head).argmax(1)]
+
+    def predict_proba(self, X, head: int | None = None) -> np.ndarray:
+        """Class probabilities [n, K] float32 (softmax of the logits)."""
+        return torch.softmax(torch.from_numpy(self.decision_function(X, head)), dim=1).numpy()
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """Top-1 accuracy in [0, 1] of the best head (y defaults to the cache labels)."""
+        fm = self._matrix(X, y)
+        if fm.y is None:
+            raise ConfigError("score needs labels: pass y or a labelled cache")
+        from sklearn.metrics import accuracy_score
+
+        return float(accuracy_score(fm.y, self.predict(fm.X), sample_weight=sample_weight))
+
+    def evaluate(self, X, y=None) -> dict:
+        """Top-1/top-5 (percent) of every head on X (one row per sample: view 0 of augmented caches).
+
+        Returns {"top1": [H] list, "top5": [H] list, "best": {"head", "top1", "top5"}, "n": rows}.
+        """
+        self._check_fitted()
+        t1, t5, n = self._evaluate_all(X, y)
+        i = self.best_index_
+        return {"top1": t1.tolist(), "top5": t5.tolist(), "n": n,
+                "best": {"head": self.heads_[i]["name"], "top1": float(t1[i]), "top5": float(t5[i])}}
+
+    @torch.no_grad()
+    def _evaluate_all(self, X, y):
+        fm = self._matrix(X, y)
+        if fm.y is None:
+            raise ConfigError("evaluate needs labels: pass y or a labelled cache")
+        rows = eval_rows(fm.sample_ids, fm.view_ids)
+        if np.issubdtype(fm.y.dtype, np.integer):
+            rows = rows[fm.y[rows] != -1]  # unlabelled rows are not evaluated
+        yi = np.searchsorted(self.classes_, fm.y[rows]).clip(0, len(self.classes_) - 1)
+        yi = np.where(self.classes_[yi] == fm.y[rows], yi, -1)  # unseen classes: always wrong
+        device = torch.device(self.device)
+        W, b = self._weights(device)
+        Xt = fm.X if isinstance(fm.X, torch.Tensor) else torch.from_numpy(np.asarray(fm.X))
+        if len(rows) != len(Xt):
+            Xt = Xt[torch.from_numpy(rows).to(Xt.device)]
+        t1, t5 = evaluate_grid(W, b, Xt, torch.from_numpy(yi), self._transform(device))
+        return t1, t5, int(len(rows))
+
+    def report(self, X_val=None, y_val=None) -> dict:
+        """JSON-able summary: {"best": {"head", "lr", "wd", "top1", "top5", ...}, "selection", "note",
+        "heads": [...], "config": {...}}; accuracies in percent. "best" top1/top5 are on val when val
+        accuracies are known (from fit or ``X_val``), else on the held-out split."""
+        self._check_fitted()
+        heads = [dict(h) for h in self.heads_]
+        if X_val is not None:
+            res = self.evaluate(X_val, y_val)
+            for h, a, b in zip(heads, res["top1"], res["top5"]):
+                h["val_top1"], h["val_top5"] = a, b
+        best = dict(heads[self.best_index_])
+        split = "val" if "val_top1" in best else "heldout"
+        out_best = {"head": best["name"], "index": self.best_index_, "lr": best["lr"],
+                    "base_lr": best["base_lr"], "wd": best["wd"], "top1": best[f"{split}_top1"],
+                    "top5": best[f"{split}_top5"], "split": split}
+        if "heldout_top1" in best:
+            out_best["heldout_top1"], out_best["heldout_top5"] = best["heldout_top1"], best["heldout_top5"]
+        note = ("best head selected on a held-out {:.0%} of train (by sample); val never used for selection"
+                .format(self.heldout_fraction) if self.selection_ == "heldout" else
+                "best head selected ON VAL (DINOv3 protocol, select_on='val'): the val accuracy is optimistic")
+        cfg = {k: v for k, v in self.get_params().items() if k not in ("progress",)}
+        cfg.update(device=str(cfg["device"]), iterations_run=self.n_iter_, batch_size_used=self.batch_size_,
+                   n_features=self.n_features_in_, n_classes=len(self.classes_),
+                   feature_groups=self.feature_groups_)
+        if cfg["lrs"] is not None:
+            cfg["lrs"] = [float(v) for v in np.atleast_1d(cfg["lrs"])]
+        cfg["weight_decays"] = [float(v) for v in np.atleast_1d(cfg["weight_decays"])]
+        return {"best": out_best, "selection": self.selection_, "note": note, "heads": heads, "config": cfg}
+
+
+def _head_name(lr: float, wd: float, with_wd: bool) -> str:
+    return f"lr={lr:g}" + (f",wd={wd:g}" if with_wd else "")
