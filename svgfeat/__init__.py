@@ -25,6 +25,7 @@ _LAZY = {
     "LinearProbe": "svgfeat.heads.probe",
     "KNNClassifier": "svgfeat.heads.knn",
     "LogRegSweep": "svgfeat.heads.logreg",
+    "run_imagenet_eval": "svgfeat.evaluation",
     "FaissIndex": "svgfeat.heads.retrieval",
     "PatchIndex": "svgfeat.heads.patch_retrieval",
     "LinearSegHead": "svgfeat.heads.segmentation",
