@@ -53,3 +53,14 @@ def normalise(images_uint8: np.ndarray):
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run much faster with one intra-op thread on a shared 2-core machine; restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,13 +1,13 @@
 """AE losses, LPIPS, discriminator, masking, RoPE rescale and reconstruction metrics (issue G)."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import svgfeat
+from conftest import GOLDEN
 from svgfeat.errors import CheckpointError, ConfigError
 from svgfeat.training.discriminator import GlobalBatchNorm2d, NLayerDiscriminator, build_discriminator
 from svgfeat.training.losses import (
@@ -20,16 +20,7 @@ from svgfeat.training.losses import (
 )
 from svgfeat.training.lpips import LPIPS, build_lpips
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions: one intra-op thread avoids oversubscription on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
 
 
 # ----------------------------------------------------------------------------------------- losses

@@ -18,21 +18,13 @@ from svgfeat.training.ae_data import AECropDataset, StreamBatchSampler, fixed_im
 from svgfeat.training.ae_model import autoencoder_config, build_autoencoder
 from svgfeat.training.ae_train import train_ae
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
+
 HERE = Path(__file__).resolve().parent
 # test_tiny at 64 px, batch 2: ~0.1 s per step on one uncontended core
 TINY = dict(size=64, batch_size=2, lr=1e-3, lpips="random", lpips_width_div=8, disc_ndf=8, workers=0,
             log_every=1, sample_every=100, num_samples=8, stats_images=20, seed=23)
 STEPS, DISC_START, CKPT = 200, 150, 160
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny convolutions gain little from two, and oversubscribed threads on a
-    shared 2-core machine made the training ~9x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _log(out):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import GOLDEN
 from svgfeat.errors import CheckpointError, ConfigError
 from svgfeat.models import dit as dit_mod
 from svgfeat.models.dit import (
@@ -27,18 +27,10 @@ from svgfeat.models.dit import (
 )
 from svgfeat.models.dit import test_dit_tiny as tiny_dit
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
+
 needs_golden = pytest.mark.skipif(not (GOLDEN / "svg_dit_shared.pt").is_file(),
                                   reason=f"golden fixtures not found at {GOLDEN}")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run faster single-threaded on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -19,17 +19,10 @@ from svgfeat.generation.stats import denormalize_tokens, load_stats, normalize_t
 from svgfeat.generation.train import LatentBatcher, train_dit
 from svgfeat.models.dit import load_dit
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
+
 HERE = Path(__file__).resolve().parent
 REF_STATS = HERE.parents[1] / "shared" / "reference" / "dinov3_sp_stats.pt"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run much faster single-threaded (and do not fight other processes for 2 cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _losses(out):

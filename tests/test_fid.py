@@ -19,13 +19,7 @@ from svgfeat.cli.fid import (
     trace_sqrt_product,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
 
 
 def test_one_dimensional_closed_form():

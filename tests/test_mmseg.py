@@ -16,16 +16,9 @@ from svgfeat.errors import ConfigError  # noqa: E402
 from svgfeat.heads.seg_metrics import SegMetric  # noqa: E402
 from svgfeat.integrations import mmseg as integ  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
+
 K = 5
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread avoids oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_config(name: str, **backbone) -> Config:

@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import GOLDEN
 from svgfeat.errors import ConfigError
 from svgfeat.generation.flow import flow_matching_loss, shift_t
 from svgfeat.generation.sampling import METHODS, guidance_at, parse_cfg_mode, sample, time_grid
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
+
 HAVE_GOLDEN = (GOLDEN / "svg_dit_shared_ref.json").is_file()
 RUNS = json.loads((GOLDEN / "svg_dit_shared_ref.json").read_text())["runs"] if HAVE_GOLDEN else {}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run faster single-threaded on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

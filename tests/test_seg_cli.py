@@ -6,18 +6,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from svgfeat.cli import main
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
 
 
 def run(args, capsys):

@@ -17,14 +17,7 @@ from svgfeat.errors import ConfigError, DataError
 from svgfeat.heads.seg_metrics import majority_baseline
 from svgfeat.heads.segmentation import LinearSegHead, slide_inference
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread avoids oversubscription (10x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
 
 
 @pytest.fixture(scope="module")
