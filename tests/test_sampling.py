@@ -190,12 +190,9 @@ def test_generate_and_interpolate_cli(tmp_path):
     from svgfeat.generation.stats import save_stats
     from svgfeat.models.dit import save_dit
     from svgfeat.models.dit import test_dit_tiny as tiny
+    from svgfeat.models.registry import create_model
 
-    try:
-        from svgfeat.models.registry import create_model
-        C = create_model("test_tiny").latent_channels
-    except (ImportError, ValueError) as e:
-        pytest.skip(f"tiny encoder not available: {e}")
+    C = create_model("test_tiny").latent_channels
     torch.manual_seed(0)
     save_dit(tiny(in_channels=C, input_size=4, num_classes=10), tmp_path / "dit.safetensors")
     save_stats(tmp_path / "stats.pt", torch.zeros(C), torch.ones(C))
