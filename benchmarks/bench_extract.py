@@ -5,7 +5,7 @@ a time -> np.save per batch. svgfeat: `svgfeat.extract` (DataLoader workers deco
 runs, fp16 shards streamed to disk). Prints images/s of both, the ratio, and peak RSS for N and 3N
 images (each in a fresh process) to show memory does not grow with the number of images.
 
-    python benchmarks/bench_extract.py [--n 96] [--size 128] [--model golden|test_tiny]
+    python benchmarks/bench_extract.py [--n 384] [--size 128] [--workers 2] [--model test_tiny|golden]
 """
 
 from __future__ import annotations
@@ -82,11 +82,11 @@ def spawn(kind, folder, out, args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=96)
+    ap.add_argument("--n", type=int, default=384)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--model", default="golden")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--model", default="test_tiny")
     ap.add_argument("--child", default=None)
     ap.add_argument("--folder", default=None)
     ap.add_argument("--out", default=None)

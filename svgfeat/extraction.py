@@ -100,7 +100,13 @@ class _Items(torch.utils.data.Dataset):
 
 
 def _collate(batch):
-    return batch
+    """Worker-side collation: the views of every decoded item stacked into ONE tensor (one shared-memory
+    transfer per batch, not one per image), raw JPEG bytes kept as a list, failures as (item, reason)."""
+    dense = [(i, x) for i, x, err in batch if err is None and x.is_floating_point()]
+    blobs = [(i, x) for i, x, err in batch if err is None and not x.is_floating_point()]
+    fails = [(i, err) for i, _, err in batch if err is not None]
+    x = torch.cat([x for _, x in dense]) if dense else None
+    return [i for i, _ in dense], x, blobs, fails, len(batch)
 
 
 def _dist_info():
@@ -154,13 +160,12 @@ def _fixed_stats_pass(enc, ds, n_items, transform, batch_size, workers, device, 
     dev = torch.device(device)
     bar = _bar(n, "alignment stats", progress)
     with torch.no_grad():
-        for batch in loader:
-            xs = [x[0] for _, x, err in batch if err is None]
-            if xs:
-                x = torch.stack(xs).to(dev)
+        for _, x, _, _, count in loader:
+            if x is not None:
+                x = x.to(dev)
                 out = enc.backbone(x)
                 acc.update(out.patch.float(), enc.raw_residual(x).float())
-            bar.update(len(batch))
+            bar.update(count)
     bar.close()
     return acc.compute()
 
@@ -333,36 +338,31 @@ def _write_one_shard(out, s, ds, start, end, transform, views, view_seed, batch_
         x = torch.cat(rows)
         chunks.append(encode(x))
 
-    for batch in loader:
-        blobs = [(j, x) for j, (i, x, err) in enumerate(batch) if err is None and x.dtype == torch.uint8]
+    for ids, x, blobs, fails, n in loader:
+        rows = dict(zip(ids, x.split(views))) if x is not None else {}  # item -> [views, 3, S, S]
         if blobs:
             from .data.gpu_decode import decode_resize
 
             dec, bad = decode_resize([b for _, b in blobs], encode_size(transform), device)
-            batch = list(batch)
             k = 0
-            for n, (j, _) in enumerate(blobs):
-                i = batch[j][0]
-                if n in bad:
-                    batch[j] = (i, None, "truncated: device JPEG decode failed")
+            for m, (i, _) in enumerate(blobs):
+                if m in bad:
+                    fails.append((i, "truncated: device JPEG decode failed"))
                 else:
-                    batch[j] = (i, dec[k:k + 1], None)
-                    k += 1
-        for i, x, err in batch:
-            if err is not None:
-                failures.append([ds.paths[i], err])
-                continue
+                    rows[i], k = dec[k:k + 1], k + 1
+        failures += [[ds.paths[i], err] for i, err in sorted(fails)]
+        for i in sorted(rows):
             for v in range(views):
                 paths.append(ds.paths[i])
                 labels.append(int(ds.labels[i]))
                 items.append(i)
                 view_ids.append(v)
-            pending.append(x)
+            pending.append(rows[i])
             while sum(len(p) for p in pending) >= batch_size:
-                rows = torch.cat(pending)
-                flush([rows[:batch_size]])
-                pending = [rows[batch_size:]] if len(rows) > batch_size else []
-        bar.update(len(batch))
+                cat = torch.cat(pending)
+                flush([cat[:batch_size]])
+                pending = [cat[batch_size:]] if len(cat) > batch_size else []
+        bar.update(n)
     if pending and sum(len(p) for p in pending):
         flush(pending)
     tensors = {g: torch.cat([c[g] for c in chunks]) for g in encode.groups} if chunks else {
