@@ -289,10 +289,17 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
     todo = [s for s in mine if not _shard_done(out, s)]
     bar = _bar(sum(min(shard_size, n_items - s * shard_size) for s in todo), "extract", progress and rank == 0)
     t0 = time.time()
-    for s in todo:
-        _write_one_shard(out, s, ds, s * shard_size, min((s + 1) * shard_size, n_items), transform, views,
-                         view_seed, batch_size, workers, device, encode, bar,
-                         "bytes" if gpu_decode else (transform.size if fast_jpeg else None))
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu" and workers > 0:
+        # decoding workers need their own cores: idle OpenMP threads of the encoder spin and starve them
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
+    try:
+        for s in todo:
+            _write_one_shard(out, s, ds, s * shard_size, min((s + 1) * shard_size, n_items), transform, views,
+                             view_seed, batch_size, workers, device, encode, bar,
+                             "bytes" if gpu_decode else (transform.size if fast_jpeg else None))
+    finally:
+        torch.set_num_threads(threads)
     bar.close()
     _barrier(world)
     if rank == 0:
