@@ -20,7 +20,9 @@ from ._common import encoder_options
 @click.option("--dtype", default="fp16", show_default=True, type=click.Choice(["fp16", "bf16", "fp32"]))
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--shard-size", default=1024, show_default=True, type=int, help="Images per shard.")
-@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes.")
+@click.option("--workers", default=0, show_default=True, type=int,
+              help="Decoding worker processes. On CPU the encoder then gets the remaining cores: use 0 when the "
+                   "model dominates (full-size encoder on CPU), >0 on GPU or with light models.")
 @click.option("--limit", default=None, type=int, help="Only the first N items.")
 @click.option("--views", default=1, show_default=True, type=int, help="Views per image (1 plain, 2 +flip, >2 +crops).")
 @click.option("--labels", "label_file", default=None, type=click.Path(exists=True, dir_okay=False),
