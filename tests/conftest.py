@@ -64,3 +64,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """Single-threaded faiss: stable timings on a shared 2-core machine; restored afterwards."""
+    faiss = pytest.importorskip("faiss", reason="faiss-cpu is a default dependency; CI installs it")
+    n = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(n)

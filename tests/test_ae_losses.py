@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import svgfeat
-from conftest import GOLDEN
+from conftest import GOLDEN, golden_path
 from svgfeat.errors import CheckpointError, ConfigError
 from svgfeat.training.discriminator import GlobalBatchNorm2d, NLayerDiscriminator, build_discriminator
 from svgfeat.training.losses import (
@@ -112,9 +112,7 @@ def test_discriminator_layout_init_and_official_keys():
     assert abs(bns.mean().item() - 1) < 0.01 and 0.01 < bns.std().item() < 0.03
     assert all((m.bias == 0).all() for m in d2.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert [n for n, m in d.main.named_children() if isinstance(m, torch.nn.BatchNorm2d)] == ["3", "6", "9"]
-    ckpt = GOLDEN / "svg_ae_shared.ckpt"
-    if not ckpt.is_file():
-        pytest.skip(f"golden fixtures not found at {GOLDEN}")
+    ckpt = golden_path("svg_ae_shared.ckpt")
     sd = torch.load(ckpt, weights_only=True)["state_dict"]
     disc_sd = {k[len("loss.discriminator."):]: v for k, v in sd.items() if k.startswith("loss.discriminator.")}
     d.load_state_dict(disc_sd, strict=True)  # identical key names and shapes to the official module

@@ -12,12 +12,7 @@ from svgfeat.heads.patch_retrieval import PatchIndex, PatchSource, load_any
 faiss = pytest.importorskip("faiss", reason="faiss-cpu is a default dependency; CI installs it")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    n = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

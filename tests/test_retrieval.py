@@ -17,13 +17,7 @@ from svgfeat.heads.retrieval import FaissIndex, read_sidecar
 faiss = pytest.importorskip("faiss", reason="faiss-cpu is a default dependency; CI installs it")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """Single-threaded faiss: stable timings on a shared 2-core machine (OpenMP spins badly when oversubscribed)."""
-    n = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")
