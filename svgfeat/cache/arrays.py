@@ -69,13 +69,14 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
 
 def from_arrays(out, groups: dict, labels=None, classes=None, paths=None, shard_size: int = 1024, *,
                 overwrite: bool = False, encoder: dict | None = None, transform: dict | None = None,
-                dtype=None):
+                dtype=None, durable: bool = True):
     """Write ``groups`` {name: array [N, ...]} as a feature cache at ``out`` and open it.
 
     Arrays may be numpy arrays, ``np.memmap`` (larger than RAM: written shard by shard) or torch tensors;
     float64 is stored as float32, ``dtype`` forces one stored dtype. ``labels``: ints [N] (-1: none),
     ``classes``: their names, ``paths``: a name per row (default ``row-<i>``). ``encoder``/``transform``:
     fields recorded in the manifest (``encoder={"model": "my-clip"}``; heads compare them between caches).
+    ``durable=False`` skips the per-file fsync (scratch caches: much faster with thousands of shards).
     Written under the cache lock; an existing cache is replaced only with ``overwrite`` and only if svgfeat
     wrote it; unrelated files in ``out`` are left alone.
     """
@@ -133,13 +134,13 @@ def from_arrays(out, groups: dict, labels=None, classes=None, paths=None, shard_
             lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
             name = shard_name(s)
             digest = write_shard(out / name, {g: _block(a, lo, hi, spec[g]["dtype"], g) for g, a in groups.items()},
-                                 {"shard": s, "items": [lo, hi]})
+                                 {"shard": s, "items": [lo, hi]}, durable)
             size = (out / name).stat().st_size
             idx_name = name.replace(".safetensors", ".json")
             write_json_atomic(out / idx_name, {
                 "shard": s, "items_range": [lo, hi], "rows": hi - lo, "paths": names[lo:hi],
                 "labels": lab[lo:hi].tolist(), "items": list(range(lo, hi)), "views": [0] * (hi - lo),
-                "failures": [], "sha256": digest, "size": size})
+                "failures": [], "sha256": digest, "size": size}, durable)
             shards.append({"file": name, "index": idx_name, "rows": hi - lo, "sha256": digest, "size": size,
                            "items": [lo, hi]})
             fp.update(digest.encode())

@@ -91,7 +91,7 @@ def verify_cache(path, deep: bool = True) -> list[str]:
                 bad = [x for x in idx["labels"] if not -1 <= x < len(classes)]
                 if bad:
                     problems.append(f"{s['index']}: label {bad[0]} is outside the {len(classes)} classes")
-        if deep and not sp and infos:
+        if deep and infos:  # the header parsed (offsets consistent with the file): scan the values
             problems += _nonfinite(infos[0], offset)
         offset += s["rows"]
     if m.get("complete") and isinstance(m.get("failures"), list) and not any("index" in p for p in problems):
