@@ -24,11 +24,17 @@ def contained(root, name, what: str = "file") -> Path:
         raise CacheError(f"{what} name {name!r} in {root} is not a file name")
     if name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name):
         raise CacheError(f"{what} {name!r} in {root} leaves the cache folder (expected a plain file name)")
+    path = root / name
+    try:
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            return path  # one plain component that is not a symlink: inside root by construction
+    except OSError:
+        return path  # missing: opening it reports that
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, name))
     if os.path.dirname(real) != real_root and not real.startswith(real_root + os.sep):
         raise CacheError(f"{what} {name!r} in {root} resolves outside the cache folder ({real})")
-    return root / name
+    return path
 
 
 def open_regular(path, what: str = "file") -> int:
