@@ -450,3 +450,17 @@ def test_unwritable_target_is_a_one_line_error(tmp_path):
     with pytest.raises(CacheError, match=f"cannot write {tmp_path}/afile/x.json: Not a directory$"):
         write_json_atomic(tmp_path / "afile" / "x.json", {})
     assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "/etc/passwd"])
+def test_recorded_image_paths_stay_inside_the_dataset_root(copy, bad):
+    idx = json.loads((copy / "shard-00000.json").read_text())
+    idx["paths"][3] = bad
+    (copy / "shard-00000.json").write_text(json.dumps(idx))
+    m = manifest(copy)
+    m["dataset"]["root"] = str(copy.parent / "photos")
+    set_manifest(copy, m)
+    c = svgfeat.open_cache(copy)
+    assert c.abspath(2) == str(copy.parent / "photos" / idx["paths"][2])
+    with pytest.raises(CacheError, match="row 3: path .* leaves the dataset folder"):
+        c.abspath(3)

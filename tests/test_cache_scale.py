@@ -202,3 +202,15 @@ def test_pool_never_exceeds_capacity(tmp_path):
     assert np.array_equal(c.read("x", [5, 5, 199, 0, 5]), x[[5, 5, 199, 0, 5]])
     assert c.read("x", -1).tolist() == x[-1].tolist()
     assert len(c._pool) <= 3 and c._pool.opened > 3
+
+
+def test_cache_info_and_verify_cli_on_external_features(tmp_path, capsys):
+    from svgfeat.cli import main
+
+    svgfeat.from_arrays(tmp_path / "c", {"x": np.ones((5, 2), np.float32)}, encoder={"model": "my-clip"})
+    for args in (["cache", "info", str(tmp_path / "c")], ["cache", "verify", str(tmp_path / "c")]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "my-clip" in out and "external features" in out and "OK" in out

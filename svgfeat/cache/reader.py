@@ -8,6 +8,7 @@ pool of open shard files and stream into ONE preallocated array; every block is 
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from pathlib import Path
@@ -107,8 +108,16 @@ class FeatureCache:
         return int(self.manifest.get("views", 1))
 
     def abspath(self, i: int) -> str:
-        root = self.manifest["dataset"].get("root", "")
-        return f"sample:{self.paths[i]}" if root == "sample:" else str(Path(root) / self.paths[i])
+        """Where row ``i`` came from: its dataset root joined with its recorded path (which must stay inside
+        that root), ``sample:<id>`` for bundled samples, or the recorded name for external (from_arrays) rows."""
+        root, rel = self.manifest["dataset"].get("root", ""), self.paths[i]
+        if root == "sample:":
+            return f"sample:{rel}"
+        if not root:
+            return rel
+        if os.path.isabs(rel) or ".." in Path(rel).parts:
+            raise _damaged(self.root, f"row {i}: path {rel!r} leaves the dataset folder {root}")
+        return str(Path(root) / rel)
 
     # ------------------------------------------------------------------ lifetime
     def release(self) -> None:
