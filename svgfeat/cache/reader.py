@@ -28,6 +28,18 @@ _DEVICE_LOCK = threading.Lock()
 _NP = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
 
 
+def first_nonfinite_row(block: np.ndarray, chunk_bytes: int = 8 << 20) -> int | None:
+    """Index of the first row of ``block`` holding NaN/Inf, or None (vectorised, temporaries <= chunk_bytes)."""
+    if block.dtype.kind != "f" or len(block) == 0:
+        return None
+    step = max(1, chunk_bytes // max(1, block[0].size))
+    for i in range(0, len(block), step):
+        sub = block[i:i + step]
+        if not np.isfinite(sub).all():
+            return i + int(np.argmax(~np.isfinite(sub.reshape(len(sub), -1)).all(axis=1)))
+    return None
+
+
 def clear_device_views() -> None:
     """Drop every device-resident copy held by the in-process registry."""
     with _DEVICE_LOCK:
@@ -167,9 +179,8 @@ class FeatureCache:
         name = self._infos[s].path.name
 
         def check_block(block, first):
-            if block.dtype.kind == "f" and not np.isfinite(block).all():
-                bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
-                k = int(np.argmax(bad))
+            k = first_nonfinite_row(block)
+            if k is not None:
                 local = int(first[k]) if isinstance(first, np.ndarray) else int(first) + k
                 raise _damaged(self.root, f"group {group!r} row {int(self._offsets[s]) + local} "
                                           f"({name} row {local}) holds non-finite values (NaN/Inf)")

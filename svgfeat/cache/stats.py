@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ..errors import CacheError, CheckpointError
-from .manifest import write_json_atomic
+from .atomic import write_json_atomic
+from .lock import cache_lock
 from .reader import open_cache
 
 
@@ -64,7 +65,8 @@ def compute_stats(cache, groups=("latent",), batch_size: int = 2048, progress: b
         mr, sr = mom["residual_raw"].mean_std()
         out["alignment"] = {"mu_dino": float(md.mean()), "sigma_dino": float(sd.mean()),
                             "mu_res": float(mr.mean()), "sigma_res": float(sr.mean())}
-    write_json_atomic(c.root / "stats.json", out)
+    with cache_lock(c.root, {"cmd": "stats", "groups": ",".join(groups)}):
+        write_json_atomic(c.root / "stats.json", out)
     return out
 
 
