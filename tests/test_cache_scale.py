@@ -214,3 +214,14 @@ def test_cache_info_and_verify_cli_on_external_features(tmp_path, capsys):
         assert e.value.code == 0
     out = capsys.readouterr().out
     assert "my-clip" in out and "external features" in out and "OK" in out
+
+
+def test_cache_pickles_without_its_open_files(tmp_path):
+    import pickle
+
+    x = np.arange(30, dtype=np.float32).reshape(10, 3)
+    c = svgfeat.from_arrays(tmp_path / "c", {"x": x}, shard_size=4)
+    c.read("x")
+    c2 = pickle.loads(pickle.dumps(c))
+    assert len(c2._pool) == 0 and c2._pool.capacity == c._pool.capacity
+    assert np.array_equal(c2.read("x", [9, 0]), x[[9, 0]])

@@ -56,19 +56,6 @@ def open_regular(path, what: str = "file") -> int:
     return fd
 
 
-def regular_size(path, what: str = "file") -> int:
-    """Size of a regular file (lstat after resolving; no open). CacheError when missing or not regular."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise CacheError(f"{what} {Path(path).name} is missing from {Path(path).parent}") from None
-    except OSError as e:
-        raise CacheError(f"cannot stat {what} {path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CacheError(f"{what} {path} is not a regular file")
-    return st.st_size
-
-
 def read_bytes(path, what: str = "file", max_bytes: int = MAX_JSON_BYTES) -> bytes:
     fd = open_regular(path, what)
     try:

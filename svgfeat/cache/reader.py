@@ -140,6 +140,16 @@ class FeatureCache:
             self._keys.clear()
         self._pool.close()
 
+    def __getstate__(self):  # DataLoader workers / multiprocessing: open files and device views stay behind
+        state = dict(self.__dict__)
+        state["_pool"], state["_keys"] = self._pool.capacity, set()
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._pool = ShardPool(state["_pool"])
+        weakref.finalize(self, self._pool.close)
+
     def __enter__(self):
         return self
 
