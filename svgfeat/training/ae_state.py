@@ -27,7 +27,7 @@ import torch
 
 from .. import checkpoints as ck
 from ..errors import CheckpointError
-from . import dist as D
+from .. import distributed as D
 
 FORMAT = "svgfeat-ae-train/1"
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from . import dist as D
+from .. import distributed as D
 from .ae_data import (
     AECropDataset,
     StreamBatchSampler,
