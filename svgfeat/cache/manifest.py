@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..errors import CacheError
+from .atomic import write_json_atomic  # noqa: F401  (historical import path)
 
 FORMAT = "svgfeat-cache"
 FORMAT_VERSION = 1
@@ -24,13 +25,6 @@ MANIFEST = "manifest.json"
 
 def shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def read_manifest(root) -> dict:
