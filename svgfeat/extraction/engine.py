@@ -22,7 +22,8 @@ import torch
 
 from .. import _version
 from .. import distributed as D
-from ..cache.manifest import MANIFEST, read_manifest, write_json_atomic
+from ..cache.atomic import write_json_atomic
+from ..cache.manifest import MANIFEST, read_manifest
 from ..cache.reader import open_cache
 from ..errors import CacheError, ConfigError
 from . import output
@@ -90,8 +91,8 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
 
 def _reuse_without_encoder(out, request, opts, dinov3, svg, model):
     """The complete cache at ``out`` when it matches without building the encoder (weights hashed only)."""
-    if not (out / MANIFEST).exists():
-        return None
+    if D.env_ranks()[1] > 1 or not (out / MANIFEST).exists():
+        return None  # under torchrun the ranks decide together (after setup)
     try:
         m = read_manifest(out)
     except CacheError:
@@ -104,7 +105,25 @@ def _reuse_without_encoder(out, request, opts, dinov3, svg, model):
     if not isinstance(mg, dict) or set(opts.groups) != set(mg):
         return None
     light = dict(request, groups={g: mg.get(g) for g in opts.groups})
-    return open_cache(out) if light_match(m, light, weights) else None
+    if light_match(m, light, weights) and _intact(out, m, D.DistInfo(), None):
+        return open_cache(out)
+    return None
+
+
+def _intact(out, m: dict, info: D.DistInfo, dev) -> bool:
+    """Every shard of complete cache ``m`` re-hashed against its index (split over ranks)."""
+    shards = m.get("shards")
+    if not isinstance(shards, list) or len(shards) != m.get("num_shards"):
+        return False
+    bad = 0
+    for s, e in enumerate(shards):
+        if s % info.world == info.rank:
+            items = e.get("items") if isinstance(e, dict) else None
+            ok = isinstance(items, list) and len(items) == 2 and shard_reusable(out, s, *items, m.get("groups"))
+            bad += not ok
+    if info.distributed:
+        bad = int(D.all_reduce_sum(torch.tensor([bad], device=dev), info).item())
+    return bad == 0
 
 
 def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwrite, progress):
@@ -125,8 +144,8 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
     request = dict(request, groups=encode.probe_groups(hw), encoder=encoder_spec(enc))
     if existing is not None:
         refuse_mismatch(out, existing, request)
-        if existing.get("complete"):
-            return open_cache(out)
+        if existing.get("complete") and _intact(out, existing, info, dev):
+            return open_cache(out)  # else: a damaged complete cache is repaired like a resume
 
     num_shards = (n_items + opts.shard_size - 1) // opts.shard_size
     if info.is_main:
@@ -142,7 +161,7 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
 
     S = opts.shard_size
     mine = [(s, s * S, min((s + 1) * S, n_items)) for s in range(num_shards) if s % info.world == info.rank]
-    todo = [t for t in mine if not shard_reusable(out, *t)]
+    todo = [t for t in mine if not shard_reusable(out, *t, request["groups"])]
     t0 = time.time()
     run_shards(out, ds, todo, encode, opts, progress and info.is_main)
     D.barrier(info)

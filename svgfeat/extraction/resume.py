@@ -7,45 +7,39 @@ redone. Rank 0 finalises once every rank has written or re-verified its own shar
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..cache.manifest import read_manifest, shard_name, write_json_atomic
+from ..cache.atomic import write_json_atomic
+from ..cache.integrity import index_problems, shard_problems
+from ..cache.manifest import read_manifest, shard_name
+from ..cache.paths import read_json_in
 from ..cache.shards import file_sha256
-from ..errors import SvgfeatError
+from ..errors import CacheError, SvgfeatError
 from .writer import index_name
-
-MAX_INDEX_BYTES = 256 << 20
 
 
 def _read_index(out: Path, s: int) -> dict | None:
-    p = out / index_name(s)
     try:
-        if p.is_symlink() or not p.is_file() or p.stat().st_size > MAX_INDEX_BYTES:
-            return None
-        idx = json.loads(p.read_text())
-    except (OSError, ValueError):
+        idx = read_json_in(out, index_name(s), "shard index")
+    except CacheError:
         return None
     return idx if isinstance(idx, dict) else None
 
 
-def shard_reusable(out: Path, s: int, start: int, end: int) -> bool:
-    """True when shard ``s`` on disk holds items [start, end) and its bytes match the recorded sha256."""
+def shard_reusable(out: Path, s: int, start: int, end: int, groups: dict | None = None) -> bool:
+    """True when shard ``s`` on disk holds items [start, end), its header matches ``groups`` and its bytes
+    match the recorded sha256 (re-hashed: never trusted by size)."""
     idx = _read_index(out, s)
     if idx is None or idx.get("shard") != s or idx.get("items_range") != [start, end]:
         return False
-    rows = idx.get("rows")
-    if not isinstance(rows, int) or any(not isinstance(idx.get(k), list) or len(idx[k]) != rows
-                                        for k in ("paths", "labels", "items", "views")):
+    entry = {"file": shard_name(s), "index": index_name(s), "rows": idx.get("rows"), "sha256": idx.get("sha256"),
+             "size": idx.get("size")}
+    if not isinstance(entry["rows"], int) or not isinstance(entry["size"], int):
         return False
-    f = out / shard_name(s)
-    try:
-        if f.is_symlink() or not f.is_file() or f.stat().st_size != idx.get("size"):
-            return False
-        return file_sha256(f) == idx.get("sha256")
-    except OSError:
+    if shard_problems(out, entry, groups, deep=True):
         return False
+    return not index_problems(out, entry)[0]
 
 
 def finalize(out: Path, num_shards: int) -> dict:
@@ -55,7 +49,7 @@ def finalize(out: Path, num_shards: int) -> dict:
     for s in range(num_shards):
         idx = _read_index(out, s)
         f = out / shard_name(s)
-        if idx is None or not f.is_file() or f.stat().st_size != idx.get("size"):
+        if idx is None or f.is_symlink() or not f.is_file() or f.stat().st_size != idx.get("size"):
             raise SvgfeatError(f"shard {s} of {out} is missing or damaged after extraction")
         shards.append({"file": shard_name(s), "index": index_name(s), "rows": idx["rows"], "sha256": idx["sha256"],
                        "size": idx["size"], "items": idx["items_range"]})

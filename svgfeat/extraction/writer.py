@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..cache.manifest import shard_name, write_json_atomic
-from ..cache.shards import write_shard
+from ..cache.atomic import write_json_atomic, write_shard
+from ..cache.manifest import shard_name
 
 
 def index_name(s: int) -> str:
