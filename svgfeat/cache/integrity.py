@@ -85,11 +85,10 @@ def shard_problems(root, entry: dict, groups: dict | None = None, deep: bool = F
         except CacheError as e:
             return [str(e)]
         probs = _header_problems(name, info, entry, groups)
-        if deep and not probs:
-            if sha256_fd(fd) != entry.get("sha256"):
-                probs.append(f"{name}: checksum mismatch (file changed or corrupt)")
         if _info is not None:
             _info.append(ShardInfo(path, size, start, info))
+        if deep and sha256_fd(fd) != entry.get("sha256"):
+            probs.append(f"{name}: checksum mismatch (file changed or corrupt)")
         return probs
     except OSError as e:
         return [f"{name}: cannot read: {e.strerror or e}"]

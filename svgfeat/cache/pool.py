@@ -101,7 +101,7 @@ class ShardHandle:
                 b = min(hi, a + step)
                 k0, k1 = np.searchsorted(rows, [a, b])
                 if k1 > k0:
-                    buf = np.empty((b - a, *row_shape), dtype=out.dtype if t["dtype"] != "BF16" else np.float32)
+                    buf = np.empty((b - a, *row_shape), dtype=np.float32 if t["dtype"] == "BF16" else dt)
                     self.read_into(group, a, b, buf, check=None)
                     sub = buf[rows[k0:k1] - a]
                     if check is not None:
@@ -112,7 +112,7 @@ class ShardHandle:
         breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
         for run in np.split(np.arange(len(rows)), breaks):
             a, b = int(rows[run[0]]), int(rows[run[-1]]) + 1
-            buf = np.empty((b - a, *row_shape), dtype=np.float32 if t["dtype"] == "BF16" else out.dtype)
+            buf = np.empty((b - a, *row_shape), dtype=np.float32 if t["dtype"] == "BF16" else dt)
             self.read_into(group, a, b, buf, check=None)
             if check is not None:
                 check(buf, rows[run])

@@ -7,7 +7,7 @@ official ``dinov3_sp_stats.pt`` format ({"dinov3_sp_mean": [1,1,C], "dinov3_sp_s
 from __future__ import annotations
 
 from ..errors import CacheError
-from ..generation.stats import load_stats, save_stats as save_official_stats  # noqa: F401  (latent-stats IO home)
+from ..generation.stats import load_stats  # noqa: F401  (latent-stats IO home)
 from ..models.align import AlignmentStats, ChannelMoments
 from .manifest import write_json_atomic
 from .reader import open_cache

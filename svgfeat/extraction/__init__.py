@@ -6,8 +6,8 @@ shard writer), :mod:`.resume` (re-hashing reuse, final manifest), :mod:`.output`
 input/output containment).
 """
 
+from ..cache.verify import verify_cache  # noqa: F401  (lives with the cache; old import path)
 from .engine import extract
 from .request import DEFAULT_GROUPS, PRECISIONS, Options, encoder_spec, validate_groups
-from .resume import verify_cache
 
 __all__ = ["extract", "DEFAULT_GROUPS", "PRECISIONS", "Options", "encoder_spec", "validate_groups", "verify_cache"]

@@ -29,8 +29,16 @@ from ..errors import CacheError, ConfigError
 from . import output
 from .encode import Encoding, fixed_stats_pass
 from .loader import ShardPlan, make_loader
-from .request import DEFAULT_GROUPS, Options, base_request, encoder_spec, light_match, numerics, refuse_mismatch, \
-    validate_groups
+from .request import (
+    DEFAULT_GROUPS,
+    Options,
+    base_request,
+    encoder_spec,
+    light_match,
+    numerics,
+    refuse_mismatch,
+    validate_groups,
+)
 from .resume import finalize, shard_reusable
 from .writer import ShardJob, ShardWriter
 

@@ -69,7 +69,7 @@ class Options:
         if self.gpu_decode and self.fast_jpeg:
             raise ConfigError("fast_jpeg (reduced-DCT PIL decoding) and gpu_decode exclude each other; pick one")
         try:
-            self.transform
+            Transform(self.preset, self.size)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 

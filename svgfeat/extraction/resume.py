@@ -14,7 +14,6 @@ from ..cache.atomic import write_json_atomic
 from ..cache.integrity import index_problems, shard_problems
 from ..cache.manifest import read_manifest, shard_name
 from ..cache.paths import read_json_in
-from ..cache.shards import file_sha256
 from ..errors import CacheError, SvgfeatError
 from .writer import index_name
 
@@ -59,21 +58,3 @@ def finalize(out: Path, num_shards: int) -> dict:
              finished=datetime.now(timezone.utc).isoformat())
     write_json_atomic(out / "manifest.json", m)
     return m
-
-
-def verify_cache(path) -> list[str]:
-    """Recompute every shard's sha256; returns a list of problems (empty when the cache is intact)."""
-    m = read_manifest(path)
-    problems = []
-    for s in m.get("shards", []):
-        f = Path(path) / s["file"]
-        if not f.exists():
-            problems.append(f"{s['file']}: missing")
-        elif file_sha256(f) != s["sha256"]:
-            problems.append(f"{s['file']}: checksum mismatch (file changed or corrupt)")
-    if not m.get("complete"):
-        problems.append("cache is incomplete (extraction interrupted)")
-    return problems
-
-
-

@@ -20,10 +20,10 @@ import copy
 
 import torch
 
+from .. import distributed as D
 from ..errors import ConfigError
 from ..models.align import EPS, ChannelMoments, scalar_stats
 from ..models.svg import SVGEncoder, _svg_config
-from .. import distributed as D
 
 BATCH_STATS = ("global", "local")
 DINO_WIDTH = {"vit_small": 384, "vit_small_plus": 384, "vit_base": 768, "vit_large": 1024, "vit_huge_plus": 1280}

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from .. import checkpoints as ck
-from ..errors import CheckpointError
 from .. import distributed as D
+from ..errors import CheckpointError
 
 FORMAT = "svgfeat-ae-train/1"
 
