@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..errors import CacheError
 from ..generation.stats import load_stats  # noqa: F401  (latent-stats IO home)
+from ..generation.stats import save_stats as save_official_stats  # noqa: F401
 from ..models.align import AlignmentStats, ChannelMoments
 from .manifest import write_json_atomic
 from .reader import open_cache
