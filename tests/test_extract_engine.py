@@ -194,7 +194,7 @@ def test_precision_is_recorded_and_a_bf16_cache_is_not_resumed_in_fp32(tmp_path)
 
 def test_bf16_deviation_on_the_golden_model(golden_encoder, photos):
     """Protocol: 4 photos at 224 px, full-size SVG-S+ (golden random weights), CPU, bf16 autocast vs fp32.
-    Measured: relative L2 error of the latent ~0.7e-2 (see notes/engine.md); bound 5e-2."""
+    Measured (random golden weights): relative L2 error latent 5.3e-3, cls 1.1e-2; bound 5e-2."""
     from svgfeat.extraction.encode import Encoding
 
     x = svgfeat.preprocess(photos, size=224)
