@@ -74,3 +74,7 @@ def one_faiss_thread():
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(n)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CUDA devices (skipped without them)")

@@ -28,9 +28,17 @@ from ._common import encoder_options
 @click.option("--labels", "label_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Label file for a flat folder (filename label per line).")
 @click.option("--fast-jpeg", is_flag=True, help="Decode JPEGs at reduced DCT scale (faster, approximate).")
-@click.option("--overwrite", is_flag=True, help="Replace a cache that holds a different extraction.")
+@click.option("--gpu-decode", is_flag=True,
+              help="Decode JPEG batches on --device (nvJPEG on CUDA) with the preset's exact geometry; workers only "
+                   "read bytes.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+              help="Encoder numerics (recorded; a cache is never resumed in another precision). bf16: autocast.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a cache that holds a different extraction (removes only the files svgfeat wrote).")
+@click.option("--allow-inside-input", is_flag=True, help="Allow -o equal to or inside the input folder.")
 def extract(data, out, dinov3, svg, svg_config, model, alignment, device, groups, size, preset, dtype,
-            batch_size, shard_size, workers, limit, views, label_file, fast_jpeg, overwrite):
+            batch_size, shard_size, workers, limit, views, label_file, fast_jpeg, gpu_decode, precision, overwrite,
+            allow_inside_input):
     """Extract SVG features of DATA (folder, file list or sample:...) into the cache OUT (resumable)."""
     from ..data import open_dataset
     from ..extraction import extract as run
@@ -39,7 +47,8 @@ def extract(data, out, dinov3, svg, svg_config, model, alignment, device, groups
     cache = run(ds, out, dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, groups=groups, size=size,
                 preset=preset, dtype=dtype, alignment=alignment, batch_size=batch_size, shard_size=shard_size,
                 workers=workers, device=device, limit=limit, views=views, overwrite=overwrite,
-                fast_jpeg=fast_jpeg)
+                fast_jpeg=fast_jpeg, gpu_decode=gpu_decode, precision=precision,
+                allow_inside_input=allow_inside_input)
     fails = cache.failures
     click.echo(f"cache {cache.root}: {len(cache)} rows, groups {', '.join(sorted(cache.groups))}")
     if fails:

@@ -1,16 +1,29 @@
-"""Batched JPEG decoding + resize on the encoder's device (nvJPEG on CUDA, libjpeg on CPU).
+"""Batched JPEG decoding on the encoder's device (nvJPEG on CUDA, libjpeg-turbo on CPU) that follows the
+requested transform preset exactly.
 
-Used by ``extract(..., gpu_decode=True)``: workers only read file bytes; decoding, the short-side
-bicubic resize (antialiased), the centre crop and the normalisation run as batched tensor ops. The
-result is close to, not bit-equal with, the PIL pipeline; the manifest records ``decoder: "device"``.
+Used by ``extract(..., gpu_decode=True)``: workers only read file bytes; decoding, the preset's geometry
+(``svg``: BOX halving + bicubic short side + centre crop; ``center-crop``: bicubic to floor(S/crop_pct) +
+centre crop; ``resize``: bicubic to S x S; ``none``) and the normalisation run on the device. Resampling
+reproduces Pillow's separable filters bit for bit: the same filter weights quantised to Pillow's 22-bit
+fixed point, applied as float64 matrix products (exact for these integers) with Pillow's rounding after the
+horizontal and the vertical pass. So on CPU the result equals the PIL pipeline; on CUDA the only
+difference left is the JPEG decoder (nvJPEG's IDCT/upsampling). JPEGs that Pillow would treat differently
+(EXIF rotation, CMYK) are decoded by the workers with PIL instead (:func:`device_decodable`). The
+manifest records ``decoder: "device"`` and ``resample`` in the transform.
 """
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
+
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+PRECISION_BITS = 32 - 8 - 2  # Pillow's 8-bit resampling fixed point
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 def read_bytes(path) -> torch.Tensor:
@@ -22,33 +35,166 @@ def is_jpeg(blob: torch.Tensor) -> bool:
     return blob.numel() > 3 and int(blob[0]) == 0xFF and int(blob[1]) == 0xD8
 
 
-def decode_resize(blobs: list[torch.Tensor], size: int, device) -> tuple[torch.Tensor, list[int]]:
-    """JPEG byte tensors -> (normalised float32 [n_ok, 3, S, S] on ``device``, indices that failed)."""
+def _exif_orientation(seg: bytes) -> int | None:
+    if not seg.startswith(b"Exif\0\0") or len(seg) < 14:
+        return None
+    t = seg[6:]
+    end = "<" if t[:2] == b"II" else ">" if t[:2] == b"MM" else None
+    if end is None:
+        return None
+    import struct
+
+    try:
+        (ifd,) = struct.unpack(end + "I", t[4:8])
+        (n,) = struct.unpack(end + "H", t[ifd:ifd + 2])
+        for k in range(n):
+            e = t[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+            tag, typ = struct.unpack(end + "HH", e[:4])
+            if tag == 0x0112:
+                return struct.unpack(end + "H", e[8:10])[0] if typ == 3 else None
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def device_decodable(blob: torch.Tensor) -> bool:
+    """True for a JPEG the device decoder turns into the same picture PIL would: 1 or 3 components and
+    no EXIF rotation (others go through PIL on the workers)."""
+    if not is_jpeg(blob):
+        return False
+    b = blob.numpy().tobytes() if blob.numel() < 1 << 16 else blob[: 1 << 16].numpy().tobytes()
+    pos, comps, orient = 2, None, None
+    while pos + 4 <= len(b):
+        if b[pos] != 0xFF:
+            return False
+        m = b[pos + 1]
+        if m == 0xFF:
+            pos += 1
+            continue
+        if m in (0xD8, 0x01) or 0xD0 <= m <= 0xD7:
+            pos += 2
+            continue
+        ln = int.from_bytes(b[pos + 2:pos + 4], "big")
+        seg = b[pos + 4:pos + 2 + ln]
+        if m == 0xE1 and orient is None:
+            orient = _exif_orientation(seg)
+        elif m in _SOF and len(seg) >= 6:
+            comps = seg[5]
+        elif m == 0xDA:
+            break
+        pos += 2 + ln
+    return comps in (1, 3) and orient in (None, 1)
+
+
+# ------------------------------------------------------------------------------------ Pillow resampling
+def _box(x):
+    return ((x > -0.5) & (x <= 0.5)).astype(np.float64)
+
+
+def _bicubic(x, a=-0.5):
+    x = np.abs(x)
+    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                    np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+FILTERS = {"box": (_box, 0.5), "bicubic": (_bicubic, 2.0)}
+
+
+@lru_cache(maxsize=512)
+def _weights(in_size: int, out_size: int, name: str) -> np.ndarray:
+    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` as a dense [out, in] matrix of integers."""
+    filt, base_support = FILTERS[name]
+    scale = in_size / out_size
+    fscale = max(scale, 1.0)
+    support = base_support * fscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = (np.arange(out_size) + 0.5) * scale
+    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C (int) truncation, then clamp
+    xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
+    k = np.arange(ksize)[None, :]
+    x = xmin[:, None] + k
+    w = filt((x - center[:, None] + 0.5) / fscale) * (k < xmax[:, None])
+    ww = w.sum(1, keepdims=True)
+    w = np.where(ww != 0, w / np.where(ww == 0, 1, ww), w)
+    q = np.where(w < 0, np.trunc(-0.5 + w * (1 << PRECISION_BITS)), np.trunc(0.5 + w * (1 << PRECISION_BITS)))
+    dense = np.zeros((out_size, in_size), np.float64)
+    rows = np.repeat(np.arange(out_size), ksize)
+    ok = (k < xmax[:, None]).reshape(-1)
+    np.add.at(dense, (rows[ok], x.reshape(-1)[ok]), q.reshape(-1)[ok])
+    return dense
+
+
+def _round8(s: torch.Tensor) -> torch.Tensor:
+    return torch.floor((s + (1 << (PRECISION_BITS - 1))) / (1 << PRECISION_BITS)).clamp_(0, 255)
+
+
+def pil_resize(img: torch.Tensor, size_wh: tuple[int, int], name: str) -> torch.Tensor:
+    """Pillow ``Image.resize(size_wh, resample=BOX|BICUBIC)`` of img [3, H, W] (float64 integer values)."""
+    h, w = img.shape[-2:]
+    W, H = size_wh
+    if (W, H) == (w, h):
+        return img
+    dev = img.device
+    if W != w:  # horizontal pass first, as Pillow
+        img = _round8(img @ torch.from_numpy(_weights(w, W, name)).to(dev).T)
+    if H != h:
+        img = _round8(torch.from_numpy(_weights(h, H, name)).to(dev) @ img)
+    return img
+
+
+def apply_preset(img: torch.Tensor, transform) -> torch.Tensor:
+    """uint8 [3, H, W] on any device -> float64 [3, S, S] pixel values, the geometry of ``transform.to_pil``."""
+    x = img.to(torch.float64)
+    h, w = x.shape[-2:]
+    size = transform.size
+    if transform.preset == "svg":
+        while min(w, h) >= 2 * size:
+            w, h = w // 2, h // 2
+            x = pil_resize(x, (w, h), "box")
+        scale = size / min(w, h)
+        w, h = round(w * scale), round(h * scale)
+        x = pil_resize(x, (w, h), "bicubic")
+        left, top = (w - size) // 2, (h - size) // 2
+        x = x[:, top:top + size, left:left + size]
+    elif transform.preset == "center-crop":
+        short = int(math.floor(size / transform.crop_pct))
+        scale = short / min(w, h)
+        w, h = max(size, round(w * scale)), max(size, round(h * scale))
+        x = pil_resize(x, (w, h), "bicubic")
+        left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+        x = x[:, top:top + size, left:left + size]
+    elif transform.preset == "resize":
+        x = pil_resize(x, (size, size), "bicubic")
+    elif w % 16 or h % 16:
+        raise ValueError(f"preset 'none' needs sides that are multiples of 16, got {(w, h)}")
+    if transform.hflip:
+        x = x.flip(-1)
+    return x
+
+
+def decode_transform(blobs: list[torch.Tensor], transform, device) -> tuple[torch.Tensor, dict[int, str]]:
+    """JPEG byte tensors -> (normalised float32 [n_ok, 3, S, S] on ``device``, {index: failure reason})."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     device = torch.device(device)
-    ok, failed = [], []
+    imgs, failed = {}, {}
     try:
-        imgs = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
-        ok = list(range(len(blobs)))
+        imgs = dict(enumerate(decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)))
     except RuntimeError:  # one bad file fails the whole batch: decode one by one
-        imgs = []
         for i, b in enumerate(blobs):
             try:
-                imgs.append(decode_jpeg(b, mode=ImageReadMode.RGB, device=device))
-                ok.append(i)
-            except RuntimeError:
-                failed.append(i)
+                imgs[i] = decode_jpeg(b, mode=ImageReadMode.RGB, device=device)
+            except RuntimeError as e:
+                failed[i] = f"truncated: device JPEG decode failed ({str(e).splitlines()[0][:120]})"
+    out = []
+    for i in sorted(imgs):
+        try:
+            out.append(apply_preset(imgs[i], transform))
+        except ValueError as e:
+            failed[i] = f"unreadable: {e}"
+    if not out:
+        return torch.empty(0, 3, transform.size, transform.size, device=device), failed
+    x = torch.stack(out).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    out = []
-    for img in imgs:  # img: [3, H, W] uint8
-        x = img.unsqueeze(0).float() / 255.0
-        h, w = x.shape[-2:]
-        s = size / min(h, w)
-        nh, nw = max(size, round(h * s)), max(size, round(w * s))
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
-        top, left = (nh - size) // 2, (nw - size) // 2
-        out.append(x[..., top:top + size, left:left + size])
-    x = torch.cat(out) if out else torch.empty(0, 3, size, size, device=device)
     return (x - mean) / std, failed

@@ -50,8 +50,14 @@ def load_stats(source) -> dict:
     """Latent stats -> {"mean": float32 [C], "std": float32 [C]} (torch).
 
     source: the official ``.pt`` ({dinov3_sp_mean, dinov3_sp_std}), an ``.npz``/``.safetensors`` with
-    mean/std, a dict with mean/std (numpy, torch or lists), or an object with ``latent_stats()`` (a cache).
+    mean/std, a ``stats.json`` (``svgfeat stats``), a cache folder, a dict with mean/std (numpy, torch or
+    lists), or an object with ``latent_stats()`` (a cache). The one latent-stats reader
+    (``svgfeat.cache.stats.load_stats`` is this function).
     """
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        from ..cache import open_cache
+
+        source = open_cache(source)
     if hasattr(source, "latent_stats"):
         source = source.latent_stats()
         if source is None:
@@ -60,7 +66,16 @@ def load_stats(source) -> dict:
         p = Path(source)
         if not p.is_file():
             raise ConfigError(f"latent stats file not found: {p}")
-        if p.suffix == ".npz":
+        if p.suffix == ".json":
+            import json
+
+            try:
+                source = json.loads(p.read_text())
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"latent stats {p}: unreadable JSON ({e})") from None
+            if isinstance(source, dict) and isinstance(source.get("latent"), dict):
+                source = source["latent"]
+        elif p.suffix == ".npz":
             with np.load(p) as d:
                 source = {k: d[k] for k in d.files}
         else:

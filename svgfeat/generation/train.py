@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from .. import distributed as D
 from ..errors import CacheError, CheckpointError, ConfigError
 from .flow import flow_loss_from_noise, shift_t
 from .stats import load_stats, save_stats
@@ -175,20 +175,6 @@ def load_checkpoint(ckdir: Path, model, ema, opt, device) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- loop
-def _dist_setup(device: str):
-    """Initialise torch.distributed under torchrun (gloo on CPU, NCCL on CUDA) -> (rank, world, device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, torch.device(device)
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), dev
-
-
 @torch.no_grad()
 def ema_update(ema, model, decay: float):
     """ema = decay*ema + (1-decay)*model for every parameter and floating buffer."""
@@ -214,7 +200,8 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
     """
     from ..models.dit import SVGDiT
 
-    rank, world, dev = _dist_setup(device)
+    info, dev = D.setup(device)
+    rank, world = info.rank, info.world
     if batch_size % world:
         raise ConfigError(f"global batch {batch_size} is not divisible by {world} ranks")
     if steps < 0 or batch_size < 1 or log_every < 1 or ckpt_every < 1:
@@ -283,9 +270,7 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
         acc_n += 1
         done = step + 1
         if done % log_every == 0 or done == steps:
-            if world > 1:
-                dist.all_reduce(acc)
-                acc /= world
+            D.all_reduce_mean(acc, info)
             last = acc.item() / acc_n
             if rank == 0:
                 with open(log_path, "a") as f:
@@ -298,8 +283,7 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
         if done % ckpt_every == 0 or done == steps:
             if rank == 0:
                 save_checkpoint(ckdir, done, model, ema, opt, {"seed": seed, "world_size": world})
-            if world > 1:
-                dist.barrier()
+            D.barrier(info)
     if bar is not None:
         bar.close()
     ema_path = out / "ema.safetensors"
@@ -307,7 +291,7 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
         from ..models.dit import save_dit
 
         save_dit(ema, ema_path)
-    if world > 1:
-        dist.barrier()
+    D.barrier(info)
+    D.teardown(info)
     return {"step": max(start, steps), "loss": last, "out_dir": str(out), "ema": str(ema_path),
             "model": model, "ema_model": ema}

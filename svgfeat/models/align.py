@@ -11,6 +11,7 @@ so an image's features no longer depend on its batch-mates.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,6 +63,58 @@ class DistributionAlign(nn.Module):
         return out.to(residual.dtype)
 
 
+class ChannelMoments:
+    """Streaming per-channel count / sum / sum of squares in float64 over [n, C, ...] tensors or arrays.
+
+    The one accumulator behind every alignment / channel statistic (fixed alignment, AE training with
+    global batch statistics, ``svgfeat stats``). ``as_tensor``/``load_tensor`` expose the sums as one
+    flat float64 vector [2C + 1] so ranks can all-reduce them.
+    """
+
+    def __init__(self):
+        self.n, self.s, self.ss = 0, None, None
+
+    def update(self, x) -> None:
+        x = x.detach() if torch.is_tensor(x) else torch.from_numpy(np.array(x, dtype=np.float64))
+        x = x.double().transpose(0, 1).reshape(x.shape[1], -1)  # [C, n*...]
+        s, ss = x.sum(1), (x * x).sum(1)
+        self.n += x.shape[1]
+        self.s = s if self.s is None else self.s + s.to(self.s.device)
+        self.ss = ss if self.ss is None else self.ss + ss.to(self.ss.device)
+
+    def merge(self, other: "ChannelMoments") -> "ChannelMoments":
+        if other.s is not None:
+            self.load_tensor(other.as_tensor() if self.s is None else self.as_tensor() + other.as_tensor().to(
+                self.s.device))
+        return self
+
+    def as_tensor(self) -> torch.Tensor:
+        n = torch.tensor([float(self.n)], dtype=torch.float64, device=self.s.device)
+        return torch.cat([self.s, self.ss, n])
+
+    def load_tensor(self, t: torch.Tensor) -> "ChannelMoments":
+        C = (t.numel() - 1) // 2
+        self.s, self.ss, self.n = t[:C].clone(), t[C:2 * C].clone(), int(round(float(t[2 * C])))
+        return self
+
+    def reduce(self, fn) -> "ChannelMoments":
+        """Replace the sums by ``fn(flat sums)`` (e.g. an all-reduce SUM over ranks)."""
+        return self.load_tensor(fn(self.as_tensor()))
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and unbiased std (float64 [C])."""
+        if self.s is None:
+            raise RuntimeError("ChannelMoments.mean_std() called before any update()")
+        mean = self.s / self.n
+        var = (self.ss - self.n * mean * mean) / max(self.n - 1, 1)
+        return mean, var.clamp_min(0).sqrt()
+
+    def scalars(self) -> tuple[float, float]:
+        """(mean of per-channel means, mean of per-channel stds): the alignment scalars."""
+        mean, std = self.mean_std()
+        return float(mean.mean()), float(std.mean())
+
+
 class AlignmentStats:
     """Streaming, batch-size independent computation of the fixed alignment statistics.
 
@@ -69,30 +122,28 @@ class AlignmentStats:
     ``batch`` statistics of the whole dataset taken as one batch.
     """
 
-    def __init__(self):
-        self._acc = {}
+    def __init__(self, dino: ChannelMoments | None = None, res: ChannelMoments | None = None):
+        self.dino, self.res = dino or ChannelMoments(), res or ChannelMoments()
 
     def update(self, dino: torch.Tensor, residual: torch.Tensor) -> None:
         """dino [B, C, h, w], residual [B, r, h, w] (raw, *before* alignment)."""
-        for name, x in (("dino", dino), ("res", residual)):
-            x = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)
-            n, s, ss = self._acc.get(name, (0, 0.0, 0.0))
-            self._acc[name] = (n + x.shape[1], s + x.sum(1), ss + (x * x).sum(1))
+        self.dino.update(dino)
+        self.res.update(residual)
 
     def merge(self, other: "AlignmentStats") -> "AlignmentStats":
-        for name, (n, s, ss) in other._acc.items():
-            n0, s0, ss0 = self._acc.get(name, (0, 0.0, 0.0))
-            self._acc[name] = (n0 + n, s0 + s, ss0 + ss)
+        self.dino.merge(other.dino)
+        self.res.merge(other.res)
+        return self
+
+    def reduce(self, fn) -> "AlignmentStats":
+        """Apply ``fn`` (an all-reduce SUM over ranks) to both sets of sums."""
+        self.dino.reduce(fn)
+        self.res.reduce(fn)
         return self
 
     def compute(self) -> dict:
-        out = {}
-        for name, key in (("dino", "dino"), ("res", "res")):
-            if name not in self._acc:
-                raise RuntimeError("AlignmentStats.compute() called before any update()")
-            n, s, ss = self._acc[name]
-            mean = s / n
-            var = (ss - n * mean * mean) / max(n - 1, 1)
-            out[f"mu_{key}"] = float(mean.mean())
-            out[f"sigma_{key}"] = float(var.clamp_min(0).sqrt().mean())
-        return out
+        if self.dino.s is None or self.res.s is None:
+            raise RuntimeError("AlignmentStats.compute() called before any update()")
+        mu_d, s_d = self.dino.scalars()
+        mu_r, s_r = self.res.scalars()
+        return {"mu_dino": mu_d, "sigma_dino": s_d, "mu_res": mu_r, "sigma_res": s_r}

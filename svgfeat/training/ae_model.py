@@ -20,10 +20,10 @@ import copy
 
 import torch
 
+from .. import distributed as D
 from ..errors import ConfigError
-from ..models.align import EPS, scalar_stats
+from ..models.align import EPS, ChannelMoments, scalar_stats
 from ..models.svg import SVGEncoder, _svg_config
-from . import dist as D
 
 BATCH_STATS = ("global", "local")
 DINO_WIDTH = {"vit_small": 384, "vit_small_plus": 384, "vit_base": 768, "vit_large": 1024, "vit_huge_plus": 1280}
@@ -116,14 +116,10 @@ def trainable_parameters(enc: SVGEncoder) -> list[torch.nn.Parameter]:
 
 def global_scalar_stats(x: torch.Tensor, info: D.DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
     """Alignment scalars of x [b, C, h, w] over the batch gathered from all ranks (float64 sums)."""
-    C = x.shape[1]
-    xd = x.detach().double().transpose(0, 1).reshape(C, -1)
-    n = torch.tensor([xd.shape[1]], dtype=torch.float64, device=x.device)
-    buf = D.all_reduce_sum(torch.cat([xd.sum(1), (xd * xd).sum(1), n]), info)
-    s, ss, n = buf[:C], buf[C:2 * C], buf[2 * C]
-    mean = s / n
-    var = ((ss - n * mean * mean) / (n - 1).clamp_min(1)).clamp_min(0)
-    return mean.mean().float(), var.sqrt().mean().float()
+    m = ChannelMoments()
+    m.update(x)
+    mean, std = m.reduce(lambda t: D.all_reduce_sum(t, info)).mean_std()
+    return mean.mean().float(), std.mean().float()
 
 
 def align_residual(dino: torch.Tensor, r: torch.Tensor, info: D.DistInfo, batch_stats: str = "global"):

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from .. import checkpoints as ck
+from .. import distributed as D
 from ..errors import CheckpointError
-from . import dist as D
 
 FORMAT = "svgfeat-ae-train/1"
 

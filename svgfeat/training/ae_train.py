@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed as D
 from ..errors import ConfigError
-from . import dist as D
+from ..models.align import AlignmentStats
 from .ae_data import (
     AECropDataset,
     StreamBatchSampler,
@@ -132,28 +133,6 @@ def _autocast(device: torch.device, amp: str):
     return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use else contextlib.nullcontext
 
 
-class _ChannelSums:
-    """Per-channel float64 sums for the fixed alignment statistics (same math as models.align.AlignmentStats,
-    with sums that can be all-reduced over ranks)."""
-
-    def __init__(self):
-        self.t: dict[str, torch.Tensor] = {}
-
-    def update(self, name: str, x: torch.Tensor) -> None:
-        x = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)
-        new = torch.cat([x.sum(1), (x * x).sum(1), torch.full((1,), float(x.shape[1]), dtype=torch.float64,
-                                                                device=x.device)])
-        self.t[name] = self.t[name] + new if name in self.t else new
-
-    def compute(self, name: str) -> tuple[float, float]:
-        t = self.t[name]
-        C = (t.numel() - 1) // 2
-        s, ss, n = t[:C], t[C:2 * C], t[2 * C]
-        mean = s / n
-        var = ((ss - n * mean * mean) / (n - 1).clamp_min(1)).clamp_min(0)
-        return float(mean.mean()), float(var.sqrt().mean())
-
-
 @torch.no_grad()
 def compute_fixed_stats(enc, data: AECropDataset, info: D.DistInfo, device, n_images: int, batch_size: int,
                         seed: int) -> dict:
@@ -162,7 +141,7 @@ def compute_fixed_stats(enc, data: AECropDataset, info: D.DistInfo, device, n_im
     n = len(data)
     idx = np.arange(n) if n_images >= n else np.sort(np.random.default_rng(_mix(seed, 99)).permutation(n)[:n_images])
     mine = idx[info.rank::info.world]
-    acc = _ChannelSums()
+    acc = AlignmentStats()
     was = enc.training
     enc.eval()
     try:
@@ -171,17 +150,14 @@ def compute_fixed_stats(enc, data: AECropDataset, info: D.DistInfo, device, n_im
             if len(chunk) == 0:
                 break
             _, xn = to_model_inputs(torch.stack([data[(int(j), None)] for j in chunk]), device)
-            acc.update("dino", enc.backbone(xn).patch)
-            acc.update("res", enc.raw_residual(xn))
+            acc.update(enc.backbone(xn).patch, enc.raw_residual(xn))
     finally:
         enc.train(was)
-    C, r = enc.embed_dim, enc.residual_channels
-    for name, c in (("dino", C), ("res", r)):
-        t = acc.t.get(name, torch.zeros(2 * c + 1, dtype=torch.float64, device=device))
-        acc.t[name] = D.all_reduce_sum(t.to(device), info)
-    mu_d, s_d = acc.compute("dino")
-    mu_r, s_r = acc.compute("res")
-    return {"mu_dino": mu_d, "sigma_dino": s_d, "mu_res": mu_r, "sigma_res": s_r, "images": int(len(idx))}
+    for m, c in ((acc.dino, enc.embed_dim), (acc.res, enc.residual_channels)):
+        if m.s is None:  # this rank had no images
+            m.load_tensor(torch.zeros(2 * c + 1, dtype=torch.float64, device=device))
+    acc.reduce(lambda t: D.all_reduce_sum(t.to(device), info))
+    return {**acc.compute(), "images": int(len(idx))}
 
 
 @torch.no_grad()

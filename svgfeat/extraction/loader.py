@@ -1,0 +1,86 @@
+"""One DataLoader per rank over all the items of its shards, in shard order.
+
+Workers decode (PIL) or, with device decoding, only read JPEG bytes; they live for the whole run (one
+loader, so no restart and no pipeline drain between shards). Every loader batch lies inside one shard:
+:class:`ShardPlan` yields (shard, items, last-batch-of-shard) in the same order the loader returns batches.
+On CUDA batches arrive in pinned memory and are copied with ``non_blocking=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.decode import DecodeError
+from ..data.views import make_view
+
+
+class Items(torch.utils.data.Dataset):
+    """Item i of a dataset -> (i, views [K,3,S,S] or JPEG bytes or None, failure reason or None)."""
+
+    def __init__(self, ds, transform, views, view_seed, draft=None):
+        self.ds, self.transform, self.views, self.view_seed, self.draft = ds, transform, views, view_seed, draft
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        if self.draft == "bytes":  # device decoding: only read the file here
+            from ..data.gpu_decode import device_decodable, read_bytes
+
+            try:
+                blob = read_bytes(self.ds.abspath(i))
+            except OSError as e:
+                return i, None, f"unreadable: {e}"
+            if blob.numel() == 0:
+                return i, None, "empty-file"
+            if device_decodable(blob):
+                return i, blob, None  # else: PIL here (EXIF rotation, CMYK, not a JPEG)
+        return self._decode(i)
+
+    def _decode(self, i):
+        draft = self.draft if isinstance(self.draft, int) else None
+        try:
+            img = self.ds.load(i, draft=draft) if draft else self.ds.load(i)
+            x = torch.stack([make_view(img, self.transform, v, self.view_seed, i) for v in range(self.views)])
+            return i, x, None
+        except DecodeError as e:
+            return i, None, e.reason + (f": {e.detail}" if e.detail else "")
+        except (OSError, ValueError) as e:
+            return i, None, f"unreadable: {e}"
+
+
+def collate(batch):
+    """Worker-side collation: the views of every decoded item stacked into ONE tensor (one shared-memory
+    transfer per batch), raw JPEG bytes kept as a list, failures as (item, reason)."""
+    dense = [(i, x) for i, x, err in batch if err is None and x.is_floating_point()]
+    blobs = [(i, x) for i, x, err in batch if err is None and not x.is_floating_point()]
+    fails = [(i, err) for i, _, err in batch if err is not None]
+    x = torch.cat([x for _, x in dense]) if dense else None
+    return [i for i, _ in dense], x, blobs, fails, len(batch)
+
+
+class ShardPlan:
+    """Batches of item indices for shards [(s, start, end), ...], never crossing a shard boundary."""
+
+    def __init__(self, shards, per_batch: int):
+        self.shards, self.per_batch = list(shards), per_batch
+
+    def steps(self):
+        for s, start, end in self.shards:
+            for a in range(start, end, self.per_batch):
+                b = min(a + self.per_batch, end)
+                yield s, list(range(a, b)), b == end
+
+    def __iter__(self):  # the loader's batch sampler
+        return (items for _, items, _ in self.steps())
+
+    def __len__(self):
+        return sum((e - a + self.per_batch - 1) // self.per_batch for _, a, e in self.shards)
+
+
+def make_loader(ds, plan: ShardPlan, transform, views: int, view_seed: int, workers: int, device, draft=None):
+    cuda = torch.device(device).type == "cuda"
+    return torch.utils.data.DataLoader(
+        Items(ds, transform, views, view_seed, draft), batch_sampler=plan, num_workers=workers,
+        collate_fn=collate, pin_memory=cuda, persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None)

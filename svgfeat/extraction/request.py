@@ -1,0 +1,162 @@
+"""The extraction request: validated options and the manifest block an existing cache must match.
+
+A request is everything that decides the cached numbers: transform (and decoder), groups with their
+shapes/dtypes, storage dtype, views, dataset fingerprint, shard size, alignment, the encoder (weights,
+family/stage) and the numerics (``precision``). The device type and torch/timm versions are recorded too
+(``numerics``), but only ``precision`` is refused on a change (fp32 on CPU and GPU agree to round-off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..cache.manifest import request_diff
+from ..cache.shards import DTYPES
+from ..data.transforms import Transform
+from ..errors import CacheError, ConfigError
+from ..models.svg import BASE_GROUPS, layers_needed
+
+DEFAULT_GROUPS = ("latent", "cls", "pooled")
+PRECISIONS = ("fp32", "bf16")
+GPU_RESAMPLE = "pil-matrix-v1"  # device decoder geometry (see data/gpu_decode.py); part of the transform spec
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated knobs of one extraction (what ``extract()`` takes besides data, out and the encoder)."""
+
+    groups: tuple = DEFAULT_GROUPS
+    size: int = 256
+    preset: str = "svg"
+    dtype: str = "fp16"
+    alignment: str = "batch"
+    batch_size: int = 64
+    shard_size: int = 1024
+    workers: int = 0
+    device: str = "cpu"
+    limit: int | None = None
+    views: int = 1
+    view_seed: int = 0
+    fixed_stats_limit: int | None = None
+    precision: str = "fp32"
+    fast_jpeg: bool = False
+    gpu_decode: bool = False
+
+    def __post_init__(self):
+        def whole(name, v, lo):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{name.replace('_', '-')} {v!r}: expected an integer >= {lo}")
+
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype {self.dtype!r}: expected one of {sorted(DTYPES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.alignment not in ("batch", "fixed"):
+            raise ConfigError(f"alignment {self.alignment!r}: expected batch or fixed")
+        for name in ("batch_size", "shard_size", "views"):
+            whole(name, getattr(self, name), 1)
+        whole("workers", self.workers, 0)
+        whole("view_seed", self.view_seed, 0)
+        if self.limit is not None:
+            whole("limit", self.limit, 1)
+        if self.fixed_stats_limit is not None:
+            whole("fixed_stats_limit", self.fixed_stats_limit, 1)
+        if self.gpu_decode and self.views != 1:
+            raise ConfigError(f"gpu_decode supports views=1 only, got views={self.views}")
+        if self.gpu_decode and self.fast_jpeg:
+            raise ConfigError("fast_jpeg (reduced-DCT PIL decoding) and gpu_decode exclude each other; pick one")
+        try:
+            Transform(self.preset, self.size)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    @property
+    def transform(self) -> Transform:
+        return Transform(self.preset, self.size)
+
+    @property
+    def draft(self):
+        """What the loader workers do: 'bytes' (device decoding), a PIL draft size, or None (full decode)."""
+        return "bytes" if self.gpu_decode else (self.size if self.fast_jpeg else None)
+
+
+def validate_groups(groups, enc=None) -> list[str]:
+    groups = [g.strip() for g in (groups.split(",") if isinstance(groups, str) else groups) if g.strip()]
+    if not groups:
+        raise ConfigError("no feature groups requested")
+    for g in groups:
+        ok = g in BASE_GROUPS or g == "residual_raw" or any(
+            g.startswith(p) and g[len(p):].isdigit() for p in ("cls_l", "pooled_l", "dino_l"))
+        if not ok:
+            raise ConfigError(f"unknown group {g!r}; expected {', '.join(BASE_GROUPS)}, residual_raw, "
+                              "cls_l<i>, pooled_l<i> or dino_l<i>")
+        if enc is not None and enc.residual is None and g in ("residual", "residual_raw"):
+            raise ConfigError(f"group {g!r} needs an SVG checkpoint (--svg); this encoder is DINOv3-only")
+    if enc is not None:
+        bad = [i for i in layers_needed(groups) if i >= enc.backbone.depth]
+        if bad:
+            raise ConfigError(f"layer(s) {bad} do not exist in a {enc.backbone.depth}-block backbone")
+    return list(dict.fromkeys(groups))
+
+
+def encoder_spec(enc) -> dict:
+    """The encoder fields a cache records and checks: model, weight sha256s, alignment, channels, and the
+    autoencoder family/stage when the encoder exposes them."""
+    prov = enc.provenance or {}
+    fixed = enc.align.fixed_stats_dict() if enc.alignment == "fixed" and enc.align.has_fixed_stats else None
+    return {"model": enc.config.get("name", "custom"),
+            "dinov3_sha256": (prov.get("dinov3") or {}).get("sha256"),
+            "svg_sha256": (prov.get("svg") or {}).get("sha256"),
+            "alignment": enc.alignment, "fixed_stats": fixed,
+            "family": getattr(enc, "family", "svg"), "stage": getattr(enc, "stage", None),
+            "latent_channels": enc.latent_channels, "embed_dim": enc.embed_dim, "patch_size": enc.patch_size}
+
+
+def numerics(device, precision: str) -> dict:
+    """Recorded with every cache: how the numbers were computed (only ``precision`` must match on resume)."""
+    import timm
+
+    return {"precision": precision, "device_type": torch.device(device).type, "torch": torch.__version__,
+            "timm": timm.__version__}
+
+
+def base_request(ds, n_items: int, opts: Options) -> dict:
+    """The request block known before the encoder runs (``groups``/``encoder`` are filled in later)."""
+    fingerprint = ds.fingerprint() if n_items == len(ds) else f"{ds.fingerprint()}[:{n_items}]"
+    tspec = dict(opts.transform.spec(), fast_jpeg=bool(opts.fast_jpeg),
+                 decoder="device" if opts.gpu_decode else "pil")
+    if opts.gpu_decode:
+        tspec["resample"] = GPU_RESAMPLE
+    return {"transform": tspec, "groups": None, "dtype": opts.dtype, "views": opts.views,
+            "dataset_fingerprint": fingerprint, "shard_size": opts.shard_size, "alignment": opts.alignment,
+            "precision": opts.precision}
+
+
+def differences(existing: dict, request: dict) -> list[str]:
+    """Readable differences between an existing cache and a request (every field that decides the numbers)."""
+    diffs = request_diff(existing, request)
+    if existing.get("precision") != request.get("precision"):
+        diffs.append(f"precision: cache has {existing.get('precision')!r}, requested {request.get('precision')!r}")
+    return diffs
+
+
+def refuse_mismatch(out: Path, existing: dict, request: dict) -> None:
+    diffs = differences(existing, request)
+    if diffs:
+        raise CacheError(f"{out} holds a different extraction; refusing to mix ({'; '.join(diffs)}). "
+                         "Use another output directory or --overwrite.")
+
+
+def light_match(m: dict, request: dict, weights: dict) -> bool:
+    """True when manifest ``m`` is a complete cache of the same weights/transform/groups/dataset/precision
+    (checked without building the encoder)."""
+    if not m.get("complete") or not isinstance(m.get("encoder"), dict):
+        return False
+    e = m["encoder"]
+    same_w = all(e.get(k) == v for k, v in weights.items() if v is not None) and weights.get("model") in (
+        None, e.get("model"))
+    fields = ("transform", "groups", "dtype", "views", "dataset_fingerprint", "shard_size", "precision")
+    return same_w and e.get("alignment") in (request["alignment"], None) and all(m.get(f) == request[f] for f in fields)

@@ -1,0 +1,60 @@
+"""Resume and finish: which shards can be reused (re-hashed, not trusted by size), the final manifest.
+
+A shard is reused only when its index says it holds exactly the expected items and the shard file's
+size and sha256 match the index; anything else (truncated, flipped byte, deleted index, foreign file) is
+redone. Rank 0 finalises once every rank has written or re-verified its own shards.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..cache.atomic import write_json_atomic
+from ..cache.integrity import index_problems, shard_problems
+from ..cache.manifest import read_manifest, shard_name
+from ..cache.paths import read_json_in
+from ..errors import CacheError, SvgfeatError
+from .writer import index_name
+
+
+def _read_index(out: Path, s: int) -> dict | None:
+    try:
+        idx = read_json_in(out, index_name(s), "shard index")
+    except CacheError:
+        return None
+    return idx if isinstance(idx, dict) else None
+
+
+def shard_reusable(out: Path, s: int, start: int, end: int, groups: dict | None = None) -> bool:
+    """True when shard ``s`` on disk holds items [start, end), its header matches ``groups`` and its bytes
+    match the recorded sha256 (re-hashed: never trusted by size)."""
+    idx = _read_index(out, s)
+    if idx is None or idx.get("shard") != s or idx.get("items_range") != [start, end]:
+        return False
+    entry = {"file": shard_name(s), "index": index_name(s), "rows": idx.get("rows"), "sha256": idx.get("sha256"),
+             "size": idx.get("size")}
+    if not isinstance(entry["rows"], int) or not isinstance(entry["size"], int):
+        return False
+    if shard_problems(out, entry, groups, deep=True):
+        return False
+    return not index_problems(out, entry)[0]
+
+
+def finalize(out: Path, num_shards: int) -> dict:
+    """Write the complete manifest from the shard indexes (every shard was written or re-hashed this run)."""
+    m = read_manifest(out)
+    shards, failures, rows = [], [], 0
+    for s in range(num_shards):
+        idx = _read_index(out, s)
+        f = out / shard_name(s)
+        if idx is None or f.is_symlink() or not f.is_file() or f.stat().st_size != idx.get("size"):
+            raise SvgfeatError(f"shard {s} of {out} is missing or damaged after extraction")
+        shards.append({"file": shard_name(s), "index": index_name(s), "rows": idx["rows"], "sha256": idx["sha256"],
+                       "size": idx["size"], "items": idx["items_range"]})
+        failures += idx["failures"]
+        rows += idx["rows"]
+    m.update(shards=shards, failures=failures, num_rows=rows, complete=True,
+             finished=datetime.now(timezone.utc).isoformat())
+    write_json_atomic(out / "manifest.json", m)
+    return m
