@@ -132,3 +132,19 @@ def test_auto_falls_back_to_torch_without_faiss(monkeypatch):
     assert KNNClassifier().fit(X, y).backend_ == "torch"
     with pytest.raises(ImportError, match="faiss"):
         KNNClassifier(backend="faiss").fit(X, y)
+
+
+def test_l2_normalize_is_chunk_independent_and_in_place():
+    """Float32 blocks give bit-identical results to one float64 pass, and never need a float64 matrix."""
+    rng = np.random.default_rng(3)
+    X = (rng.normal(size=(1000, 17)) * rng.uniform(0.01, 100, size=(1000, 1))).astype(np.float32)
+    X[5] = 0
+    X64 = X.astype(np.float64)
+    ref = (X64 / np.maximum(np.sqrt((X64 * X64).sum(1, keepdims=True)), 1e-12)).astype(np.float32)
+    for chunk in (1, 7, 256, 5000):
+        np.testing.assert_array_equal(l2_normalize(X, chunk=chunk), ref)
+    Y = X.copy()
+    out = l2_normalize(Y, out=Y, chunk=64)
+    assert out is Y and out.dtype == np.float32
+    np.testing.assert_array_equal(Y, ref)
+    assert not Y[5].any()  # zero rows stay zero
