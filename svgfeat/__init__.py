@@ -19,6 +19,7 @@ _LAZY = {
     # cache / extraction (issue B)
     "open_cache": "svgfeat.cache",
     "FeatureCache": "svgfeat.cache",
+    "from_arrays": "svgfeat.cache",
     "extract": "svgfeat.extraction",
     "open_dataset": "svgfeat.data",
     # heads (issues C, D, E)

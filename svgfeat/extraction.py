@@ -403,17 +403,4 @@ def _finalize(out: Path, num_shards: int) -> None:
     write_json_atomic(out / MANIFEST, m)
 
 
-def verify_cache(path) -> list[str]:
-    """Recompute every shard's sha256; returns a list of problems (empty when the cache is intact)."""
-    m = read_manifest(path)
-    problems = []
-    for s in m.get("shards", []):
-        f = Path(path) / s["file"]
-        if not f.exists():
-            problems.append(f"{s['file']}: missing")
-        elif file_sha256(f) != s["sha256"]:
-            problems.append(f"{s['file']}: checksum mismatch (file changed or corrupt)")
-    if not m.get("complete"):
-        problems.append("cache is incomplete (extraction interrupted)")
-    return problems
-
+from .cache.verify import verify_cache  # noqa: E402,F401  (moved; kept for old imports)

@@ -6,16 +6,19 @@ Layout of a cache directory::
     shard-00000.safetensors  # groups of rows [items of shard 0]
     shard-00000.json         # that shard's sample index (paths, labels, item/view ids) + failures + sha256
     stats.json               # optional: per-channel statistics (svgfeat stats)
+    .svgfeat.lock            # the writer lock (lock.py); svgfeat temp files are .<name>.tmp-<pid>
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from .._version import __version__
 from ..errors import CacheError
+from .atomic import write_json_atomic  # noqa: F401  (historical import path)
+from .paths import contained, read_json
+from .schema import manifest_problems
 
 FORMAT = "svgfeat-cache"
 FORMAT_VERSION = 1
@@ -26,26 +29,28 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def read_manifest(root) -> dict:
-    p = Path(root) / MANIFEST
-    if not p.exists():
+def read_manifest(root, validate: bool = True) -> dict:
+    """The parsed manifest of cache folder ``root``; CacheError saying what is wrong when it is unreadable,
+    not an svgfeat manifest, too new, or (``validate``) breaks the schema (see :mod:`.schema`)."""
+    root = Path(root)
+    p = root / MANIFEST
+    if not os.path.lexists(p):
         raise CacheError(f"{root} is not a feature cache (no {MANIFEST})")
-    try:
-        m = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise CacheError(f"{p}: corrupt manifest: {e}") from None
+    m = read_json(contained(root, MANIFEST, "manifest"), "manifest")
+    if not isinstance(m, dict):
+        raise CacheError(f"{p}: corrupt manifest: a JSON {type(m).__name__}, expected an object")
     if m.get("format") != FORMAT:
         raise CacheError(f"{p}: not an svgfeat cache manifest (format={m.get('format')!r})")
-    if m.get("format_version", 0) > FORMAT_VERSION:
-        raise CacheError(f"{root}: cache format {m['format_version']} is newer than this svgfeat "
+    v = m.get("format_version", 0)
+    if type(v) is not int:
+        raise CacheError(f"{p}: format_version is {v!r}, expected an integer")
+    if v > FORMAT_VERSION:
+        raise CacheError(f"{root}: cache format {v} is newer than this svgfeat "
                          f"({__version__}) supports ({FORMAT_VERSION}); upgrade svgfeat")
+    if validate:
+        probs = manifest_problems(m)
+        if probs:
+            raise CacheError(f"{p}: corrupt manifest: " + "; ".join(probs[:6]))
     return m
 
 

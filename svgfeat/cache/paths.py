@@ -1,0 +1,91 @@
+"""Containment: every file name read from a manifest or shard index must stay inside its cache folder.
+
+A name is one plain path component (no ``/``, no ``..``, not absolute); after resolving symlinks it
+must still lie inside the folder, and it is only ever opened as a regular file (``O_NONBLOCK`` +
+``fstat``), so a FIFO, a device such as ``/dev/zero`` or a directory is refused without blocking.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from ..errors import CacheError
+
+MAX_JSON_BYTES = 1 << 30  # a manifest or shard index larger than this is not one of ours
+
+
+def contained(root, name, what: str = "file") -> Path:
+    """The path of ``name`` inside ``root``; CacheError when it is not a plain name resolving inside root."""
+    root = Path(root)
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise CacheError(f"{what} name {name!r} in {root} is not a file name")
+    if name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name):
+        raise CacheError(f"{what} {name!r} in {root} leaves the cache folder (expected a plain file name)")
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, name))
+    if os.path.dirname(real) != real_root and not real.startswith(real_root + os.sep):
+        raise CacheError(f"{what} {name!r} in {root} resolves outside the cache folder ({real})")
+    return root / name
+
+
+def open_regular(path, what: str = "file") -> int:
+    """``os.open`` a regular file for reading without ever blocking (FIFOs, devices and dirs are refused)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CacheError(f"{what} {Path(path).name} is missing from {Path(path).parent}") from None
+    except OSError as e:
+        raise CacheError(f"cannot open {what} {path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        os.close(fd)
+        raise CacheError(f"cannot stat {what} {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CacheError(f"{what} {path} is not a regular file")
+    return fd
+
+
+def regular_size(path, what: str = "file") -> int:
+    """Size of a regular file (lstat after resolving; no open). CacheError when missing or not regular."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CacheError(f"{what} {Path(path).name} is missing from {Path(path).parent}") from None
+    except OSError as e:
+        raise CacheError(f"cannot stat {what} {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CacheError(f"{what} {path} is not a regular file")
+    return st.st_size
+
+
+def read_bytes(path, what: str = "file", max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    fd = open_regular(path, what)
+    try:
+        size = os.fstat(fd).st_size
+        if size > max_bytes:
+            raise CacheError(f"{what} {path} is {size} bytes (more than {max_bytes}); not an svgfeat file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(max_bytes + 1)[:max_bytes]
+    except OSError as e:
+        raise CacheError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def read_json(path, what: str = "file", max_bytes: int = MAX_JSON_BYTES):
+    """Parse a JSON file opened as a regular file with a size bound; CacheError on any failure."""
+    raw = read_bytes(path, what, max_bytes)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise CacheError(f"{what} {path} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
+
+
+def read_json_in(root, name, what: str = "file", max_bytes: int = MAX_JSON_BYTES):
+    """``read_json`` of ``name`` after checking that it stays inside ``root``."""
+    return read_json(contained(root, name, what), what, max_bytes)
