@@ -201,9 +201,10 @@ def test_cache_build_streams_batches_and_checks_provenance(tmp_path, monkeypatch
     calls = []
     orig = type(cache).read
 
-    def spy(self, group, rows=None):
-        calls.append(None if rows is None else len(np.atleast_1d(rows)))
-        return orig(self, group, rows)
+    def spy(self, group, rows=None, **kw):
+        n = len(range(len(self))[rows]) if isinstance(rows, slice) else len(np.atleast_1d(rows))
+        calls.append(None if rows is None else n)
+        return orig(self, group, rows, **kw)
 
     monkeypatch.setattr(type(cache), "read", spy)
     idx = FaissIndex(batch_size=3).fit(cache)
