@@ -104,7 +104,9 @@ import sys, time, numpy as np
 from svgfeat.cache import open_cache
 from svgfeat.generation.train import LatentBatcher
 c = open_cache(sys.argv[1]); B = int(sys.argv[2])
-d = LatentBatcher(c, B, seed=0, stats=None, null_class=1000, device="cpu", preload_limit=0)
+C = c.groups["latent"]["shape"][0]  # stats from `svgfeat stats` when it ran, else identity normalisation
+st = None if c.latent_stats() else {"mean": np.zeros(C, np.float32), "std": np.ones(C, np.float32)}
+d = LatentBatcher(c, B, seed=0, stats=st, null_class=1000, device="cpu", preload_limit=0)
 steps = len(c) // B; t = time.perf_counter(); seen = 0
 for s in range(steps):
     tok, y = d.batch(s, 0, B); seen += len(y)
