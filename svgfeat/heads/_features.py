@@ -156,6 +156,11 @@ def _from_cache(cache, spec: str, rows, progress: bool) -> FeatureMatrix:
     sel = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
     dims = [_pooled_dim(cache.groups[g]["shape"]) for g in groups]
     offs = np.cumsum([0] + dims)
+    from ..cache.memory import check_budget
+
+    check_budget(len(sel) * int(offs[-1]) * 4, f"the float32 feature matrix [{len(sel)}, {int(offs[-1])}] of "
+                 f"{'+'.join(groups)}", getattr(cache, "memory_budget", None),
+                 "use fewer rows or a smaller feature spec (e.g. 'cls')")
     X = np.empty((len(sel), int(offs[-1])), np.float32)
     contiguous = rows is None
     for g, a0, a1 in zip(groups, offs[:-1], offs[1:]):

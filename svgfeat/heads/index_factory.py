@@ -15,7 +15,6 @@ IVF adds 8 bytes of id; PQ stores ``m`` bytes) plus the coarse centroids.
 from __future__ import annotations
 
 import math
-import os
 import re
 
 from ..errors import ConfigError
@@ -133,37 +132,11 @@ def auto_factory(n: int, d: int, max_memory="4GB") -> tuple[str, str]:
 
 
 def available_memory() -> int | None:
-    """Bytes this process can still allocate: ``MemAvailable`` of /proc/meminfo (else free physical pages from
-    ``os.sysconf``), capped by a cgroup v2/v1 memory limit when one is set. None when unknown."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    if avail is None:
-        try:
-            avail = int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-        except (ValueError, OSError, AttributeError):
-            avail = None
-    for limit_f, usage_f in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                             ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                              "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            with open(limit_f) as f:
-                raw = f.read().strip()
-            if raw == "max" or int(raw) >= 1 << 60:
-                continue
-            with open(usage_f) as f:
-                room = max(0, int(raw) - int(f.read().strip()))
-            avail = room if avail is None else min(avail, room)
-            break
-        except (OSError, ValueError):
-            continue
-    return avail
+    """Bytes an index may use when no ``max_memory`` is given: the cache package's memory budget (one home:
+    ``SVGFEAT_MEMORY_BUDGET`` if set, else MemAvailable of /proc/meminfo). None when unknown."""
+    from ..cache.memory import memory_budget
+
+    return memory_budget()
 
 
 def check_memory(factory: str, n: int, d: int, max_memory=None, *, what: str = "index",
