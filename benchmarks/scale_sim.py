@@ -174,6 +174,9 @@ def run_latent(work: Path, m: int, args, nofile, results: list) -> None:
         if args.only and name not in args.only:
             continue
         r = run_child(cmd, work / f"log_{name}_{m}.txt", nofile)
+        notes = [ln for ln in (work / f"log_{name}_{m}.txt").read_text().splitlines() if ln.startswith("dit-data:")]
+        if notes:
+            r["note"] = notes[-1]
         r.update(command=name, n=m, f32_gb=round(data_gb, 3), budget_gb=None, within=r["rc"] == 0,
                  cmdline=" ".join(map(str, cmd[2:])) if name == "stats" else f"LatentBatcher pass, batch {args.dit_batch}")
         results.append(r)
@@ -263,6 +266,9 @@ def main(argv=None) -> int:
     print(table(results))
     for line in growth(results):
         print(line)
+    for r in results:
+        if r.get("note"):
+            print(r["note"])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     ok = all(r["within"] for r in results)
