@@ -132,3 +132,37 @@ def test_auto_falls_back_to_torch_without_faiss(monkeypatch):
     assert KNNClassifier().fit(X, y).backend_ == "torch"
     with pytest.raises(ImportError, match="faiss"):
         KNNClassifier(backend="faiss").fit(X, y)
+
+
+def test_l2_normalize_is_chunk_independent_and_in_place():
+    """Float32 blocks give bit-identical results to one float64 pass, and never need a float64 matrix."""
+    rng = np.random.default_rng(3)
+    X = (rng.normal(size=(1000, 17)) * rng.uniform(0.01, 100, size=(1000, 1))).astype(np.float32)
+    X[5] = 0
+    X64 = X.astype(np.float64)
+    ref = (X64 / np.maximum(np.sqrt((X64 * X64).sum(1, keepdims=True)), 1e-12)).astype(np.float32)
+    for chunk in (1, 7, 256, 5000):
+        np.testing.assert_array_equal(l2_normalize(X, chunk=chunk), ref)
+    Y = X.copy()
+    out = l2_normalize(Y, out=Y, chunk=64)
+    assert out is Y and out.dtype == np.float32
+    np.testing.assert_array_equal(Y, ref)
+    assert not Y[5].any()  # zero rows stay zero
+
+
+def test_fit_from_a_cache_streams_into_one_matrix_and_checks_memory(tmp_path, monkeypatch):
+    """A cache of many tiny shards gives the same predictions as its arrays; a feature matrix larger than the
+    memory budget is refused up front, naming its size."""
+    from svgfeat.cache import from_arrays
+    from svgfeat.errors import CacheError
+
+    X, y, Xq, yq = data(seed=4, n=300, nq=40, d=16)
+    tr = from_arrays(tmp_path / "tr", {"cls": X[:, :8], "pooled": X[:, 8:].astype(np.float16)}, labels=y,
+                     shard_size=7)
+    ref = KNNClassifier(k=(5, 20)).fit(np.concatenate([X[:, :8], X[:, 8:].astype(np.float16)], 1), y)
+    got = KNNClassifier(k=(5, 20), features="cls+pooled").fit(tr)
+    np.testing.assert_array_equal(got.X_, ref.X_)
+    np.testing.assert_array_equal(got.predict(Xq), ref.predict(Xq))
+    monkeypatch.setenv("SVGFEAT_MEMORY_BUDGET", "4K")
+    with pytest.raises(CacheError, match=r"float32 feature matrix \[300, 16\] of cls\+pooled needs"):
+        KNNClassifier(features="cls+pooled").fit(tr)

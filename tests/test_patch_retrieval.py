@@ -127,3 +127,21 @@ def test_fixed_alignment_encoder_adopts_the_index_statistics():
     assert enc.align.fixed_stats_dict() == cache.encoder_spec["fixed_stats"]
     with pytest.raises(CacheError, match="alignment: index has 'fixed', encoder has 'batch'"):
         idx.search_images(img, svgfeat.load_encoder(model="test_tiny"), k=2)
+
+
+def test_patch_index_default_is_memory_appropriate(planted, monkeypatch):
+    """The default factory is 'auto': Flat for a few patches, never Flat at ImageNet size; an explicit Flat that
+    cannot fit is refused up front, naming the patch count and the ways out."""
+    from svgfeat.heads import index_factory as fac
+
+    idx = PatchIndex().fit(planted)
+    assert idx.index_.factory_ == "Flat" and idx.index_.info()["factory_requested"] == "auto"
+    n = 1_281_167 * 64  # ImageNet train at stride 2 on a 16x16 grid
+    assert fac.estimate_memory("Flat", n, 384) > 125e9  # ~126 GB (117 GiB)
+    assert not fac.auto_factory(n, 384, "4GB")[0].startswith("Flat")
+    with pytest.raises(ConfigError, match=r"patch index \(60 images x 64 patches\) 'Flat' over 3840 x 32 .*"
+                                          r"--auto.*--stride / --fraction"):
+        PatchIndex("Flat", max_memory="100KB").fit(planted)
+    monkeypatch.setattr(fac, "available_memory", lambda: 100_000)
+    with pytest.raises(ConfigError, match="memory available now"):
+        PatchIndex("Flat").fit(planted)

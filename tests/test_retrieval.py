@@ -201,9 +201,10 @@ def test_cache_build_streams_batches_and_checks_provenance(tmp_path, monkeypatch
     calls = []
     orig = type(cache).read
 
-    def spy(self, group, rows=None):
-        calls.append(None if rows is None else len(np.atleast_1d(rows)))
-        return orig(self, group, rows)
+    def spy(self, group, rows=None, **kw):
+        n = len(range(len(self))[rows]) if isinstance(rows, slice) else len(np.atleast_1d(rows))
+        calls.append(None if rows is None else n)
+        return orig(self, group, rows, **kw)
 
     monkeypatch.setattr(type(cache), "read", spy)
     idx = FaissIndex(batch_size=3).fit(cache)
@@ -236,3 +237,38 @@ def test_cache_build_streams_batches_and_checks_provenance(tmp_path, monkeypatch
         back.search_cache(other, [0], k=1)
     with pytest.raises(ConfigError, match="patch grid"):
         FaissIndex(group="latent").fit(cache)
+
+
+def test_memory_is_checked_up_front(small, monkeypatch):
+    """An index that cannot fit is refused before anything is added, with a one-line fix (--auto / IVF-PQ)."""
+    X, _ = small
+    with pytest.raises(ConfigError, match=r"'Flat' over 3000 x 48 .* needs about 562\.5 KB, more than the "
+                                          r"--max-memory budget \(100\.0 KB\); use `svgfeat index build --auto"):
+        FaissIndex("Flat", max_memory="100KB").fit(X)
+    # without max_memory, the limit is the memory available now (read from /proc/meminfo / sysconf)
+    avail = fac.available_memory()
+    assert avail is None or avail > 0
+    monkeypatch.setattr(fac, "available_memory", lambda: 200_000)
+    with pytest.raises(ConfigError, match="memory available now"):
+        FaissIndex("Flat").fit(X)
+    with pytest.raises(ConfigError, match="memory available now"):
+        FaissIndex("Flat", backend="torch").fit(X)
+    assert FaissIndex("Flat", max_memory="1MB").fit(X).memory_estimate_ == 3000 * 48 * 4  # explicit budget wins
+    # ImageNet-size numbers: Flat over 1.28M x 768 needs ~3.7 GB; the error names a factory that fits
+    with pytest.raises(ConfigError, match=r"needs about 3\.7 GB.*such as 'IVF4528,SQ8'"):
+        fac.check_memory("Flat", 1_281_167, 768, "1GB")
+    with pytest.raises(ConfigError, match=r"such as 'IVF4528,PQ\d+'"):
+        fac.check_memory("Flat", 1_281_167, 768, "500MB")
+    assert fac.check_memory("HNSW32", 1_281_167, 768, "8GB") == fac.estimate_memory("HNSW32", 1_281_167, 768)
+
+
+def test_cli_refuses_an_index_that_does_not_fit(tmp_path, capsys):
+    from svgfeat.cli import main
+
+    cache = tiny_cache("test_tiny")
+    with pytest.raises(SystemExit) as e:
+        main(["index", "build", str(cache.root), "-o", str(tmp_path / "g.faiss"), "--group", "cls",
+              "--max-memory", "100B"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("Error: index 'Flat' over 8 x") and "--auto" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

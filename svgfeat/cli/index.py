@@ -16,11 +16,14 @@ def index():
               help="Index file to write (a sidecar OUT.json is written beside it).")
 @click.option("--group", default=None,
               help="Cache group to index [default: pooled; dino with --patch].")
-@click.option("--factory", default="Flat", show_default=True,
-              help="faiss index_factory string (Flat, HNSW32, IVF4096,PQ64, OPQ16,IVF256,PQ16...) or auto.")
+@click.option("--factory", default=None,
+              help="faiss index_factory string (Flat, HNSW32, IVF4096,PQ64, OPQ16,IVF256,PQ16...) or auto "
+                   "[default: Flat; auto with --patch].")
 @click.option("--metric", type=click.Choice(["cosine", "l2", "ip"]), default="cosine", show_default=True)
 @click.option("--auto", "auto", is_flag=True, help="Pick the factory from the data size and --max-memory.")
-@click.option("--max-memory", default="4GB", show_default=True, help="Memory budget of --auto, e.g. 4GB.")
+@click.option("--max-memory", default=None,
+              help="Memory budget, e.g. 4GB: --auto picks a factory within it [default: 4GB]; any factory that "
+                   "does not fit is refused up front [default: the memory available now].")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited per query.")
 @click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW search depth.")
 @click.option("--gpu", is_flag=True, help="Build and search on the GPU (faiss-gpu); CPU if unavailable.")
@@ -37,9 +40,10 @@ def build(cache, out, group, factory, metric, auto, max_memory, nprobe, ef_searc
     from ..heads.index_factory import parse_memory
 
     c = open_cache(cache)
-    parse_memory(max_memory)
+    if max_memory is not None:
+        parse_memory(max_memory)
     device = "cuda" if gpu else "cpu"
-    factory = "auto" if auto else factory
+    factory = "auto" if auto else (factory or ("auto" if patch else "Flat"))
     if patch:
         from ..heads.patch_retrieval import PatchIndex
 

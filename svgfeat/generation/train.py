@@ -25,6 +25,7 @@ import torch
 
 from .. import distributed as D
 from ..errors import CacheError, CheckpointError, ConfigError
+from .data import BlockOrder, PrefetchReader
 from .flow import flow_loss_from_noise, shift_t
 from .stats import load_stats, save_stats
 
@@ -38,9 +39,16 @@ class LatentBatcher:
 
     ``batch(step, lo, hi)`` -> (tokens [hi-lo, h*w, C] float32, labels long [hi-lo]) for rows lo:hi of
     the global batch of ``step``; unlabelled rows (-1) get the null class.
+
+    Caches of at most ``preload_limit`` bytes of latents are loaded onto the device once and every epoch is one
+    random permutation. Larger caches stream (:mod:`svgfeat.generation.data`): epochs in block-shuffled order
+    (blocks of ``block_rows`` shard-contiguous rows, rows shuffled within windows of ``window_blocks`` blocks) and
+    ``prefetch`` upcoming batches read on ``workers`` background threads; memory stays bounded.
     """
 
-    def __init__(self, cache, global_batch: int, seed: int, stats, null_class: int, device, hflip: bool = False):
+    def __init__(self, cache, global_batch: int, seed: int, stats, null_class: int, device, hflip: bool = False,
+                 preload_limit: int = PRELOAD_LIMIT, block_rows: int = 64, window_blocks: int = 32,
+                 prefetch: int = 4, workers: int = 2, max_step: int | None = None):
         self.cache, self.B, self.seed, self.device, self.hflip = cache, global_batch, seed, device, hflip
         self.n = len(cache)
         if self.n == 0:
@@ -61,9 +69,15 @@ class LatentBatcher:
             raise ConfigError(f"latent stats have {st['mean'].numel()} channels, the cache has {self.C}")
         self.mean = st["mean"][: self.C].to(device)
         self.std = st["std"][: self.C].to(device)
-        self.data = None
-        if self.n * first.nbytes <= PRELOAD_LIMIT:
+        self.data = self.order = self.reader = None
+        if self.n * first.nbytes <= preload_limit:
             self.data = torch.from_numpy(np.ascontiguousarray(cache.read("latent", np.arange(self.n)))).to(device)
+        else:
+            offs = getattr(cache, "shard_offsets", None)
+            offs = getattr(cache, "_offsets", None) if offs is None else offs
+            self.order = BlockOrder(self.n, global_batch, seed, block_rows, window_blocks, offs)
+            self.reader = PrefetchReader(cache, "latent", self.order.rows, prefetch, workers, max_step)
+        self._pin = torch.device(device).type == "cuda"
         self._perm_epoch, self._perm = -1, None
 
     def _perm_for(self, epoch: int) -> np.ndarray:
@@ -74,6 +88,8 @@ class LatentBatcher:
 
     def rows(self, step: int) -> np.ndarray:
         """Cache rows of the global batch of ``step`` (epochs wrap with a fresh permutation)."""
+        if self.order is not None:
+            return self.order.rows(step)
         k = np.arange(step * self.B, (step + 1) * self.B)
         ep, pos = k // self.n, k % self.n
         return np.array([self._perm_for(int(e))[int(p)] for e, p in zip(ep, pos)], dtype=np.int64)
@@ -83,13 +99,18 @@ class LatentBatcher:
         if self.data is not None:
             z = self.data[torch.from_numpy(rows).to(self.device)]
         else:
-            uniq, inv = np.unique(rows, return_inverse=True)
-            z = torch.from_numpy(np.asarray(self.cache.read("latent", uniq))[inv]).to(self.device)
+            z = torch.from_numpy(self.reader.get(step, lo, hi))
+            z = (z.pin_memory() if self._pin else z).to(self.device, non_blocking=self._pin)
         z = z.float()
         if self.hflip and flip is not None:
             z = torch.where(flip.view(-1, 1, 1, 1), z.flip(-1), z)
         tok = (z.flatten(2).transpose(1, 2) - self.mean) / self.std
         return tok, self.labels[torch.from_numpy(rows).to(self.device)]
+
+    def close(self) -> None:
+        """Stop the background readers (streaming caches)."""
+        if self.reader is not None:
+            self.reader.close()
 
 
 def step_noise(step: int, seed: int, B: int, N: int, C: int, shift: float, drop_p: float, device):
@@ -189,13 +210,15 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
               lr: float = 1e-4, weight_decay: float = 0.0, ema_decay: float = 0.9999, shift: float = 0.4,
               grad_clip: float | None = None, seed: int = 0, device="cpu", log_every: int = 50,
               ckpt_every: int = 5000, resume: bool = True, hflip: bool = False, stats=None,
-              model_overrides: dict | None = None, progress: bool = True) -> dict:
+              model_overrides: dict | None = None, progress: bool = True, data_options: dict | None = None) -> dict:
     """Train a DiT on the ``latent`` group of a feature cache.
 
     cache: a cache path (``svgfeat.open_cache``) or an object with ``__len__``, ``read(group, rows)``,
         ``labels`` and ``latent_stats()``. model: a registered DiT name (built with the cache's channels
         and grid) or an SVGDiT. batch_size is the GLOBAL batch (split evenly over torchrun ranks).
     stats: None (the cache's ``latent_stats()``), a stats file or dict(mean, std).
+    data_options: keyword arguments of :class:`LatentBatcher` (``preload_limit``, ``block_rows``,
+        ``window_blocks``, ``prefetch``, ``workers``) — caches larger than ``preload_limit`` stream from disk.
     Returns {"step", "loss" (last logged), "out_dir", "ema"}.
     """
     from ..models.dit import SVGDiT
@@ -223,7 +246,8 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
     if not isinstance(model, SVGDiT):
         raise ConfigError(f"model must be a registered DiT name or an SVGDiT, got {type(model).__name__}")
     model = model.to(dev).train()
-    data = LatentBatcher(cache, batch_size, seed, stats, model.num_classes, dev, hflip)
+    data = LatentBatcher(cache, batch_size, seed, stats, model.num_classes, dev, hflip,
+                         **{"max_step": steps, **(data_options or {})})
     if data.C != model.in_channels:
         raise ConfigError(f"the DiT takes {model.in_channels} channels, the cache latents have {data.C}")
     ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -286,6 +310,7 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
             D.barrier(info)
     if bar is not None:
         bar.close()
+    data.close()
     ema_path = out / "ema.safetensors"
     if rank == 0:
         from ..models.dit import save_dit

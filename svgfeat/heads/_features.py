@@ -137,37 +137,52 @@ def _is_svgfeatures(obj) -> bool:
     return hasattr(obj, "group") and hasattr(obj, "layers") and hasattr(obj, "dino")
 
 
+READ_CHUNK_BYTES = 64 << 20  # stored bytes read per block when filling the feature matrix
+
+
+def _pooled_dim(shape) -> int:
+    """Width of a group after :func:`_reduce`: [D] -> D, [R, C] -> C, [C, h, w] -> C."""
+    shape = list(shape)
+    if len(shape) not in (1, 2, 3):
+        raise ConfigError(f"cannot pool a feature group of shape {shape}; expected 1-D, 2-D or 3-D rows")
+    return int(shape[1] if len(shape) == 2 else shape[0])
+
+
 def _from_cache(cache, spec: str, rows, progress: bool) -> FeatureMatrix:
+    """Stream the groups of ``spec`` into one preallocated float32 [n, D] matrix (bounded extra memory:
+    one block of ``READ_CHUNK_BYTES`` stored bytes at a time, never a whole group)."""
     groups = resolve_spec(spec, cache.groups)
     n = len(cache)
     sel = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
-    flat = [g for g in groups if len(cache.groups[g]["shape"]) == 1]
-    spatial = [g for g in groups if g not in flat]
-    parts: dict[str, np.ndarray] = {g: np.asarray(cache.read(g, rows if rows is None else sel), dtype=np.float32)
-                                    for g in flat}
-    if spatial:  # stream and average-pool; never holds a whole spatial group in memory
-        bs = 256
-        it = cache.iter_batches(spatial, batch_size=bs, rows=None if rows is None else sel)
+    dims = [_pooled_dim(cache.groups[g]["shape"]) for g in groups]
+    offs = np.cumsum([0] + dims)
+    from ..cache.memory import check_budget
+
+    check_budget(len(sel) * int(offs[-1]) * 4, f"the float32 feature matrix [{len(sel)}, {int(offs[-1])}] of "
+                 f"{'+'.join(groups)}", getattr(cache, "memory_budget", None),
+                 "use fewer rows or a smaller feature spec (e.g. 'cls')")
+    X = np.empty((len(sel), int(offs[-1])), np.float32)
+    contiguous = rows is None
+    for g, a0, a1 in zip(groups, offs[:-1], offs[1:]):
+        shape = cache.groups[g]["shape"]
+        row_bytes = int(np.prod(shape)) * (2 if cache.groups[g].get("dtype") == "float16" else 4)
+        bs = int(max(1, min(len(sel) or 1, READ_CHUNK_BYTES // max(row_bytes, 1))))
+        starts = range(0, len(sel), bs)
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(it, total=-(-len(sel) // bs), desc=f"pooling {'+'.join(spatial)}", unit="batch")
-        pos = 0
-        for batch_rows, data in it:
-            for g in spatial:
-                red = _reduce(np.asarray(data[g], dtype=np.float32))
-                if g not in parts:
-                    parts[g] = np.empty((len(sel), red.shape[1]), np.float32)
-                parts[g][pos:pos + len(batch_rows)] = red
-            pos += len(batch_rows)
-        assert pos == len(sel), "iter_batches returned a different number of rows"
-    X = np.concatenate([parts[g] for g in groups], axis=1) if len(groups) > 1 else parts[groups[0]]
+            starts = tqdm(starts, desc=f"reading {g}", unit="block")
+        for s in starts:
+            e = min(s + bs, len(sel))
+            blk = cache.read(g, slice(s, e) if contiguous else sel[s:e])
+            X[s:e, a0:a1] = _reduce(np.asarray(blk, dtype=np.float32)) if len(shape) > 1 else blk
+            del blk
     y = np.asarray(cache.labels, dtype=np.int64)[sel]
     sids = getattr(cache, "sample_ids", None)
     vids = getattr(cache, "view_ids", None)
     sids = sel.astype(np.int64) if sids is None else np.asarray(sids, dtype=np.int64)[sel]
     vids = np.zeros(len(sel), np.int64) if vids is None else np.asarray(vids, dtype=np.int64)[sel]
-    return FeatureMatrix(np.ascontiguousarray(X), y, sids, vids, groups, spec)
+    return FeatureMatrix(X, y, sids, vids, groups, spec)
 
 
 def _from_group_source(get, names, spec: str, n_hint=None) -> tuple[object, list[str]]:

@@ -22,6 +22,7 @@ from ..errors import ConfigError
 FLAT_MAX = 50_000
 HNSW_MAX = 5_000_000
 HNSW_M = 32
+AUTO_MEMORY = "4GB"  # budget of factory="auto" when max_memory is not given
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
           "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
 PQ_MIN_TRAIN = 256 * 39  # 8-bit PQ trains 256 centroids per sub-quantiser
@@ -128,6 +129,37 @@ def auto_factory(n: int, d: int, max_memory="4GB") -> tuple[str, str]:
     raise ConfigError(f"no index fits {n} vectors of dimension {d} in {format_bytes(budget)}: even "
                       f"IVF{nlist},PQ1 needs {format_bytes(estimate_memory(f'IVF{nlist},PQ1', n, d))}; "
                       f"raise --max-memory")
+
+
+def available_memory() -> int | None:
+    """Bytes an index may use when no ``max_memory`` is given: the cache package's memory budget (one home:
+    ``SVGFEAT_MEMORY_BUDGET`` if set, else MemAvailable of /proc/meminfo). None when unknown."""
+    from ..cache.memory import memory_budget
+
+    return memory_budget()
+
+
+def check_memory(factory: str, n: int, d: int, max_memory=None, *, what: str = "index",
+                 hint: str = "") -> int:
+    """Refuse up front an index that cannot fit: ``estimate_memory(factory, n, d)`` against ``max_memory``
+    (when given) or the memory available now. Returns the estimate in bytes; raises ConfigError naming the
+    sizes and suggesting ``--auto`` / an IVF-PQ factory that fits."""
+    need = estimate_memory(factory, n, d)
+    if max_memory is not None:
+        budget, src = parse_memory(max_memory), "--max-memory budget"
+    else:
+        budget, src = available_memory(), "memory available now"
+    if budget is None or need <= budget:
+        return need
+    try:
+        fits, _ = auto_factory(n, d, budget)
+        alt = f" such as {fits!r} (what --auto picks for this budget)"
+    except ConfigError:
+        alt = ""
+    raise ConfigError(
+        f"{what} {factory!r} over {n} x {d} float32 vectors needs about {format_bytes(need)}, more than the "
+        f"{src} ({format_bytes(budget)}); use `svgfeat index build --auto --max-memory SIZE` or a compressed "
+        f"(IVF-PQ / SQ8) factory{alt}{hint}")
 
 
 def is_exact(factory: str) -> bool:

@@ -27,11 +27,25 @@ DEFAULT_KS = (10, 20, 100, 200)
 BACKENDS = ("auto", "faiss", "torch")
 
 
-def l2_normalize(X: np.ndarray) -> np.ndarray:
-    """Canonical row normalisation: float64 norm, float32 result [n, D]; zero rows stay zero."""
-    X64 = np.asarray(X, dtype=np.float64)
-    n = np.sqrt((X64 * X64).sum(1, keepdims=True))
-    return (X64 / np.maximum(n, 1e-12)).astype(np.float32)
+NORM_CHUNK = 8192  # rows normalised per float64 block (~50 MB at D = 768): memory stays ~1x float32
+
+
+def l2_normalize(X: np.ndarray, out: np.ndarray | None = None, chunk: int = NORM_CHUNK) -> np.ndarray:
+    """Canonical row normalisation: float64 norm, float32 result [n, D]; zero rows stay zero.
+
+    Works in blocks of ``chunk`` rows, so there is never a float64 copy of the whole matrix; ``out`` (float32
+    [n, D], may be ``X`` itself) receives the result in place. Each row's result depends only on that row, so
+    the output is bit-identical whatever ``chunk`` is.
+    """
+    X = np.asarray(X)
+    if out is None:
+        out = np.empty(X.shape, np.float32)
+    assert out.shape == X.shape and out.dtype == np.float32, (out.shape, out.dtype)
+    for a in range(0, len(X), int(chunk)):
+        b64 = np.asarray(X[a:a + int(chunk)], dtype=np.float64)
+        n = np.sqrt((b64 * b64).sum(1, keepdims=True))
+        out[a:a + int(chunk)] = b64 / np.maximum(n, 1e-12)
+    return out
 
 
 def dot64(q: np.ndarray, T: np.ndarray) -> np.ndarray:
@@ -100,11 +114,16 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         if fm.y is None:
             raise ConfigError("KNNClassifier.fit needs labels: pass y or a labelled cache")
         rows = eval_rows(fm.sample_ids, fm.view_ids)
-        Xn = l2_normalize(to_numpy32(fm.X)[rows])
         yv = fm.y[rows]
         if np.issubdtype(yv.dtype, np.integer) and (yv < 0).any():  # unlabelled rows (-1) never vote
-            keep = yv >= 0
-            Xn, yv = Xn[keep], yv[keep]
+            rows, yv = rows[yv >= 0], yv[yv >= 0]
+        # one float32 training matrix: normalised in place when we own it (read from a cache), else one copy
+        owned = is_cache(X) and isinstance(fm.X, np.ndarray)
+        X32 = to_numpy32(fm.X)
+        if len(rows) != len(X32) or not np.array_equal(rows, np.arange(len(X32))):
+            X32, owned = X32[rows], True
+        Xn = l2_normalize(X32, out=X32 if owned else None)
+        del X32, fm
         if len(yv) == 0:
             raise ConfigError("KNNClassifier.fit received no labelled rows")
         self.classes_ = np.unique(yv)
@@ -160,7 +179,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         n = len(self.X_)
         out_s, out_i = [], []
         for q in Q:
-            s = np.concatenate([dot64(q[None], self.X_[a:a + 65536]) for a in range(0, n, 65536)])
+            s = np.concatenate([dot64(q[None], self.X_[a:a + NORM_CHUNK]) for a in range(0, n, NORM_CHUNK)])
             top = np.argpartition(-s, m - 1)[:m] if m < n else np.arange(n)
             thr = s[top].min()
             cand = np.flatnonzero(s >= thr)  # keep every tie at the boundary

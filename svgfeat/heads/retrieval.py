@@ -66,6 +66,9 @@ class FaissIndex:
     metric: ``"cosine"`` (L2-normalised inner product; default), ``"ip"`` (raw inner product) or ``"l2"``.
     group: the cache group indexed when ``fit`` gets a FeatureCache (default ``"pooled"``).
     nprobe / ef_search: IVF lists visited / HNSW search depth (None: ``max(8, sqrt(nlist))`` and 64).
+    max_memory: memory budget (bytes or ``"4GB"``). ``"auto"`` picks a factory within it (None: 4 GB); every
+        factory is checked against it before anything is read (None: against the memory available now), and an
+        index that cannot fit is refused with a ConfigError suggesting ``--auto`` / IVF-PQ.
     train_size: vectors sampled (seeded) to train IVF/PQ (None: ``max(50·nlist, 10000)`` capped at n).
     measure_recall: measure recall@``recall_k`` against exact search on ``recall_queries`` sampled vectors while
         building (None: for every approximate index). Self-matches are excluded, so the sample acts held-out.
@@ -74,11 +77,11 @@ class FaissIndex:
 
     Learned attributes: ``factory_`` (resolved string), ``factory_reason_``, ``ntotal_``, ``dim_``, ``backend_``,
     ``keys_`` (int64 [n]), ``provenance_`` (dict or None), ``meta_`` ({"paths", "labels", "classes"}),
-    ``recall_`` ({"k", "recall", "queries"} or None), ``build_seconds_``.
+    ``recall_`` ({"k", "recall", "queries"} or None), ``build_seconds_``, ``memory_estimate_`` (bytes).
     """
 
     def __init__(self, factory: str = "Flat", metric: str = "cosine", *, group: str = "pooled",
-                 nprobe: int | None = None, ef_search: int | None = None, max_memory="4GB",
+                 nprobe: int | None = None, ef_search: int | None = None, max_memory=None,
                  train_size: int | None = None, seed: int = 0, measure_recall: bool | None = None,
                  recall_queries: int = 1000, recall_k: int = 10, batch_size: int = 16384,
                  device="cpu", backend: str = "auto"):
@@ -146,7 +149,7 @@ class FaissIndex:
 
     def _resolve_factory(self, n: int, d: int) -> tuple[str, str]:
         if self.factory.strip().lower() == "auto":
-            return fac.auto_factory(n, d, self.max_memory)
+            return fac.auto_factory(n, d, self.max_memory or fac.AUTO_MEMORY)
         return self.factory.strip(), "given"
 
     def _pick_backend(self, factory: str, n: int, d: int):
@@ -164,10 +167,12 @@ class FaissIndex:
                 f"Searching {n} x {d} vectors (above the exact torch fallback limit of {TORCH_EXACT_MAX} floats)")
         return None, "torch"
 
-    def _build(self, src, prov, meta):
+    def _build(self, src, prov, meta, what: str = "index", hint: str = ""):
         t0 = time.perf_counter()
         n, d = src.n, src.d
         factory, reason = self._resolve_factory(n, d)
+        # refuse up front what cannot fit (max_memory when given, else the memory available now)
+        self.memory_estimate_ = fac.check_memory(factory, n, d, self.max_memory, what=what, hint=hint)
         faiss, backend = self._pick_backend(factory, n, d)
         cosine = self.metric == "cosine"
         kind = "l2" if self.metric == "l2" else "ip"
@@ -212,20 +217,23 @@ class FaissIndex:
             top = TopK(len(qkeys), self.recall_k + 1, largest=kind == "ip")
             qt = torch.from_numpy(qvecs)
 
-        keys, store = [], []
+        keys, pos = [], 0
+        store = torch.empty((n, d), dtype=torch.float32) if index is None else None  # torch backend: one matrix
         for bkeys, xb in src.batches(self.batch_size):
             xb = l2_normalize(xb) if cosine else np.ascontiguousarray(xb, dtype=np.float32)
             if index is not None:
                 index.add(xb)
             else:
-                store.append(xb)
+                store[pos:pos + len(xb)] = torch.from_numpy(xb)
+            pos += len(xb)
             if top is not None:
                 top.update(batch_scores(qt, torch.from_numpy(xb), kind), torch.from_numpy(bkeys)[None])
             keys.append(np.asarray(bkeys, dtype=np.int64))
         self.keys_ = np.concatenate(keys) if keys else np.zeros(0, np.int64)
         self.ntotal_ = len(self.keys_)
         self._index = index
-        self._vectors = torch.from_numpy(np.concatenate(store)) if index is None else None
+        assert pos == n, f"source yielded {pos} vectors, expected {n}"
+        self._vectors = store
         self._applied = None
         self._to_device()
         self.recall_ = {"k": self.recall_k, "recall": 1.0, "queries": 0, "exact": True} if exact else None
