@@ -5,6 +5,8 @@ import json
 import click
 
 from ..errors import ConfigError
+from ._common import write_output
+from ._types import DEVICE
 
 
 @click.command()
@@ -16,7 +18,7 @@ from ..errors import ConfigError
 @click.option("-k", "ks", default="10,20,100,200", show_default=True, help="Comma-separated neighbour counts.")
 @click.option("-T", "--temperature", default=0.07, show_default=True, type=float, help="Vote weight exp(sim/T).")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "faiss", "torch"]))
-@click.option("--device", default="cpu", show_default=True, help="torch device of the torch backend.")
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device of the torch backend.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Results JSON.")
 def knn(train, val, features, ks, temperature, backend, device, out):
     """Classify every val image by temperature-weighted votes of its k nearest train images."""
@@ -42,8 +44,7 @@ def knn(train, val, features, ks, temperature, backend, device, out):
     er = eval_rows(fm.sample_ids, fm.view_ids)
     res = clf.evaluate(fm.X[er], y[rows][er])
     res.update(train=str(tr.root), val=str(va.root), features=features)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2)
+    write_output(out, json.dumps(res, indent=2))
     for kk, v in res["k"].items():
         click.echo(f"k={kk:>4}: top-1 {v['top1']:.2f}%  top-5 {v['top5']:.2f}%")
     click.echo(f"-> {out}")
