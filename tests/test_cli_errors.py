@@ -286,3 +286,24 @@ def test_serve_port_in_use_and_bad_host(capsys, built_index):
         s.close()
     line = one_line_error(capsys, "serve", good, "--host", "no such host!", "--port", "0")
     assert "'no such host!'" in line
+
+
+# ------------------------------------------------------------------------------------------ knn / probe
+@pytest.fixture(scope="module")
+def digit_caches(tmp_path_factory):
+    import svgfeat
+
+    d = tmp_path_factory.mktemp("digits")
+    kw = dict(model="test_tiny", groups=["cls", "pooled"], progress=False)
+    tr = svgfeat.extract("sample:digits/train", d / "tr64", size=64, limit=30, **kw)
+    va = svgfeat.extract("sample:digits/val", d / "va80", size=80, limit=20, **kw)
+    return tr, va
+
+
+@pytest.mark.parametrize("cmd", ["knn", "probe"])
+def test_knn_probe_refuse_caches_of_different_sizes(capsys, tmp_path, digit_caches, cmd):
+    tr, va = digit_caches
+    args = ["--train", tr.root, "--val", va.root, "-o", tmp_path / "r.json"]
+    line = one_line_error(capsys, cmd, *args, *(["-k", "5"] if cmd == "knn" else ["--epochs", "1"]))
+    assert "size: train 64, val 80" in line and "--size" in line
+    assert not (tmp_path / "r.json").exists()

@@ -25,7 +25,7 @@ def knn(train, val, features, ks, temperature, backend, device, out):
     import numpy as np
 
     from ..cache import check_compatible, open_cache
-    from ..heads._features import aligned_labels, eval_rows, feature_matrix
+    from ..heads._features import aligned_labels, check_same_transform, eval_rows, feature_matrix
     from ..heads.knn import KNNClassifier
 
     try:
@@ -34,6 +34,7 @@ def knn(train, val, features, ks, temperature, backend, device, out):
         raise ConfigError(f"-k: expected comma-separated integers, got {ks!r}") from None
     tr, va = open_cache(train), open_cache(val)
     check_compatible(tr.encoder_spec, va.encoder_spec, what="train/val cache encoder")
+    check_same_transform(tr, va)
     clf = KNNClassifier(k=k, temperature=temperature, features=features, backend=backend, device=device,
                         progress=True).fit(tr)
     y = aligned_labels(tr, va)

@@ -69,7 +69,7 @@ def probe(train, val, features, batch_size, epochs, iterations, min_iterations, 
     import numpy as np
 
     from ..cache import check_compatible, open_cache
-    from ..heads._features import aligned_labels, feature_matrix
+    from ..heads._features import aligned_labels, check_same_transform, feature_matrix
     from ..heads.probe import LinearProbe
 
     kw = probe_kwargs(epochs, iterations, min_iterations, lrs, optimizer, wd, select_on, heldout_fraction,
@@ -82,6 +82,7 @@ def probe(train, val, features, batch_size, epochs, iterations, min_iterations, 
     if val is not None:
         va = open_cache(val)
         check_compatible(tr.encoder_spec, va.encoder_spec, what="train/val cache encoder")
+        check_same_transform(tr, va)
         y = aligned_labels(tr, va)
         rows = np.flatnonzero(y != -1)
         fm = feature_matrix(va, features=features, rows=rows, progress=True)
