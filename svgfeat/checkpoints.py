@@ -91,6 +91,8 @@ def save_safetensors(path, state_dict: dict, config: dict | None = None, sidecar
     from safetensors.torch import save_file
 
     p = Path(path)
+    if p.exists() and not p.is_file():  # never rename a temporary file over a device or a folder
+        raise CheckpointError(f"cannot write {p}: it exists and is not a regular file")
     p.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     meta = {CONFIG_KEY: json.dumps(config, sort_keys=True)} if config is not None else None

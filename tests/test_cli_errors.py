@@ -208,7 +208,21 @@ def test_disk_full_is_one_line_and_leaves_nothing(capsys, tmp_path, built_index)
     cache, good = built_index
     line = one_line_error(capsys, "search", good, f"{cache.root}:0", "--html", "/dev/full", code=1)
     assert "No space left on device" in line and "/dev/full" in line
+    rc, out, err = run_main(capsys, "index", "build", cache.root, "-o", "/dev/full")
+    lines = err.strip().splitlines()
+    assert rc != 0 and len(lines) == 1 and lines[0].startswith("Error: ") and "/dev/full" in lines[0], err
+    rc, out, err = run_main(capsys, "encode", photo_path(cache), "-o", "/dev/full", "--model", "test_tiny", "--size",
+                            "64")
+    lines = err.strip().splitlines()
+    assert rc != 0 and len(lines) == 1 and lines[0].startswith("Error: ") and "/dev/full" in lines[0], err
     assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")  # never replaced by a regular file
+    assert not [p for p in os.listdir("/dev") if p.startswith((".full", "full."))]
+
+
+def photo_path(cache):
+    from _retrieval_helpers import photo_folder
+
+    return photo_folder() / "imgs" / cache.paths[0]
 
 
 def test_disk_full_midway_leaves_no_partial_output(capsys, tmp_path, built_index, monkeypatch):
@@ -250,16 +264,21 @@ def test_disk_full_midway_leaves_no_partial_output(capsys, tmp_path, built_index
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unwritable_output_is_one_line(tmp_path, img):
-    """/sys refuses new files and folders, even to root (chmod 0555 would not stop root)."""
+def test_unwritable_output_is_one_line(capsys, tmp_path, img, built_index):
+    """/sys refuses new files and folders, even to root (chmod 0555 would not stop root). One run as a real
+    subprocess (the installed entry point), the others in-process."""
     target = "/sys/svgfeat-test-output"
-    for args in (["reconstruct", img, "-o", target, "--model", "test_tiny", "--size", "64"],
-                 ["extract", "sample:digits/val", "-o", target, "--model", "test_tiny", "--size", "64",
-                  "--limit", "4"],
+    r, lines = run_sub("extract", "sample:digits/val", "-o", target, "--model", "test_tiny", "--size", "64",
+                       "--limit", "4")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert lines[0].startswith("Error: ") and target in lines[0], lines
+    for args in (["index", "build", built_index[0].root, "-o", f"{target}.faiss"],
+                 ["reconstruct", img, "-o", target, "--model", "test_tiny", "--size", "64"],
                  ["encode", img, "-o", f"{target}.safetensors", "--model", "test_tiny", "--size", "64"]):
-        r, lines = run_sub(*args)
-        assert r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
-        assert lines[0].startswith("Error: ") and "/sys/svgfeat-test-output" in lines[0], lines
+        rc, out, err = run_main(capsys, *args)
+        lines = err.strip().splitlines()
+        assert rc != 0 and "Traceback" not in err and len(lines) == 1, err
+        assert lines[0].startswith("Error: ") and target in lines[0], lines
     assert not os.path.exists(target)
 
 

@@ -17,6 +17,7 @@ recall, keys -> paths/labels) and ``PATH.keys.npy`` when the keys are not simply
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import warnings
@@ -372,16 +373,27 @@ class FaissIndex:
         """Write ``path`` (index), ``path.json`` (sidecar) and, if needed, ``path.keys.npy``."""
         self._check_fitted()
         path = Path(path)
+        if path.exists() and not path.is_file():
+            raise CacheError(f"cannot write the index to {path}: it exists and is not a regular file")
         path.parent.mkdir(parents=True, exist_ok=True)
-        if self.backend_ == "torch":
-            from safetensors.torch import save_file
+        tmp = path.with_name(f".{path.name}.tmp")  # whole or nothing: a failed write leaves no partial index
+        try:
+            if self.backend_ == "torch":
+                from safetensors.torch import save_file
 
-            save_file({"vectors": self._vectors.cpu().contiguous()}, str(path),
-                      metadata={"format": "svgfeat-exact-index"})
-        else:
-            faiss = import_faiss()
-            cpu = faiss.index_gpu_to_cpu(self._gpu) if self._gpu is not None else self._index
-            faiss.write_index(cpu, str(path))
+                save_file({"vectors": self._vectors.cpu().contiguous()}, str(tmp),
+                          metadata={"format": "svgfeat-exact-index"})
+            else:
+                faiss = import_faiss()
+                cpu = faiss.index_gpu_to_cpu(self._gpu) if self._gpu is not None else self._index
+                faiss.write_index(cpu, str(tmp))
+            os.replace(tmp, path)
+        except Exception as e:  # noqa: BLE001 - faiss/safetensors report I/O failures as their own types
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise
+            why = _reason(e)
+            raise CacheError(f"cannot write the index to {path}: {why}") from None
         simple = bool(np.array_equal(self.keys_, np.arange(self.ntotal_)))
         keys_file = path.with_name(path.name + ".keys.npy")
         if not simple:
@@ -428,7 +440,7 @@ class FaissIndex:
         except SvgfeatError:
             raise
         except Exception as e:  # noqa: BLE001 - whatever the decoder says, the file is not a usable index
-            why = re.sub(r"^Error in .*? at \S+:\d+: ", "", " ".join(str(e).split())) or type(e).__name__
+            why = _reason(e)
             raise CacheError(f"{path}: broken or foreign index file ({why}); rebuild it with `svgfeat index "
                              "build`") from None
         n, d = (self._vectors.shape if self._index is None else (self._index.ntotal, self._index.d))
@@ -438,6 +450,12 @@ class FaissIndex:
         if len(self.keys_) != self.ntotal_:
             raise CacheError(f"{path}: {len(self.keys_)} keys for {self.ntotal_} vectors")
         self._to_device()
+
+
+def _reason(e: Exception) -> str:
+    """A faiss/safetensors exception as a short one-line reason (without faiss's C++ source location)."""
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", " ".join(str(e).split()))
+    return re.sub(r"^Error: '.*?' failed: ", "", text) or type(e).__name__
 
 
 def _no_polysemous(faiss, index) -> None:
