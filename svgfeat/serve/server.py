@@ -369,6 +369,9 @@ def _known_caches(service: SearchService, caches: dict | None) -> dict:
             raise ConfigError(f"cache name {name!r}: expected 1-64 letters, digits, '_', '.', '-' (not 'index')")
         if not Path(path).is_dir():
             raise ConfigError(f"cache {name!r}: {path} is not a folder")
+        from ..cache import open_cache
+
+        open_cache(path)  # a broken or incomplete cache fails now, not at the first query
         out[str(name)] = str(path)
     return out
 
