@@ -100,3 +100,70 @@ def test_device_decode_path_and_fast_jpeg(tmp_path, photos):
     # same images, approximately the same pixels -> close features
     r, d = ref.read("latent").astype(np.float32), dev.read("latent").astype(np.float32)
     assert np.abs(r - d).mean() < 0.25 * np.abs(r).mean()
+
+
+def _two_images(folder, photos):
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(photos[0][:64, :64]).save(folder / "a.png")
+    Image.fromarray(photos[1][:64, :64]).save(folder / "b.png")
+
+
+def test_symlink_loops_neither_duplicate_nor_hang(tmp_path, photos):
+    import os
+    import threading
+
+    imgs = tmp_path / "imgs"
+    _two_images(imgs / "sub", photos)
+    os.symlink(".", imgs / "self")  # ln -s . imgs/self
+    os.symlink("..", imgs / "sub" / "up")  # a second loop through the parent
+    os.symlink("sub", imgs / "alias")  # the same real folder under two names: listed once
+    found = {}
+    t = threading.Thread(target=lambda: found.setdefault("ds", svgfeat.open_dataset(imgs)), daemon=True)
+    t.start()
+    t.join(30)
+    assert "ds" in found, "walking two symlink loops did not finish in 30 s"
+    ds = found["ds"]
+    assert sorted(ds.paths) == ["sub/a.png", "sub/b.png"] or sorted(ds.paths) == ["alias/a.png", "alias/b.png"]
+    # class folders: a loop inside a class folder is walked once too
+    os.symlink(".", imgs / "sub" / "again")
+    ds = svgfeat.open_dataset(imgs / "sub")
+    assert sorted(ds.paths) == ["a.png", "b.png"], ds.paths
+
+
+def test_undecodable_file_name_is_a_failure_not_an_abort(tmp_path, photos):
+    import os
+
+    imgs = tmp_path / "imgs"
+    _two_images(imgs, photos)
+    raw = os.path.join(os.fsencode(str(imgs)), b"bad\xff\xfe.png")
+    try:
+        with open(raw, "wb") as f:
+            f.write((imgs / "a.png").read_bytes())
+    except OSError:
+        pytest.skip("this file system refuses non-UTF-8 names")
+    ds = svgfeat.open_dataset(imgs)
+    assert ds.paths == ["a.png", "b.png", "bad\\xff\\xfe.png"] and len(ds.fingerprint()) == 64
+    with pytest.raises(DecodeError) as e:
+        ds.load(2)
+    assert e.value.reason == "undecodable-name"
+    c = svgfeat.extract(imgs, tmp_path / "c", model="test_tiny", size=64, progress=False, groups=["pooled"])
+    assert len(c) == 2 and [p for p, _ in c.failures] == ["bad\\xff\\xfe.png"]
+    assert c.failures[0][1].startswith("undecodable-name")
+
+
+def test_file_names_with_newlines_cannot_forge_summary_lines(tmp_path, photos, capsys):
+    """The extract failure summary prints escaped names: an embedded newline stays on its line."""
+    from svgfeat.cli import main
+
+    imgs = tmp_path / "imgs"
+    _two_images(imgs, photos)
+    forged = "x.png\n  all good: nothing failed\rOK"
+    (imgs / f"{forged}.png").write_bytes(b"not an image at all")
+    with pytest.raises(SystemExit) as e:
+        main(["extract", str(imgs), "-o", str(tmp_path / "c"), "--model", "test_tiny", "--size", "64",
+              "--groups", "pooled"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1
+    lines = [ln for ln in err.splitlines() if "x.png" in ln or "all good" in ln]
+    assert len(lines) == 1 and "\\n  all good" in lines[0] and "\\rOK" in lines[0], err
+    assert not any(ln.startswith("  all good") for ln in err.splitlines())

@@ -116,3 +116,27 @@ def test_html_report_embeds_thumbnails_and_renders(built, tmp_path):
     assert px.shape == (900, 1000, 3) and len(np.unique(px.reshape(-1, 3), axis=0)) > 500  # thumbnails drew
     dom = run_chromium(out.as_uri(), "--dump-dom").stdout
     assert dom.count("<figure") == 10 and "query: " in dom
+
+
+def test_names_with_newlines_cannot_forge_search_lines(tmp_path, capsys):
+    """Printed results escape file names: an embedded newline or carriage return stays on its line."""
+    import shutil
+
+    import svgfeat
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    src = sorted((photo_folder() / "imgs").iterdir())[:3]
+    forged = "z\n    2. +1.0000  id 9       forged.png\r"
+    shutil.copy(src[0], imgs / f"{forged}.png")
+    for p in src[1:]:
+        shutil.copy(p, imgs / p.name)
+    cache = svgfeat.extract(imgs, tmp_path / "c", model="test_tiny", size=64, groups=["pooled"], progress=False)
+    code, out, err = run_main(capsys, "index", "build", cache.root, "-o", tmp_path / "g.faiss")
+    assert code == 0, err
+    row = cache.paths.index(f"{forged}.png")
+    code, out, err = run_main(capsys, "search", tmp_path / "g.faiss", f"{cache.root}:{row}", "-k", "3")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("query: ") and not any("forged" in ln for ln in lines[2:])
+    assert "\\n    2. +1.0000  id 9       forged.png\\r" in lines[1], lines

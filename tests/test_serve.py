@@ -25,7 +25,8 @@ def server(tmp_path_factory):
     cache = tiny_cache("test_tiny")
     path = FaissIndex().fit(cache).save(tmp_path_factory.mktemp("srv") / "g.faiss")
     srv = make_server(str(path), svgfeat.create_model("test_tiny"), "127.0.0.1", 0, max_upload=2_000_000,
-                      max_concurrent=2)
+                      max_concurrent=2, caches={"other": tiny_cache("test_tiny_dino").root, "same": cache.root},
+                      body_timeout=1.5)
     thread = serve_in_thread(srv)
     yield srv, cache
     srv.shutdown()
@@ -87,12 +88,133 @@ def test_search_by_row_and_cache_row(server):
     srv, cache = server
     status, r = call(srv, "/api/search", json.dumps({"row": 4, "k": 5}).encode(), "application/json")
     assert status == 200 and r["ids"][0] == 4 and len(r["ids"]) == 5
-    status, r = call(srv, "/api/search?k=1", json.dumps({"cache_row": f"{cache.root}:6"}).encode(),
-                     "application/json")
+    status, r = call(srv, "/api/search?k=1", json.dumps({"cache_row": "same:6"}).encode(), "application/json")
     assert status == 200 and r["ids"] == [6]
-    other = tiny_cache("test_tiny_dino")
-    status, r = call(srv, "/api/search", json.dumps({"cache_row": f"{other.root}:0"}).encode(), "application/json")
+    status, r = call(srv, "/api/search?k=1", json.dumps({"cache_row": {"cache": "index", "row": 5}}).encode(),
+                     "application/json")
+    assert status == 200 and r["ids"] == [5]
+    status, r = call(srv, "/api/search", json.dumps({"cache_row": "other:0"}).encode(), "application/json")
     assert status == 409 and "model: index has 'test_tiny'" in r["error"]
+    assert str(tiny_cache("test_tiny_dino").root) not in r["error"]
+
+
+def test_cache_row_never_takes_a_server_path(server):
+    """Only the caches the server was started with, by name; existing and missing paths answer alike."""
+    srv, cache = server
+    answers = set()
+    for cr in ("/etc:0", "/no/such/dir:0", f"{cache.root}:0", "../cache:0", {"cache": "/etc", "row": 0},
+               {"cache": str(cache.root), "row": 0}):
+        status, r = call(srv, "/api/search", json.dumps({"cache_row": cr}).encode(), "application/json")
+        assert status == 400 and "this server's caches ['index', 'other', 'same']" in r["error"], r
+        answers.add(r["error"].rsplit("got cache", 1)[0])
+    assert len(answers) == 1  # no file-system oracle
+
+
+def test_api_info_shows_no_server_paths(server):
+    srv, cache = server
+    status, info = call(srv, "/api/info")
+    assert status == 200 and info["caches"] == ["index", "other", "same"]
+    text = json.dumps(info)
+    assert str(cache.root) not in text and str(photo_folder()) not in text
+    strings = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            [walk(x) for x in v.values()]
+        elif isinstance(v, list):
+            [walk(x) for x in v]
+        elif isinstance(v, str):
+            strings.append(v)
+
+    walk(info)
+    assert not [x for x in strings if x.startswith("/")], strings
+    assert info["provenance"]["cache"] == "index"
+
+
+@pytest.mark.parametrize("body", [b'{"row": 1e309}', b'{"row": Infinity}', b'{"row": NaN}', b'{"row": -Infinity}',
+                                  b'{"row": true}', b'{"row": 1.0}', b'{"row": "\xc2\xb2"}', b'{"row": [1]}',
+                                  b'{"row": null}', b"[" * 100000 + b"]" * 100000,
+                                  b'{"a":' * 50000 + b"1" + b"}" * 50000, b'{"k": true, "row": 1}',
+                                  b'{"k": 1e309, "row": 1}', b'{"row": 1, "region": 5}',
+                                  b'{"row": 1, "aggregate": ["max"]}', b'{"image": [1e309]}',
+                                  b'{"image": {"a": 1}}', b'{"cache_row": 12}', b'{"cache_row": ["a", 1]}',
+                                  b'{"cache_row": "same:1e309"}', b'{"cache_row": "same:true"}', b'"row"', b"12"])
+def test_malformed_json_is_4xx(server, body):
+    srv, cache = server
+    status, r = call(srv, "/api/search", body, "application/json")
+    assert 400 <= status < 500 and isinstance(r, dict) and "error" in r, (status, r)
+    assert "internal error" not in r["error"]
+
+
+def raw_request(srv, data: bytes, timeout=20) -> tuple[int, bytes]:
+    """Send raw bytes on a loopback socket; (status, whole answer). Bounded by ``timeout``."""
+    import socket
+
+    host, port = srv.server_address[:2]
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                c = s.recv(65536)
+            except TimeoutError:
+                break
+            if not c:
+                break
+            chunks.append(c)
+            if b"\r\n\r\n" in b"".join(chunks) and len(chunks) > 50:
+                break
+    out = b"".join(chunks)
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", out)
+    return (int(m.group(1)) if m else 0), out
+
+
+@pytest.mark.parametrize("tail", [b"\xb2", b"\xc2\xb2", b"%C2%B2", b"\xd9\xa3", b"1\xb9", b"99999999999999999999999",
+                                  b"-1", b"+1", b" 1", b"0x1"])
+def test_thumb_ids_are_ascii_digits(server, tail):
+    srv, _ = server
+    status, out = raw_request(srv, b"GET /thumb/" + tail + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert 400 <= status < 500, out[:300]
+
+
+def test_stalled_body_gets_408_and_oversized_413(server):
+    import time
+
+    srv, _ = server
+    t0 = time.monotonic()
+    status, out = raw_request(srv, b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: 100\r\n\r\n{\"row\":", timeout=20)
+    assert status == 408 and time.monotonic() - t0 < 15, out[:300]
+    status, out = raw_request(srv, b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                                   b"Content-Length: 99999999999999\r\n\r\n")
+    assert status == 413, out[:300]
+    status, out = raw_request(srv, b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                                   b"Content-Length: \xb2\r\n\r\n")
+    assert status == 400, out[:300]
+    status, r = call(srv, "/api/info")
+    assert status == 200  # still serving
+
+
+def test_ipv6_loopback(tmp_path):
+    import socket
+
+    from svgfeat.heads.retrieval import FaissIndex
+    from svgfeat.serve.server import make_server, serve_in_thread
+
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 on this machine")
+    path = FaissIndex().fit(tiny_cache("test_tiny")).save(tmp_path / "g.faiss")
+    srv = make_server(str(path), None, "::1", 0)
+    serve_in_thread(srv)
+    try:
+        assert srv.url.startswith("http://[::1]:") and srv.is_loopback
+        status, r = call(srv, "/api/search", json.dumps({"row": 2}).encode(), "application/json")
+        assert status == 200 and r["ids"][0] == 2
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_bad_requests_get_4xx_json_and_the_server_survives(server):

@@ -65,8 +65,33 @@ def cli():
     """svgfeat: extract SVG features once, reuse them in every head."""
 
 
+def _one_line(text: str) -> str:
+    """Messages are printed on one line: embedded newlines/control characters never start a new line."""
+    parts = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return " ".join(parts).replace("\r", " ")
+
+
+# OSError numbers that are the environment's doing, not a bug: one line, exit status 1
+_ENVIRONMENT_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EADDRINUSE", "EADDRNOTAVAIL", "ENOTDIR",
+                       "EISDIR", "EEXIST", "ENOENT", "ENAMETOOLONG", "EMFILE", "ENFILE", "EFBIG", "EIO", "EBUSY",
+                       "ETXTBSY", "ELOOP", "EXDEV", "ENOMEM"}
+
+
+def _environment_error(e: OSError) -> str | None:
+    """'cannot ...: <reason>' for OSErrors caused by the machine (disk full, read-only, ...), else None."""
+    import errno
+
+    name = errno.errorcode.get(e.errno or -1)
+    if name not in _ENVIRONMENT_ERRNOS:
+        return None
+    where = " ".join(repr(str(f))[1:-1] for f in (e.filename, e.filename2) if f is not None)
+    return (f"{where}: " if where else "") + f"{e.strerror or name}"
+
+
 def main(argv=None):
-    """Entry point: run the CLI, turning svgfeat errors into one-line messages and exit code 2."""
+    """Entry point: run the CLI. User mistakes (svgfeat errors, bad options) become ONE line ``Error: ...`` with
+    exit status 2; environment failures (disk full, read-only output, ...) one line with exit status 1. Anything
+    else is a bug and keeps its traceback."""
     from ..errors import SvgfeatError
 
     try:
@@ -75,13 +100,22 @@ def main(argv=None):
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"Error: {_one_line(e.format_message())}", err=True)
         sys.exit(e.exit_code)
     except SvgfeatError as e:
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"Error: {_one_line(e)}", err=True)
         sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except SystemExit:
         raise
+    except KeyboardInterrupt:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except OSError as e:
+        msg = _environment_error(e)
+        if msg is None:
+            raise
+        click.echo(f"Error: {_one_line(msg)}", err=True)
+        sys.exit(1)
     sys.exit(0)

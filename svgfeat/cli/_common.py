@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ._types import DEVICE, ENCODER
+
 dinov3_option = click.option(
     "--dinov3", "dinov3", type=click.Path(dir_okay=False), default=None,
     help="DINOv3 weights (Meta .pth, timm .safetensors or 'hf' for the Hugging Face cache).",
@@ -17,14 +19,15 @@ svg_config_option = click.option(
     help="Official YAML config of the SVG checkpoint (needed for .ckpt files whose decoder is not the default).",
 )
 model_option = click.option(
-    "--model", "model", default=None,
+    "--model", "model", default=None, type=ENCODER,
     help="Registered model name (see `svgfeat doctor`); test_* variants run with random weights.",
 )
 alignment_option = click.option(
     "--alignment", type=click.Choice(["batch", "fixed"]), default="batch", show_default=True,
     help="Residual alignment: batch statistics (official) or frozen statistics.",
 )
-device_option = click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+device_option = click.option("--device", default="cpu", show_default=True, type=DEVICE,
+                              help="torch device, e.g. cpu or cuda:0.")
 
 
 def encoder_options(f):
@@ -40,3 +43,52 @@ def build_encoder(dinov3, svg, svg_config, model, alignment, device):
 
     return load_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model,
                         alignment=alignment, device=device)
+
+
+def printable(name) -> str:
+    """A file name safe to print on one line: control characters, newlines and undecodable bytes escaped
+    (repr-style), everything else unchanged."""
+    s = str(name)
+    if s.isprintable():
+        return s
+    return repr(s)[1:-1]
+
+
+class OutputFailed(click.ClickException):
+    """An output could not be written (disk full, read-only, ...): one line, exit status 1."""
+
+    exit_code = 1
+
+
+def write_output(path, data) -> None:
+    """Write ``data`` (str or bytes) to ``path`` whole or not at all: a temporary file beside it, then a rename.
+    Special files (``/dev/stdout``, pipes) are written directly and never replaced."""
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    mode = "w" if isinstance(data, str) else "wb"
+    kw = {"encoding": "utf-8"} if isinstance(data, str) else {}
+    direct = p.exists() and not p.is_file()
+    tmp = p if direct else p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode, **kw) as f:
+            f.write(data)
+        if not direct:
+            os.replace(tmp, p)
+    except OSError as e:
+        if not direct:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise OutputFailed(f"cannot write {printable(p)}: {e.strerror or e}") from None
+
+
+def png_bytes(image) -> bytes:
+    """A PIL image encoded as PNG in memory (then written whole with :func:`write_output`)."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

@@ -3,6 +3,7 @@
 import click
 
 from ._common import build_encoder, encoder_options
+from ._types import SIZE
 
 
 @click.command()
@@ -10,7 +11,7 @@ from ._common import build_encoder, encoder_options
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Output .safetensors.")
 @encoder_options
 @click.option("--groups", default="latent,cls,pooled", show_default=True)
-@click.option("--size", default=256, show_default=True, type=int)
+@click.option("--size", default=256, show_default=True, type=SIZE)
 @click.option("--preset", default="svg", show_default=True, type=click.Choice(["svg", "center-crop", "resize", "none"]))
 def encode(images, out, dinov3, svg, svg_config, model, alignment, device, groups, size, preset):
     """Encode IMAGES (paths or sample:photos) and save the requested groups (fp32) to OUT."""

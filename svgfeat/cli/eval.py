@@ -3,6 +3,7 @@
 import click
 
 from ._common import encoder_options
+from ._types import LIMIT, POSITIVE, SIZE, WORKERS
 from .probe import probe_kwargs, probe_options
 
 
@@ -20,18 +21,18 @@ def eval_group():
               help="Output folder: cache/train, cache/val, results.json, results.md, lr_curve.png.")
 @click.option("--val-labels", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Label file for a flat val/ folder ('filename wnid' per line).")
-@click.option("--size", default=256, show_default=True, type=int, help="Input size (multiple of 16).")
+@click.option("--size", default=256, show_default=True, type=SIZE, help="Input size (multiple of 16).")
 @click.option("--preset", default="svg", show_default=True,
               type=click.Choice(["svg", "center-crop", "resize", "none"]),
               help="Image transform (svg: ADM centre crop at --size; center-crop: DINOv3 eval resize+crop).")
-@click.option("--batch-size", default=64, show_default=True, type=int, help="Extraction batch size.")
-@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader workers for extraction.")
-@click.option("--train-views", default=1, show_default=True, type=int,
+@click.option("--batch-size", default=64, show_default=True, type=POSITIVE, help="Extraction batch size.")
+@click.option("--workers", default=0, show_default=True, type=WORKERS, help="DataLoader workers for extraction.")
+@click.option("--train-views", default=1, show_default=True, type=POSITIVE,
               help="Cached views per training image (>1: flip / random crops; the probe samples one per epoch).")
-@click.option("--limit", default=None, type=int, help="Only the first N images of each split (quick tries).")
+@click.option("--limit", default=None, type=LIMIT, help="Only the first N images of each split (quick tries).")
 @click.option("--features", default="cls+pooled,latent", show_default=True,
               help="Comma-separated feature specs; the first is the headline (DINOv3: cls+pooled).")
-@click.option("--probe-batch-size", default=1024, show_default=True, type=int)
+@click.option("--probe-batch-size", default=1024, show_default=True, type=POSITIVE)
 @probe_options
 @click.option("--no-knn", is_flag=True, help="Skip the kNN evaluation.")
 @click.option("-k", "ks", default="10,20,100,200", show_default=True, help="kNN neighbour counts.")

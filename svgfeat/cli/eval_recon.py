@@ -6,13 +6,14 @@ import json
 
 import click
 
-from ._common import build_encoder, encoder_options
+from ._common import build_encoder, encoder_options, write_output
+from ._types import SIZE
 
 
 @click.command(name="eval-recon")
 @click.argument("data")
 @encoder_options
-@click.option("--size", default=256, show_default=True, type=int, help="Centre-crop size (multiple of 16).")
+@click.option("--size", default=256, show_default=True, type=SIZE, help="Centre-crop size (multiple of 16).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Images per encoder call (with --alignment batch, also the alignment batch).")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Evaluate the first N images only.")
@@ -71,5 +72,4 @@ def eval_recon(data, dinov3, svg, svg_config, model, alignment, device, size, ba
     if "sheet" in res:
         click.echo(f"sheet: {res['sheet']}")
     if json_out:
-        with open(json_out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_output(json_out, json.dumps(res, indent=1))

@@ -4,7 +4,8 @@ import sys
 
 import click
 
-from ._common import encoder_options
+from ._common import encoder_options, printable
+from ._types import LIMIT, POSITIVE, SIZE, WORKERS
 
 
 @click.command()
@@ -14,17 +15,17 @@ from ._common import encoder_options
 @click.option("--groups", default="latent,cls,pooled", show_default=True,
               help="Comma-separated groups: dino,residual,latent,cls,registers,pooled,residual_raw,cls_l<i>,"
                    "pooled_l<i>,dino_l<i>.")
-@click.option("--size", default=256, show_default=True, type=int)
+@click.option("--size", default=256, show_default=True, type=SIZE)
 @click.option("--preset", default="svg", show_default=True,
               type=click.Choice(["svg", "center-crop", "resize", "none"]))
 @click.option("--dtype", default="fp16", show_default=True, type=click.Choice(["fp16", "bf16", "fp32"]))
-@click.option("--batch-size", default=64, show_default=True, type=int)
-@click.option("--shard-size", default=1024, show_default=True, type=int, help="Images per shard.")
-@click.option("--workers", default=0, show_default=True, type=int,
+@click.option("--batch-size", default=64, show_default=True, type=POSITIVE)
+@click.option("--shard-size", default=1024, show_default=True, type=POSITIVE, help="Images per shard.")
+@click.option("--workers", default=0, show_default=True, type=WORKERS,
               help="Decoding worker processes. On CPU the encoder then gets the remaining cores: use 0 when the "
                    "model dominates (full-size encoder on CPU), >0 on GPU or with light models.")
-@click.option("--limit", default=None, type=int, help="Only the first N items.")
-@click.option("--views", default=1, show_default=True, type=int, help="Views per image (1 plain, 2 +flip, >2 +crops).")
+@click.option("--limit", default=None, type=LIMIT, help="Only the first N items.")
+@click.option("--views", default=1, show_default=True, type=POSITIVE, help="Views per image (1 plain, 2 +flip, >2 +crops).")
 @click.option("--labels", "label_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Label file for a flat folder (filename label per line).")
 @click.option("--fast-jpeg", is_flag=True, help="Decode JPEGs at reduced DCT scale (faster, approximate).")
@@ -55,8 +56,8 @@ def extract(data, out, dinov3, svg, svg_config, model, alignment, device, groups
         reasons = {}
         for _, r in fails:
             reasons[r.split(":")[0]] = reasons.get(r.split(":")[0], 0) + 1
-        click.echo(f"{len(fails)} file(s) failed: " + ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items())),
+        click.echo(f"{len(fails)} file(s) failed: " + ", ".join(f"{printable(k)} x{v}" for k, v in sorted(reasons.items())),
                    err=True)
         for p, r in fails[:20]:
-            click.echo(f"  {p}: {r}", err=True)
+            click.echo(f"  {printable(p)}: {printable(r)}", err=True)
         sys.exit(1)

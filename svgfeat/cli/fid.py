@@ -16,6 +16,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ._common import write_output
+from ._types import DEVICE
+
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -184,10 +187,10 @@ def iter_images(source, batch_size: int):
                 yield torch.from_numpy(np.stack(arrs[:k])).permute(0, 3, 1, 2).float() / 255
                 arrs = arrs[k:]
         return
-    with np.load(p) as d:
-        if "arr_0" not in d.files:
-            raise click.UsageError(f"{p} has no 'arr_0' images (keys: {d.files})")
-        arr = d["arr_0"]
+    files, got = read_npz(p, ["arr_0"])
+    if "arr_0" not in got:
+        raise click.UsageError(f"{p} has no 'arr_0' images (keys: {files})")
+    arr = got["arr_0"]
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise click.UsageError(f"{p}: arr_0 must be [N,H,W,3], got {arr.shape}")
     scale = 255.0 if arr.dtype == np.uint8 else 1.0
@@ -195,20 +198,39 @@ def iter_images(source, batch_size: int):
         yield torch.from_numpy(np.ascontiguousarray(arr[i:i + batch_size])).permute(0, 3, 1, 2).float() / scale
 
 
+def read_npz(path, keys) -> tuple[list[str], dict]:
+    """(all keys, {key: array} for the wanted ``keys`` present) of an .npz; a one-line UsageError naming the
+    file when it is not a readable .npz archive (empty, truncated, pickled, a bare .npy, ...). Never unpickles."""
+    import zipfile
+
+    bad = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError)
+    try:
+        d = np.load(path, allow_pickle=False)
+    except bad as e:
+        raise click.UsageError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from None
+    if not isinstance(d, np.lib.npyio.NpzFile):
+        raise click.UsageError(f"{path}: expected an .npz archive, got a single .npy array")
+    try:
+        with d:
+            return list(d.files), {k: np.asarray(d[k]) for k in keys if k in d.files}
+    except bad as e:
+        raise click.UsageError(f"{path}: corrupt .npz archive ({type(e).__name__}: {e})") from None
+
+
 def load_ref_stats(path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as d:
-        if "mu" not in d.files or "sigma" not in d.files:
-            raise click.UsageError(f"{path} has no 'mu'/'sigma' (keys: {d.files}); expected ADM reference stats")
-        return d["mu"], d["sigma"]
+    files, got = read_npz(path, ["mu", "sigma"])
+    if len(got) != 2:
+        raise click.UsageError(f"{path} has no 'mu'/'sigma' (keys: {files}); expected ADM reference stats")
+    return got["mu"], got["sigma"]
 
 
 def sample_stats(source, extractor_fn, batch_size: int = 50, progress: bool = False):
     """(mu, sigma, n) of a folder/.npz; an .npz holding mu/sigma is used as is (n = None)."""
     p = Path(source)
     if p.is_file() and p.suffix == ".npz":
-        with np.load(p) as d:
-            if "mu" in d.files and "sigma" in d.files:
-                return d["mu"], d["sigma"], None
+        _, got = read_npz(p, ["mu", "sigma"])
+        if len(got) == 2:
+            return got["mu"], got["sigma"], None
     feats = []
     it = iter_images(p, batch_size)
     if progress:
@@ -228,7 +250,7 @@ def sample_stats(source, extractor_fn, batch_size: int = 50, progress: bool = Fa
 @click.option("--inception", type=click.Path(dir_okay=False), default=None,
               help=f"Path to {INCEPTION_FILE} (default: $TORCH_HOME/hub/checkpoints/).")
 @click.option("--batch-size", default=50, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, type=DEVICE)
 @click.option("--save-stats", type=click.Path(dir_okay=False), default=None,
               help="Write the samples' mu/sigma to this .npz (reusable as SAMPLES).")
 def fid(samples, ref, inception, batch_size, device, save_stats):
@@ -238,8 +260,8 @@ def fid(samples, ref, inception, batch_size, device, save_stats):
     p = Path(samples)
     precomputed = False
     if p.is_file() and p.suffix == ".npz":
-        with np.load(p) as d:
-            precomputed = {"mu", "sigma"} <= set(d.files)
+        files, _ = read_npz(p, [])
+        precomputed = {"mu", "sigma"} <= set(files)
     if not precomputed:
         holder["path"] = find_inception_weights(inception)  # fail before reading any image
 
@@ -250,6 +272,10 @@ def fid(samples, ref, inception, batch_size, device, save_stats):
 
     mu, sigma, n = sample_stats(samples, extractor, batch_size, progress=True)
     if save_stats:
-        np.savez(save_stats, mu=mu, sigma=sigma)
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, mu=mu, sigma=sigma)
+        write_output(save_stats if str(save_stats).endswith(".npz") else f"{save_stats}.npz", buf.getvalue())
     value = frechet_distance(mu, sigma, mu_r, sigma_r)
     click.echo(f"FID {value:.4f}" + (f" ({n} samples)" if n else ""))

@@ -2,7 +2,7 @@
 
 import click
 
-from ._common import build_encoder, encoder_options
+from ._common import build_encoder, encoder_options, png_bytes, write_output
 
 
 def _parse_classes(value: str, num_classes: int) -> list[int]:
@@ -36,7 +36,7 @@ def save_grid(images, rows: int, path) -> None:
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
         grid[r * H:(r + 1) * H, c * W:(c + 1) * W] = im
-    Image.fromarray(grid).save(path)
+    write_output(path, png_bytes(Image.fromarray(grid)))
 
 
 @click.command()
@@ -104,6 +104,6 @@ def generate(dit_path, dit_config, dinov3, svg, svg_config, model, alignment, de
 
     images = np.concatenate(images)
     for k, (lab, im) in enumerate(zip(labels.tolist(), images)):
-        Image.fromarray(im).save(outp / f"class{lab:04d}_{k % n:03d}.png")
+        write_output(outp / f"class{lab:04d}_{k % n:03d}.png", png_bytes(Image.fromarray(im)))
     save_grid(images, len(cls), outp / "grid.png")
     click.echo(f"wrote {len(images)} samples ({method}, {steps} steps, cfg {cfg} {cfg_mode}) and grid.png to {outp}")

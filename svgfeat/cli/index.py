@@ -65,10 +65,13 @@ def build(cache, out, group, factory, metric, auto, max_memory, nprobe, ef_searc
 @click.argument("index_path", metavar="INDEX", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the sidecar summary as JSON.")
 def info(index_path, as_json):
-    """Describe an index: factory, metric, size, provenance, measured recall."""
+    """Describe an index: factory, metric, size, provenance, measured recall. The index file itself is read
+    too, so an empty, truncated or foreign file is reported as broken (exit 2), not described."""
+    from ..heads.patch_retrieval import load_any
     from ..heads.retrieval import read_sidecar
 
     side = read_sidecar(index_path)
+    load_any(index_path, device="cpu")
     side.pop("meta", None)
     if as_json:
         click.echo(json.dumps(side, indent=1))

@@ -2,7 +2,8 @@
 
 import click
 
-from ._common import build_encoder, encoder_options
+from ._common import build_encoder, encoder_options, png_bytes, write_output
+from ._types import SIZE
 
 
 @click.command()
@@ -11,7 +12,7 @@ from ._common import build_encoder, encoder_options
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Output strip PNG.")
 @encoder_options
 @click.option("--n", "n", default=8, show_default=True, type=click.IntRange(min=2), help="Frames incl. both ends.")
-@click.option("--size", default=256, show_default=True, type=int, help="Input side (multiple of 16).")
+@click.option("--size", default=256, show_default=True, type=SIZE, help="Input side (multiple of 16).")
 @click.option("--with-inputs/--no-inputs", default=False, show_default=True,
               help="Put the two input images at the ends of the strip.")
 def interpolate(image_a, image_b, out, dinov3, svg, svg_config, model, alignment, device, n, size, with_inputs):
@@ -37,5 +38,5 @@ def interpolate(image_a, image_b, out, dinov3, svg, svg_config, model, alignment
         frames = np.concatenate([src[:1], frames, src[1:]])
     strip = np.concatenate(list(frames), axis=1)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(strip).save(out)
+    write_output(out, png_bytes(Image.fromarray(strip)))
     click.echo(f"wrote {len(frames)} frames ({strip.shape[1]}x{strip.shape[0]}) to {out}")

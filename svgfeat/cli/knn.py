@@ -5,6 +5,8 @@ import json
 import click
 
 from ..errors import ConfigError
+from ._common import write_output
+from ._types import DEVICE
 
 
 @click.command()
@@ -16,14 +18,14 @@ from ..errors import ConfigError
 @click.option("-k", "ks", default="10,20,100,200", show_default=True, help="Comma-separated neighbour counts.")
 @click.option("-T", "--temperature", default=0.07, show_default=True, type=float, help="Vote weight exp(sim/T).")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "faiss", "torch"]))
-@click.option("--device", default="cpu", show_default=True, help="torch device of the torch backend.")
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device of the torch backend.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Results JSON.")
 def knn(train, val, features, ks, temperature, backend, device, out):
     """Classify every val image by temperature-weighted votes of its k nearest train images."""
     import numpy as np
 
     from ..cache import check_compatible, open_cache
-    from ..heads._features import aligned_labels, eval_rows, feature_matrix
+    from ..heads._features import aligned_labels, check_same_transform, eval_rows, feature_matrix
     from ..heads.knn import KNNClassifier
 
     try:
@@ -32,6 +34,7 @@ def knn(train, val, features, ks, temperature, backend, device, out):
         raise ConfigError(f"-k: expected comma-separated integers, got {ks!r}") from None
     tr, va = open_cache(train), open_cache(val)
     check_compatible(tr.encoder_spec, va.encoder_spec, what="train/val cache encoder")
+    check_same_transform(tr, va)
     clf = KNNClassifier(k=k, temperature=temperature, features=features, backend=backend, device=device,
                         progress=True).fit(tr)
     y = aligned_labels(tr, va)
@@ -42,8 +45,7 @@ def knn(train, val, features, ks, temperature, backend, device, out):
     er = eval_rows(fm.sample_ids, fm.view_ids)
     res = clf.evaluate(fm.X[er], y[rows][er])
     res.update(train=str(tr.root), val=str(va.root), features=features)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2)
+    write_output(out, json.dumps(res, indent=2))
     for kk, v in res["k"].items():
         click.echo(f"k={kk:>4}: top-1 {v['top1']:.2f}%  top-5 {v['top5']:.2f}%")
     click.echo(f"-> {out}")

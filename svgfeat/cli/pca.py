@@ -14,7 +14,8 @@ import click
 import numpy as np
 
 from ..errors import ConfigError
-from ._common import build_encoder, encoder_options
+from ._common import build_encoder, encoder_options, png_bytes, write_output
+from ._types import SIZE
 
 
 def _minmax(a: np.ndarray) -> np.ndarray:
@@ -60,7 +61,7 @@ def patch_pca_rgb(features, fg_threshold: float | None = None, invert: bool = Fa
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @encoder_options
 @click.option("--group", type=click.Choice(["dino", "latent"]), default="dino", show_default=True)
-@click.option("--size", type=int, default=448, show_default=True, help="Input size (multiple of 16).")
+@click.option("--size", type=SIZE, default=448, show_default=True, help="Input size (multiple of 16).")
 @click.option("--preset", type=click.Choice(["resize", "svg", "center-crop"]), default="resize", show_default=True)
 @click.option("--fg-threshold", type=float, default=None,
               help="Keep tokens whose first component (scaled to [0, 1]) exceeds this, e.g. 0.5.")
@@ -74,8 +75,6 @@ def pca(images, out, dinov3, svg, svg_config, model, alignment, device, group, s
     from ..data import open_dataset
     from ..data.transforms import Transform, denormalize
 
-    if size % 16:
-        raise ConfigError(f"--size must be a multiple of 16, got {size}")
     if fg_threshold is not None and not 0 <= fg_threshold <= 1:
         raise ConfigError(f"--fg-threshold must be in [0, 1], got {fg_threshold}")
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
@@ -103,7 +102,7 @@ def pca(images, out, dinov3, svg, svg_config, model, alignment, device, group, s
             canvas.paste(Image.fromarray(src), (0, 0))
             canvas.paste(big, (big.width, 0))
             big = canvas
-        big.save(outdir / f"{stem}_pca.png")
+        write_output(outdir / f"{stem}_pca.png", png_bytes(big))
     click.echo(f"PCA over {sum(f.shape[1] * f.shape[2] for f in feats)} patch tokens of {len(feats)} image(s); "
                f"explained variance {', '.join(f'{r:.3f}' for r in ratios)}")
     click.echo(f"wrote {len(pics)} picture(s) to {outdir}")

@@ -5,6 +5,8 @@ import json
 import click
 
 from ..errors import ConfigError
+from ._common import write_output
+from ._types import DEVICE, POSITIVE
 
 
 def parse_floats(text, name: str):
@@ -57,9 +59,9 @@ def probe_kwargs(epochs, iterations, min_iterations, lrs, optimizer, wd, select_
               help="Validation feature cache (reported; used for selection only with --select-on val).")
 @click.option("--features", default="cls+pooled", show_default=True,
               help="Feature spec: cls, pooled, cls+pooled, latent, last4, cls_l<i>+... (joined with '+').")
-@click.option("--batch-size", default=1024, show_default=True, type=int)
+@click.option("--batch-size", default=1024, show_default=True, type=POSITIVE)
 @probe_options
-@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device, e.g. cpu or cuda:0.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Results JSON.")
 def probe(train, val, features, batch_size, epochs, iterations, min_iterations, lrs, optimizer, wd, select_on,
           heldout_fraction, standardize, seed, device, out):
@@ -67,7 +69,7 @@ def probe(train, val, features, batch_size, epochs, iterations, min_iterations, 
     import numpy as np
 
     from ..cache import check_compatible, open_cache
-    from ..heads._features import aligned_labels, feature_matrix
+    from ..heads._features import aligned_labels, check_same_transform, feature_matrix
     from ..heads.probe import LinearProbe
 
     kw = probe_kwargs(epochs, iterations, min_iterations, lrs, optimizer, wd, select_on, heldout_fraction,
@@ -80,6 +82,7 @@ def probe(train, val, features, batch_size, epochs, iterations, min_iterations, 
     if val is not None:
         va = open_cache(val)
         check_compatible(tr.encoder_spec, va.encoder_spec, what="train/val cache encoder")
+        check_same_transform(tr, va)
         y = aligned_labels(tr, va)
         rows = np.flatnonzero(y != -1)
         fm = feature_matrix(va, features=features, rows=rows, progress=True)
@@ -87,8 +90,7 @@ def probe(train, val, features, batch_size, epochs, iterations, min_iterations, 
     p.fit(tr, **fit_kw)
     rep = p.report()
     rep.update(train=str(tr.root), val=None if val is None else str(va.root), features=features)
-    with open(out, "w") as f:
-        json.dump(rep, f, indent=2)
+    write_output(out, json.dumps(rep, indent=2))
     b = rep["best"]
     click.echo(f"best head {b['head']}: top-1 {b['top1']:.2f}%  top-5 {b['top5']:.2f}% on {b['split']} "
                f"(selected on {rep['selection']}) -> {out}")

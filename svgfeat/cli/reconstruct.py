@@ -2,14 +2,15 @@
 
 import click
 
-from ._common import build_encoder, encoder_options
+from ._common import build_encoder, encoder_options, png_bytes, write_output
+from ._types import SIZE
 
 
 @click.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--out", required=True, type=click.Path(), help="Output PNG (one image) or directory.")
 @encoder_options
-@click.option("--size", default=256, show_default=True, type=int)
+@click.option("--size", default=256, show_default=True, type=SIZE)
 @click.option("--side-by-side/--no-side-by-side", default=True, show_default=True,
               help="Write input and reconstruction next to each other.")
 def reconstruct(images, out, dinov3, svg, svg_config, model, alignment, device, size, side_by_side):
@@ -37,5 +38,5 @@ def reconstruct(images, out, dinov3, svg, svg_config, model, alignment, device, 
         pair = torch.cat([src[i], rec01[i]], dim=2) if side_by_side else rec01[i]
         arr = (pair.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         target = outp / f"{Path(name).stem}_recon.png" if many else outp
-        Image.fromarray(arr).save(target)
+        write_output(target, png_bytes(Image.fromarray(arr)))
         click.echo(f"{name}: PSNR {psnr:.2f} dB -> {target}")

@@ -4,7 +4,7 @@ import json
 
 import click
 
-from ._common import encoder_options
+from ._common import encoder_options, printable, write_output
 
 
 @click.command()
@@ -45,20 +45,20 @@ def search(index_path, queries, k, as_json, html_out, region, aggregate, nprobe,
         click.echo(json.dumps(out, indent=1))
     else:
         for item in out:
-            click.echo(f"query: {item['query']}")
+            click.echo(f"query: {printable(item['query'])}")
             for rank, r in enumerate(item["results"], 1):
-                extra = f"  [{r['class'] or r['label']}]" if r.get("class") or r.get("label", -1) >= 0 else ""
+                extra = (f"  [{printable(r['class'] or r['label'])}]" if r.get("class") or r.get("label", -1) >= 0
+                         else "")
                 patch = f"  patch {tuple(r['patches'][0])}" if r.get("patches") else ""
-                click.echo(f"  {rank:3d}. {r['score']:+.4f}  id {r['id']:<7d} {r.get('path') or ''}{extra}{patch}")
+                path = printable(r.get("path") or "")
+                click.echo(f"  {rank:3d}. {r['score']:+.4f}  id {r['id']:<7d} {path}{extra}{patch}")
     if html_out:
         _write_html(html_out, service, out)
         if not as_json:
-            click.echo(f"wrote {html_out}")
+            click.echo(f"wrote {printable(html_out)}")
 
 
 def _write_html(path, service, out) -> None:
-    from pathlib import Path
-
     from ..serve.engine import parse_query
     from ..serve.report import render_report
     from ..serve.thumbs import data_uri, item_thumb_uri, thumbnail_jpeg
@@ -79,4 +79,4 @@ def _write_html(path, service, out) -> None:
             thumb = item_thumb_uri(meta, p[2] % len(c))
         results = [{**r, "thumb": item_thumb_uri(service.meta, r["id"])} for r in item["results"]]
         queries.append({"query": item["query"], "thumb": thumb, "results": results})
-    Path(path).write_text(render_report("svgfeat search", service.info(), queries))
+    write_output(path, render_report("svgfeat search", service.info(), queries))

@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError
-from ._common import build_encoder, encoder_options
+from ._common import build_encoder, encoder_options, png_bytes, write_output
+from ._types import CROP, LIMIT, POSITIVE, WORKERS, Count
 
 PROTOCOL = dict(crop_size=512, iters=40000, warmup=1500, slide_crop=512, slide_stride=341)
 SAMPLE = dict(crop_size=64, iters=300, warmup=30, slide_crop=64, slide_stride=48)
@@ -68,19 +69,19 @@ def seg():
 @click.option("--cached", is_flag=True, help="Train from a dense-feature cache (fast, no augmentation).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where the cache lives / is extracted (default OUT/cache).")
-@click.option("--iters", type=int, default=None, help="Training iterations (40000; 300 for the sample).")
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--iters", type=POSITIVE, default=None, help="Training iterations (40000; 300 for the sample).")
+@click.option("--batch-size", type=POSITIVE, default=16, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-3, show_default=True)
-@click.option("--warmup", type=int, default=None, help="Warm-up iterations (1500; 30 for the sample).")
+@click.option("--warmup", type=Count(0, "a number of iterations"), default=None, help="Warm-up iterations (1500; 30 for the sample).")
 @click.option("--schedule", type=click.Choice(["cosine", "poly"]), default="cosine", show_default=True)
-@click.option("--crop-size", type=int, default=None, help="Training crop (512; 64 for the sample).")
-@click.option("--base-size", type=int, default=None, help="Short side before scale jitter (default crop size).")
-@click.option("--slide-crop", type=int, default=None)
-@click.option("--slide-stride", type=int, default=None)
-@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers (online mode).")
+@click.option("--crop-size", type=CROP, default=None, help="Training crop (512; 64 for the sample).")
+@click.option("--base-size", type=POSITIVE, default=None, help="Short side before scale jitter (default crop size).")
+@click.option("--slide-crop", type=CROP, default=None)
+@click.option("--slide-stride", type=POSITIVE, default=None)
+@click.option("--workers", type=WORKERS, default=0, show_default=True, help="DataLoader workers (online mode).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
+@click.option("--eval-limit", type=LIMIT, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation after training.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 def train(data, split, val_split, dinov3, svg, svg_config, model, alignment, device, head_kind, group, cached,
@@ -119,7 +120,7 @@ def train(data, split, val_split, dinov3, svg, svg_config, model, alignment, dev
             r = head.evaluate(val)
             click.echo(f"{val.spec} ({len(val)} images): {_fmt(r)}")
             metrics["val"] = {k: r[k] for k in ("mIoU", "mAcc", "aAcc", "IoU", "Acc", "classes")}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_output(out / "metrics.json", json.dumps(metrics, indent=2))
 
 
 def _extract_for(ds, enc, cache_dir: Path, crop_size: int, device):
@@ -149,9 +150,9 @@ def _extract_for(ds, enc, cache_dir: Path, crop_size: int, device):
 @click.option("--head", "head_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @encoder_options
 @click.option("--inference", type=click.Choice(["slide", "whole"]), default=None, help="Default: the head's.")
-@click.option("--slide-crop", type=int, default=None)
-@click.option("--slide-stride", type=int, default=None)
-@click.option("--limit", type=int, default=None, help="Evaluate the first N images only.")
+@click.option("--slide-crop", type=CROP, default=None)
+@click.option("--slide-stride", type=POSITIVE, default=None)
+@click.option("--limit", type=LIMIT, default=None, help="Evaluate the first N images only.")
 @click.option("--per-class", is_flag=True, help="Also print per-class IoU / Acc.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write metrics here.")
 def eval_cmd(data, split, head_path, dinov3, svg, svg_config, model, alignment, device, inference, slide_crop,
@@ -176,8 +177,8 @@ def eval_cmd(data, split, head_path, dinov3, svg, svg_config, model, alignment, 
         for name, iou, acc in zip(r["classes"], r["IoU"], r["Acc"]):
             click.echo(f"  {name:<24} IoU {_pct(iou)}  Acc {_pct(acc)}")
     if json_out:
-        Path(json_out).write_text(json.dumps({"metrics": r, "baseline": base, "data": str(data), "split": split},
-                                             indent=2))
+        write_output(json_out, json.dumps({"metrics": r, "baseline": base, "data": str(data), "split": split},
+                                          indent=2))
 
 
 @seg.command()
@@ -213,9 +214,10 @@ def predict(images, head_path, dinov3, svg, svg_config, model, alignment, device
         base = np.asarray(img, dtype=np.float32)
         overlay = (base * (1 - alpha) + colour.astype(np.float32) * alpha).round().clip(0, 255).astype(np.uint8)
         mode = "L" if head.num_classes_ <= 256 else "I"
-        Image.fromarray(labels.astype(np.uint8 if mode == "L" else np.int32), mode).save(out / f"{stem}_labels.png")
-        Image.fromarray(colour).save(out / f"{stem}_mask.png")
-        Image.fromarray(overlay).save(out / f"{stem}_overlay.png")
+        write_output(out / f"{stem}_labels.png",
+                     png_bytes(Image.fromarray(labels.astype(np.uint8 if mode == "L" else np.int32), mode)))
+        write_output(out / f"{stem}_mask.png", png_bytes(Image.fromarray(colour)))
+        write_output(out / f"{stem}_overlay.png", png_bytes(Image.fromarray(overlay)))
         present = [head.classes_[c] for c in np.unique(labels)]
         click.echo(f"{stem}: {', '.join(present[:8])}{' ...' if len(present) > 8 else ''}")
     click.echo(f"wrote {3 * len(items)} PNG file(s) to {out}")

@@ -14,10 +14,15 @@ from ._common import encoder_options
 @click.option("--max-concurrent", default=4, show_default=True, type=click.IntRange(min=1),
               help="Searches running at once; more get 503.")
 @click.option("--max-k", default=100, show_default=True, type=click.IntRange(min=1), help="Largest k accepted.")
+@click.option("--cache", "caches", multiple=True, metavar="NAME=CACHE",
+              help="A feature cache whose rows clients may query as {\"cache_row\": \"NAME:ROW\"} (repeatable). "
+                   "The index's own source cache is always available as 'index'; clients never name paths.")
+@click.option("--body-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a client may take to send its request body (then 408).")
 @click.option("--verbose", is_flag=True, help="Log every request.")
 @encoder_options
-def serve(index_path, host, port, max_upload, max_concurrent, max_k, verbose, dinov3, svg, svg_config, model,
-          alignment, device):
+def serve(index_path, host, port, max_upload, max_concurrent, max_k, caches, body_timeout, verbose, dinov3, svg,
+          svg_config, model, alignment, device):
     """Serve INDEX over HTTP: GET / (upload page), GET /api/info, POST /api/search, GET /thumb/<id>.
     Pass the index's encoder (--model/--dinov3/--svg) to accept image uploads; without it only row queries work."""
     from ..heads.index_factory import parse_memory
@@ -25,6 +30,12 @@ def serve(index_path, host, port, max_upload, max_concurrent, max_k, verbose, di
     from ..serve.server import make_server
 
     limit = parse_memory(max_upload)
+    named = {}
+    for item in caches:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{item!r}: expected NAME=CACHE, e.g. val=./cache/val", param_hint="--cache")
+        named[name] = path
     idx = load_any(index_path, device=device)
     encoder = None
     if dinov3 or svg or model:
@@ -32,10 +43,11 @@ def serve(index_path, host, port, max_upload, max_concurrent, max_k, verbose, di
 
         encoder = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     server = make_server(idx, encoder, host, port, max_upload=limit, max_concurrent=max_concurrent, max_k=max_k,
-                         device=device, verbose=verbose)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+                         device=device, verbose=verbose, caches=named, body_timeout=body_timeout)
+    if not server.is_loopback:
         click.echo(f"warning: listening on {host}: anyone who can reach this machine can query the index", err=True)
-    click.echo(f"serving {index_path} on {server.url} (Ctrl-C to stop)")
+    click.echo(f"serving {index_path} on {server.url} (caches: {', '.join(sorted(server.caches)) or 'none'}; "
+               "Ctrl-C to stop)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ._types import DEVICE, ENCODER, SIZE
+
 BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_plus"]
 
 
@@ -15,8 +17,8 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
               "optional only for test_* models.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None,
               help="DINOv3 variant (default: inferred from --dinov3, else vit_small_plus).")
-@click.option("--model", default=None, help="Registered encoder to start from instead (e.g. test_tiny).")
-@click.option("--size", default=256, show_default=True, type=int, help="Training crop size (multiple of 16).")
+@click.option("--model", default=None, type=ENCODER, help="Registered encoder to start from instead (e.g. test_tiny).")
+@click.option("--size", default=256, show_default=True, type=SIZE, help="Training crop size (multiple of 16).")
 @click.option("--steps", default=100_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Global batch (split over torchrun ranks).")
@@ -52,7 +54,7 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
               help="Training images used for the fixed alignment statistics at the end.")
 @click.option("--export-official", is_flag=True, help="Also write official/svg_autoencoder.ckpt + .yaml.")
 @click.option("--resume/--no-resume", default=True, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, type=DEVICE)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train_ae(data, out, dinov3, backbone, model, size, steps, batch_size, lr, disc_lr, disc_start, disc_weight,
              perceptual_weight, reduction, mask_ratio, residual_dropout, rope_rescale, batch_stats, lpips_mode,

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import sample as _sample
-from .decode import load_image
+from .decode import DecodeError, load_image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -28,6 +28,10 @@ class ImageDataset:
     def __init__(self, root, paths, labels=None, classes=None, spec=None):
         self.root = str(Path(root).resolve()) if root is not None else ""
         self.paths = [str(p) for p in paths]
+        # names that are not valid UTF-8 are kept (escaped) and fail to load with reason 'undecodable-name'
+        escaped = [escape_name(p) for p in self.paths]
+        self.undecodable = {e for e in escaped if e is not None}
+        self.paths = [p if e is None else e for p, e in zip(self.paths, escaped)]
         self.labels = (np.full(len(self.paths), -1, dtype=np.int64) if labels is None
                        else np.asarray(labels, dtype=np.int64))
         if len(self.labels) != len(self.paths):
@@ -42,13 +46,15 @@ class ImageDataset:
         return os.path.join(self.root, self.paths[i])
 
     def load(self, i: int, draft: int | None = None):
+        if self.paths[i] in self.undecodable:
+            raise DecodeError(self.paths[i], "undecodable-name", "the file name is not valid UTF-8")
         return load_image(self.abspath(i), draft=draft)
 
     def fingerprint(self) -> str:
         """sha256 of the ordered (path, label) list: identifies the file list in cache manifests."""
         h = hashlib.sha256()
         for p, y in zip(self.paths, self.labels.tolist()):
-            h.update(f"{p}\t{y}\n".encode())
+            h.update(os.fsencode(p) + f"\t{y}\n".encode())  # fsencode: any file name hashes, even undecodable
         return h.hexdigest()
 
     def describe(self) -> dict:
@@ -89,10 +95,31 @@ class SamplePhotos(ImageDataset):
         return _sample.photo(self.paths[i].split("/", 1)[1])
 
 
-def _list_images(folder: Path) -> list[str]:
+def escape_name(name: str) -> str | None:
+    """None for a name that is valid UTF-8; else the name with its undecodable bytes (surrogate escapes from
+    ``os.walk``) written as ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _list_images(folder: Path, seen: set | None = None) -> list[str]:
+    """Image files under ``folder`` (relative paths, sorted). Symlinked folders are followed once: every real
+    folder is visited at most once (``seen``: real paths already walked), so symlink loops neither duplicate
+    images nor hang the walk."""
     out = []
+    seen = set() if seen is None else seen
+    seen.add(os.path.realpath(folder))
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         for f in sorted(filenames):
             if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith("."):
                 out.append(os.path.relpath(os.path.join(dirpath, f), folder))
@@ -102,10 +129,15 @@ def _list_images(folder: Path) -> list[str]:
 def class_folders(root) -> ImageDataset:
     """``root/<class>/**/*.ext`` (ImageNet ``train/<wnid>/*.JPEG``); classes sorted by name."""
     root = Path(root)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    seen = {os.path.realpath(root)}
+    classes = []
+    for d in sorted(root.iterdir()):  # a class folder linking back to root or to another class is skipped
+        if d.is_dir() and not d.name.startswith(".") and os.path.realpath(d) not in seen:
+            seen.add(os.path.realpath(d))
+            classes.append(d.name)
     paths, labels = [], []
     for ci, c in enumerate(classes):
-        files = _list_images(root / c)
+        files = _list_images(root / c, seen)
         paths += [f"{c}/{f}" for f in files]
         labels += [ci] * len(files)
     if not paths:

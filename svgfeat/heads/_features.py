@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import CacheError, ConfigError
 
 BASE_GROUPS = ("cls", "pooled", "registers", "latent", "dino", "residual")
 _LAYER_RE = re.compile(r"^(cls|pooled|dino)_l(\d+)$")
@@ -280,6 +280,16 @@ def to_numpy32(X) -> np.ndarray:
 
 
 UNKNOWN_CLASS = -2
+
+
+def check_same_transform(train, val) -> None:
+    """CacheError naming both values when caches ``train`` and ``val`` were extracted with a different image
+    transform (preset or size): features of different resolutions must not be mixed in one head."""
+    ta, tb = getattr(train, "transform", None) or {}, getattr(val, "transform", None) or {}
+    diffs = [f"{k}: train {ta.get(k)!r}, val {tb.get(k)!r}" for k in ("preset", "size") if ta.get(k) != tb.get(k)]
+    if diffs:
+        raise CacheError(f"train cache {train.root} and val cache {val.root} were extracted with different "
+                         f"transforms ({'; '.join(diffs)}); extract both with the same --preset and --size")
 
 
 def aligned_labels(train, val) -> np.ndarray:

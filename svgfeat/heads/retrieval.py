@@ -17,6 +17,8 @@ recall, keys -> paths/labels) and ``PATH.keys.npy`` when the keys are not simply
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..errors import CacheError, ConfigError, DataError, MissingDependencyError
+from ..errors import CacheError, ConfigError, DataError, MissingDependencyError, SvgfeatError
 from . import index_factory as fac
 from .exact_search import TopK, as_float32, batch_scores, exact_search, l2_normalize, recall_at_k
 from .query import ArraySource, CacheSource, cache_provenance, check_cache_query, is_cache
@@ -379,16 +381,27 @@ class FaissIndex:
         """Write ``path`` (index), ``path.json`` (sidecar) and, if needed, ``path.keys.npy``."""
         self._check_fitted()
         path = Path(path)
+        if path.exists() and not path.is_file():
+            raise CacheError(f"cannot write the index to {path}: it exists and is not a regular file")
         path.parent.mkdir(parents=True, exist_ok=True)
-        if self.backend_ == "torch":
-            from safetensors.torch import save_file
+        tmp = path.with_name(f".{path.name}.tmp")  # whole or nothing: a failed write leaves no partial index
+        try:
+            if self.backend_ == "torch":
+                from safetensors.torch import save_file
 
-            save_file({"vectors": self._vectors.cpu().contiguous()}, str(path),
-                      metadata={"format": "svgfeat-exact-index"})
-        else:
-            faiss = import_faiss()
-            cpu = faiss.index_gpu_to_cpu(self._gpu) if self._gpu is not None else self._index
-            faiss.write_index(cpu, str(path))
+                save_file({"vectors": self._vectors.cpu().contiguous()}, str(tmp),
+                          metadata={"format": "svgfeat-exact-index"})
+            else:
+                faiss = import_faiss()
+                cpu = faiss.index_gpu_to_cpu(self._gpu) if self._gpu is not None else self._index
+                faiss.write_index(cpu, str(tmp))
+            os.replace(tmp, path)
+        except Exception as e:  # noqa: BLE001 - faiss/safetensors report I/O failures as their own types
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise
+            why = _reason(e)
+            raise CacheError(f"cannot write the index to {path}: {why}") from None
         simple = bool(np.array_equal(self.keys_, np.arange(self.ntotal_)))
         keys_file = path.with_name(path.name + ".keys.npy")
         if not simple:
@@ -420,23 +433,37 @@ class FaissIndex:
         self.provenance_, self.meta_, self.recall_ = side.get("provenance"), side.get("meta", {}), side.get("recall")
         self.build_seconds_ = float(side.get("build_seconds", 0.0))
         self._gpu, self._applied, self._index, self._vectors = None, None, None, None
-        if side.get("keys", "range") == "range":
-            self.keys_ = np.arange(self.ntotal_, dtype=np.int64)
-        else:
-            self.keys_ = np.load(path.with_name(side["keys"]), allow_pickle=False).astype(np.int64)
-        if self.backend_ == "torch":
-            from safetensors.torch import load_file
+        try:  # an empty, truncated, pickled or foreign file is a broken index, not a crash
+            if side.get("keys", "range") == "range":
+                self.keys_ = np.arange(self.ntotal_, dtype=np.int64)
+            else:
+                self.keys_ = np.load(path.with_name(side["keys"]), allow_pickle=False).astype(np.int64)
+            if self.backend_ == "torch":
+                from safetensors.torch import load_file
 
-            self._vectors = load_file(str(path))["vectors"].float()
-        else:
-            faiss = import_faiss()
-            self._index = faiss.read_index(str(path))
-            if self._index.ntotal != self.ntotal_ or self._index.d != self.dim_:
-                raise CacheError(f"{path}: index holds {self._index.ntotal} x {self._index.d} vectors but its "
-                                 f"sidecar says {self.ntotal_} x {self.dim_}; the files do not belong together")
+                self._vectors = load_file(str(path))["vectors"].float()
+            else:
+                faiss = import_faiss()
+                self._index = faiss.read_index(str(path))
+        except SvgfeatError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the decoder says, the file is not a usable index
+            why = _reason(e)
+            raise CacheError(f"{path}: broken or foreign index file ({why}); rebuild it with `svgfeat index "
+                             "build`") from None
+        n, d = (self._vectors.shape if self._index is None else (self._index.ntotal, self._index.d))
+        if n != self.ntotal_ or d != self.dim_:
+            raise CacheError(f"{path}: index holds {n} x {d} vectors but its sidecar says {self.ntotal_} x "
+                             f"{self.dim_}; the files do not belong together")
         if len(self.keys_) != self.ntotal_:
             raise CacheError(f"{path}: {len(self.keys_)} keys for {self.ntotal_} vectors")
         self._to_device()
+
+
+def _reason(e: Exception) -> str:
+    """A faiss/safetensors exception as a short one-line reason (without faiss's C++ source location)."""
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", " ".join(str(e).split()))
+    return re.sub(r"^Error: '.*?' failed: ", "", text) or type(e).__name__
 
 
 def _no_polysemous(faiss, index) -> None:
@@ -457,11 +484,15 @@ def read_sidecar(path) -> dict:
         missing = path if not path.exists() else side_path
         raise CacheError(f"index not found: {missing} (build one with `svgfeat index build CACHE -o {path}`)")
     try:
-        side = json.loads(side_path.read_text())
-    except json.JSONDecodeError as e:
+        side = json.loads(side_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CacheError(f"{side_path}: corrupt index sidecar: {e}") from None
-    if side.get("format") != SIDECAR_FORMAT:
-        raise CacheError(f"{side_path}: not an svgfeat index sidecar (format={side.get('format')!r})")
+    if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
+        got = side.get("format") if isinstance(side, dict) else type(side).__name__
+        raise CacheError(f"{side_path}: not an svgfeat index sidecar (format={got!r})")
+    missing = [k for k in ("factory", "metric", "dim", "ntotal", "backend") if k not in side]
+    if missing:
+        raise CacheError(f"{side_path}: index sidecar lacks {missing}; rebuild it with `svgfeat index build`")
     return side
 
 

@@ -26,8 +26,10 @@ def parse_query(q: str) -> tuple:
 
 def parse_region(text: str | None):
     """``"r0:r1,c0:c1"`` -> (r0, r1, c0, c1) half-open patch-grid bounds; None -> None (whole grid)."""
-    if not text:
+    if text is None or text == "":
         return None
+    if not isinstance(text, str):
+        raise ConfigError(f"region must be a string ROW0:ROW1,COL0:COL1, got {type(text).__name__}")
     m = re.fullmatch(r"\s*(\d+):(\d+)\s*,\s*(\d+):(\d+)\s*", text)
     if not m:
         raise ConfigError(f"region {text!r}: expected ROW0:ROW1,COL0:COL1 in patch-grid units, e.g. 0:4,2:6")

@@ -6,18 +6,24 @@ Endpoints (JSON errors ``{"error": message}`` with a 4xx/5xx status; a request n
 - ``GET /api/info``: the index summary (factory, metric, size, provenance, recall).
 - ``POST /api/search[?k=10]``: body = an image (raw ``image/*`` / ``application/octet-stream`` body, or
   ``multipart/form-data`` with a file field, plus optional field ``k``) or JSON ``{"row": n}`` (a row of the
-  index's own cache), ``{"cache_row": "CACHE:ROW"}`` (another cache; provenance-checked), optional ``"k"`` and for
+  index's own cache), ``{"cache_row": "NAME:ROW"}`` (a row of a cache the server was started with, by the name
+  ``/api/info`` lists under ``caches``; provenance-checked; never a client-chosen path), optional ``"k"`` and for
   patch indexes ``"region": "r0:r1,c0:c1"``. Returns ``{"ids", "scores", "paths", "labels", "results"}``.
 - ``GET /thumb/<id>``: a JPEG thumbnail of indexed image ``id``.
 
-Limits: uploads above ``max_upload`` bytes get 413 without being read; at most ``max_concurrent`` searches /
-thumbnails run at once (others get 503 with ``Retry-After``); ``k`` is capped at ``max_k``.
+Limits: uploads above ``max_upload`` bytes get 413 without being read; a body that stalls for ``body_timeout``
+seconds gets 408; at most ``max_concurrent`` searches / thumbnails run at once (others get 503 with
+``Retry-After``); ``k`` is capped at ``max_k``. Every malformed request is a 4xx. ``/api/info`` shows no server
+paths. Hosts may be IPv4 or IPv6 (``::1``).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import re
+import socket
 import threading
 import traceback
 from email.parser import BytesParser
@@ -81,11 +87,11 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as e:
             self._error(e.status, str(e))
         except DataError as e:
-            self._error(400, str(e))
+            self._error(400, self.server.redact(str(e)))
         except (ConfigError, CacheError) as e:
-            self._error(400 if isinstance(e, ConfigError) else 409, str(e))
+            self._error(400 if isinstance(e, ConfigError) else 409, self.server.redact(str(e)))
         except SvgfeatError as e:
-            self._error(400, str(e))
+            self._error(400, self.server.redact(str(e)))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as e:  # noqa: BLE001 - a bad request must never take the server down
@@ -118,8 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, self.server.info)
         elif url.path.startswith("/thumb/"):
             tail = url.path[len("/thumb/"):]
-            if not tail.isdigit():
-                raise ApiError(404, f"thumbnail id must be a non-negative integer, got {tail!r}")
+            if not re.fullmatch(r"[0-9]{1,18}", tail):  # ASCII digits only: '²'.isdigit() is True
+                raise ApiError(404, f"thumbnail id must be a non-negative integer, got {tail[:40]!r}")
             sem = self._slot()
             try:
                 jpeg = self.server.thumb(int(tail))
@@ -152,7 +158,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(413, f"upload of {length} bytes exceeds the limit of {self.server.max_upload} bytes")
         if length <= 0:
             raise ApiError(400, "empty request body: send an image, or JSON {\"row\": n}")
-        body = self.rfile.read(length)
+        self.connection.settimeout(self.server.body_timeout)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise ApiError(408, f"request body not received within {self.server.body_timeout:g} s") from None
+        finally:
+            self.connection.settimeout(self.timeout)
         if len(body) < length:
             self.close_connection = True
             raise ApiError(400, f"request body truncated ({len(body)} of {length} bytes)")
@@ -167,10 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
         ctype = self.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip().lower()
         query = {}
         if ctype == "application/json":
-            try:
-                query = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ApiError(400, f"invalid JSON body: {e}") from None
+            query = _parse_json(body)
             if not isinstance(query, dict):
                 raise ApiError(400, "JSON body must be an object like {\"row\": 3, \"k\": 10}")
         elif ctype == "multipart/form-data":
@@ -183,6 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
         k = _int_param(params.get("k", query.get("k", 10)), "k", 1, self.server.max_k)
         region = parse_region(params.get("region", query.get("region")))
         aggregate = params.get("aggregate", query.get("aggregate", "max"))
+        if aggregate not in ("max", "sum"):
+            raise ApiError(400, f"aggregate must be 'max' or 'sum', got {str(aggregate)[:40]!r}")
         sem = self._slot()
         try:
             results = self.server.run_query(query, k, region, aggregate)
@@ -193,11 +205,28 @@ class _Handler(BaseHTTPRequestHandler):
                          "results": results})
 
 
-def _int_param(v, name, lo, hi) -> int:
+def _reject_constant(name):
+    raise ApiError(400, f"invalid JSON body: {name} is not a number JSON allows")
+
+
+def _parse_json(body: bytes):
+    """JSON body -> object; 400 for invalid JSON, NaN/Infinity literals, too deep nesting."""
     try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"invalid JSON body: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid JSON body: nested too deeply") from None
+
+
+def _int_param(v, name, lo, hi) -> int:
+    """A JSON integer (not a bool, not a float) or a string of ASCII digits -> int in [lo, hi], else 400."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        iv = v
+    elif isinstance(v, str) and re.fullmatch(r"\s*-?[0-9]{1,19}\s*", v):
         iv = int(v)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"{name} must be an integer, got {v!r}") from None
+    else:
+        raise ApiError(400, f"{name} must be an integer, got {v[:40] if isinstance(v, str) else v!r}")
     if not lo <= iv <= hi:
         raise ApiError(400, f"{name} must be in [{lo}, {hi}], got {iv}")
     return iv
@@ -227,21 +256,40 @@ class SearchServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, service: SearchService, host="127.0.0.1", port=8080, max_upload=MAX_UPLOAD,
-                 max_concurrent=4, max_k=100, verbose=False):
+                 max_concurrent=4, max_k=100, verbose=False, caches: dict | None = None, body_timeout: float = 30):
         self.service, self.max_upload, self.max_k, self.verbose = service, int(max_upload), int(max_k), verbose
         self.max_concurrent = int(max_concurrent)
         if self.max_concurrent < 1 or self.max_upload < 1:
             raise ConfigError("max_concurrent and max_upload must be positive")
+        self.body_timeout = float(body_timeout)
         self.slots = threading.BoundedSemaphore(self.max_concurrent)
         self.page = page_html()
-        self.info = service.info()
+        self.caches = _known_caches(service, caches)
+        self.info = public_info(service.info(), sorted(self.caches))
         self.thumb = functools.lru_cache(maxsize=2048)(self._thumb)
-        super().__init__((host, port), _Handler)
+        self.address_family = _address_family(host, port)
+        try:
+            super().__init__((host, port), _Handler)
+        except OSError as e:
+            reason = "the port is already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            raise ConfigError(f"cannot listen on {host!r} port {port}: {reason}") from None
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        import ipaddress
+
+        return ipaddress.ip_address(self.server_address[0].split("%")[0]).is_loopback
+
+    def redact(self, message: str) -> str:
+        """An error message with the server's cache folders replaced by their public names."""
+        for name, path in sorted(self.caches.items(), key=lambda kv: -len(kv[1])):
+            message = message.replace(str(Path(path).resolve()), name).replace(path, name)
+        return message
 
     def _thumb(self, i: int) -> bytes:
         from .thumbs import open_item, thumbnail_jpeg
@@ -258,8 +306,8 @@ class SearchServer(ThreadingHTTPServer):
         s = self.service
         if "image" in query:
             data = query["image"]
-            if isinstance(data, str):
-                raise ApiError(400, "'image' must be an uploaded file, not a text field")
+            if not isinstance(data, (bytes, bytearray)):
+                raise ApiError(400, "'image' must be an uploaded file, not a text or JSON field")
             from ..data.decode import DecodeError
 
             try:
@@ -274,22 +322,80 @@ class SearchServer(ThreadingHTTPServer):
         if "cache_row" in query:
             cr = query["cache_row"]
             if isinstance(cr, dict):
-                cache, row = cr.get("cache"), cr.get("row")
+                name, row = cr.get("cache"), cr.get("row")
+            elif isinstance(cr, str):
+                name, _, row = cr.rpartition(":")
             else:
-                cache, _, row = str(cr).rpartition(":")
-            if not cache:
-                raise ApiError(400, f"cache_row must be 'CACHE:ROW' or {{'cache': ..., 'row': n}}, got {cr!r}")
-            return s.by_cache_row(cache, _int_param(row, "row", -(2**62), 2**62), k, region, aggregate)
+                name, row = None, None
+            if not isinstance(name, str) or name not in self.caches:  # never a path: names listed by /api/info
+                shown = name[:40] if isinstance(name, str) else name
+                raise ApiError(400, "cache_row must be 'NAME:ROW' or {'cache': NAME, 'row': n} with NAME one of "
+                                    f"this server's caches {sorted(self.caches)}, got cache {shown!r}")
+            return s.by_cache_row(self.caches[name], _int_param(row, "row", -(2**62), 2**62), k, region,
+                                  aggregate)
         raise ApiError(400, "nothing to search: send an image, or JSON {\"row\": n} / {\"cache_row\": \"CACHE:ROW\"}")
 
 
 def make_server(index, encoder=None, host: str = "127.0.0.1", port: int = 8080, *, max_upload: int = MAX_UPLOAD,
-                max_concurrent: int = 4, max_k: int = 100, device="cpu", verbose: bool = False) -> SearchServer:
+                max_concurrent: int = 4, max_k: int = 100, device="cpu", verbose: bool = False,
+                caches: dict | None = None, body_timeout: float = 30) -> SearchServer:
     """A ready (not yet serving) server; ``port=0`` picks a free port (see ``server.url``).
-    Run it with ``server.serve_forever()`` (e.g. in a thread) and stop it with ``server.shutdown()``."""
+    ``caches``: {name: cache folder} that ``cache_row`` queries may name (the index's own source cache is
+    always known as ``index`` when present). Run it with ``server.serve_forever()`` (e.g. in a thread) and stop
+    it with ``server.shutdown()``."""
     service = index if isinstance(index, SearchService) else SearchService(index, encoder, device=device)
     return SearchServer(service, host, port, max_upload=max_upload, max_concurrent=max_concurrent, max_k=max_k,
-                        verbose=verbose)
+                        verbose=verbose, caches=caches, body_timeout=body_timeout)
+
+
+def _address_family(host: str, port: int) -> int:
+    """AF_INET or AF_INET6 for ``host`` (``::1`` works); ConfigError for a host that does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError, ValueError) as e:
+        raise ConfigError(f"cannot listen on host {host!r}: not an IP address or a resolvable name "
+                          f"({getattr(e, 'strerror', None) or e}); e.g. 127.0.0.1, ::1 or 0.0.0.0") from None
+    return infos[0][0]
+
+
+def _known_caches(service: SearchService, caches: dict | None) -> dict:
+    """{name: folder} of the caches row queries may use: the index's source cache ('index') plus ``caches``."""
+    out = {}
+    src = (service.flat.provenance_ or {}).get("cache")
+    if src and Path(src).is_dir():
+        out["index"] = str(src)
+    for name, path in (caches or {}).items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", str(name)) or name == "index":
+            raise ConfigError(f"cache name {name!r}: expected 1-64 letters, digits, '_', '.', '-' (not 'index')")
+        if not Path(path).is_dir():
+            raise ConfigError(f"cache {name!r}: {path} is not a folder")
+        from ..cache import open_cache
+
+        open_cache(path)  # a broken or incomplete cache fails now, not at the first query
+        out[str(name)] = str(path)
+    return out
+
+
+def public_info(info: dict, cache_names: list) -> dict:
+    """The index summary without server paths: the source cache is shown by name, absolute paths are dropped."""
+
+    def scrub(v):
+        if isinstance(v, dict):
+            return {k: scrub(x) for k, x in v.items() if not (isinstance(x, str) and _is_path(x))}
+        if isinstance(v, list):
+            return [scrub(x) for x in v if not (isinstance(x, str) and _is_path(x))]
+        return v
+
+    out = scrub(info)
+    prov = out.get("provenance")
+    if isinstance(prov, dict) and (info.get("provenance") or {}).get("cache"):
+        prov["cache"] = "index" if "index" in cache_names else None
+    out["caches"] = list(cache_names)
+    return out
+
+
+def _is_path(s: str) -> bool:
+    return s.startswith(("/", "~", "\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", s)) or "/../" in s
 
 
 def serve_in_thread(server: SearchServer) -> threading.Thread:

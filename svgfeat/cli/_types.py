@@ -1,0 +1,114 @@
+"""Validated click option types shared by the commands.
+
+Each type turns a bad value into ``click.BadParameter``, which :func:`svgfeat.cli.main` prints as ONE line
+``Error: Invalid value for '--opt': <value received>: <what is expected>`` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import click
+
+PATCH = 16  # every registered DINOv3 backbone uses 16-pixel patches
+
+
+class MultipleOf(click.ParamType):
+    """An integer >= ``minimum`` that is a multiple of ``step`` (image sizes, crops: whole patches)."""
+
+    name = "integer"
+
+    def __init__(self, step: int = PATCH, minimum: int = PATCH, what: str = "an image side in pixels"):
+        self.step, self.minimum, self.what = step, minimum, what
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            v = value
+        else:
+            try:
+                v = int(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r}: expected {self.what}, a positive multiple of {self.step}", param, ctx)
+        if v < self.minimum or v % self.step:
+            self.fail(f"{str(value)!r}: expected {self.what}, a multiple of {self.step} that is >= {self.minimum} "
+                      f"(e.g. {max(self.minimum, (max(v, 1) + self.step - 1) // self.step * self.step)})",
+                      param, ctx)
+        return v
+
+
+class Count(click.ParamType):
+    """An integer >= ``minimum`` (workers >= 0, batch sizes >= 1, limits >= 1)."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int = 1, what: str = "a count"):
+        self.minimum, self.what = minimum, what
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            v = value
+        else:
+            try:
+                v = int(str(value).strip())
+            except ValueError:
+                v = None
+        if v is None or v < self.minimum:
+            self.fail(f"{str(value)!r}: expected {self.what}, an integer >= {self.minimum}", param, ctx)
+        return v
+
+
+class Device(click.ParamType):
+    """A torch device string that exists on this machine: cpu, cuda[:N] (when CUDA is available) or mps."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        import torch
+
+        text = str(value).strip()
+        try:
+            dev = torch.device(text)
+        except (RuntimeError, ValueError, TypeError):
+            self.fail(f"{text!r}: expected a torch device such as cpu, cuda, cuda:0 or mps", param, ctx)
+        if dev.type == "cpu":
+            return text
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                self.fail(f"{text!r}: no CUDA device is available on this machine (torch {torch.__version__}, "
+                          "cuda=no); use --device cpu", param, ctx)
+            n = torch.cuda.device_count()
+            if dev.index is not None and dev.index >= n:
+                self.fail(f"{text!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})", param, ctx)
+            return text
+        if dev.type == "mps":
+            if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+                self.fail(f"{text!r}: the Apple MPS backend is not available on this machine; use --device cpu",
+                          param, ctx)
+            return text
+        self.fail(f"{text!r}: expected cpu, cuda, cuda:<N> or mps", param, ctx)
+
+
+class ModelName(click.ParamType):
+    """A registered model name (``kind``: 'encoder' or 'dit')."""
+
+    name = "model"
+
+    def __init__(self, kind: str | None = "encoder"):
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        from ..models.registry import list_models
+
+        names = list_models(kind=self.kind)
+        if value in names:
+            return value
+        what = {"encoder": "a registered encoder", "dit": "a registered DiT"}.get(self.kind, "a registered model")
+        self.fail(f"{value!r}: expected {what}: {', '.join(names)} (see `svgfeat doctor`)", param, ctx)
+
+
+SIZE = MultipleOf(PATCH, PATCH, "an image side in pixels")
+CROP = MultipleOf(PATCH, PATCH, "a crop side in pixels")
+DEVICE = Device()
+ENCODER = ModelName("encoder")
+DIT = ModelName("dit")
+WORKERS = Count(0, "a number of worker processes")
+POSITIVE = Count(1, "a positive integer")
+LIMIT = Count(1, "a number of items")
