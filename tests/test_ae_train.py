@@ -300,7 +300,7 @@ def test_cli_train_ae_and_eval_recon(tmp_path, capsys):
     m = json.loads(js.read_text())
     assert m["n"] == 4 and 0 < m["ssim"] <= 1 and m["psnr"] > 0 and sheet.is_file() and "rfid" not in m
     # rFID through the FID Inception of `svgfeat fid` (random weights: plumbing only)
-    from svgfeat.cli.fid import build_fid_inception
+    from svgfeat.evaluation.fid import build_fid_inception
 
     torch.save(build_fid_inception().state_dict(), tmp_path / "inception.pth")
     assert _cli([*args, "--inception", str(tmp_path / "inception.pth"), "--lpips", "none", "--sheet", "",

@@ -157,7 +157,7 @@ def build_encoder(dinov3=None, svg=None, svg_config=None, alignment="batch", dev
             enc.mask_token.data.copy_(parts["mask_token"].float())
     if dino_sd is not None:
         _load_dino(enc, dino_sd, str(dinov3 or svg))
-    elif model is None or not model.startswith("test_"):
+    elif model is None or not model.startswith(("test_", "random_")):  # random_*: seeded demo models
         raise CheckpointError("DINOv3 weights are needed: pass dinov3=PATH (Meta's "
                               "dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth or a timm .safetensors), "
                               "dinov3='hf' to use the Hugging Face cache, or an SVG checkpoint that embeds encoder.*")

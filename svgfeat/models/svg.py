@@ -228,6 +228,15 @@ def svg_vits16plus(**overrides) -> SVGEncoder:
 
 
 @register_model("encoder")
+def random_svg_vits16plus(**overrides) -> SVGEncoder:
+    """The full SVG-S+ architecture (DINOv3 ViT-S/16+ + residual + decoder) with RANDOM weights from a fixed seed:
+    the embedded default that shows the pipeline without any download; its numbers mean nothing."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(overrides.pop("seed", 0))
+        return SVGEncoder(_svg_config("random_svg_vits16plus", "vit_small_plus", 384, **overrides))
+
+
+@register_model("encoder")
 def svg_vitb16(**overrides) -> SVGEncoder:
     """SVG on DINOv3 ViT-B/16 (768 + 8 = 776 channels); train it with `svgfeat train-ae`."""
     return SVGEncoder(_svg_config("svg_vitb16", "vit_base", 768, **overrides))
