@@ -52,6 +52,8 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
 @click.option("--log-every", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--ckpt-every", default=2000, show_default=True, type=click.IntRange(min=1))
 @click.option("--sample-every", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--num-samples", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Fixed training images in each reconstruction sheet (samples/step_*.png).")
 @click.option("--stats-images", default=10_000, show_default=True, type=click.IntRange(min=1),
               help="Training images used for the fixed alignment statistics at the end.")
 @click.option("--export-official", is_flag=True, help="Also write official/svg_autoencoder.ckpt + .yaml.")
@@ -60,8 +62,8 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train_ae(data, out, dinov3, pretrained, backbone, model, size, steps, batch_size, lr, disc_lr, disc_start, disc_weight,
              perceptual_weight, reduction, mask_ratio, residual_dropout, rope_rescale, batch_stats, lpips_mode,
-             lpips_weights, vgg_weights, amp, seed, workers, log_every, ckpt_every, sample_every, stats_images,
-             export_official, resume, device, progress):
+             lpips_weights, vgg_weights, amp, seed, workers, log_every, ckpt_every, sample_every, num_samples,
+             stats_images, export_official, resume, device, progress):
     """Train the SVG residual encoder + pixel decoder on DATA (dataset spec, folder or file list)."""
     from ..training.ae_train import train_ae as run
 
@@ -74,7 +76,8 @@ def train_ae(data, out, dinov3, pretrained, backbone, model, size, steps, batch_
                   reduction=reduction, mask_ratio=mask_ratio, residual_dropout=residual_dropout,
                   rope_rescale=rope_rescale, batch_stats=batch_stats, lpips=lpips_mode,
                   lpips_weights=lpips_weights, vgg_weights=vgg_weights, amp=amp, seed=seed, workers=workers,
-                  log_every=log_every, ckpt_every=ckpt_every, sample_every=sample_every, stats_images=stats_images,
+                  log_every=log_every, ckpt_every=ckpt_every, sample_every=sample_every, num_samples=num_samples,
+                  stats_images=stats_images,
                   export_official=export_official)
     if "encoder" not in summary:  # non-zero ranks
         return
