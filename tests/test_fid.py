@@ -7,11 +7,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from svgfeat.cli.fid import (
+from svgfeat.cli.fid import fid
+from svgfeat.evaluation.fid import (
     INCEPTION_FILE,
     InceptionFeatures,
     build_fid_inception,
-    fid,
     frechet_distance,
     gaussian_stats,
     iter_images,
@@ -88,7 +88,7 @@ def test_inception_strict_keys(tmp_path, random_inception):
         InceptionFeatures(tmp_path / "bad.pth")
 
 
-def test_fid_cli(tmp_path, random_inception, monkeypatch):
+def test_fid_cli(tmp_path, random_inception, monkeypatch, capsys):
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -113,5 +113,10 @@ def test_fid_cli(tmp_path, random_inception, monkeypatch):
     Image.fromarray(rng.integers(0, 255, (40, 24, 3), dtype=np.uint8)).save(imgs / "3.png")
     assert [tuple(x.shape) for x in iter_images(imgs, 8)] == [(3, 3, 32, 32), (1, 3, 40, 24)]  # mixed sizes
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
-    r4 = runner.invoke(fid, [str(imgs), str(ref)])
-    assert r4.exit_code != 0 and INCEPTION_FILE in r4.output and "never downloads" in r4.output
+    from svgfeat.cli import main
+
+    with pytest.raises(SystemExit) as e:  # one line on stderr, exit 2 (the library raises CheckpointError)
+        main(["fid", str(imgs), str(ref)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and INCEPTION_FILE in err and "never downloads" in err
+    assert err.startswith("Error: ") and len(err.strip().splitlines()) == 1

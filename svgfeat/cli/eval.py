@@ -65,3 +65,5 @@ def imagenet(root, dinov3, svg, svg_config, model, alignment, device, out, val_l
         click.echo(line)
     click.echo(f"selection: {res['note']}")
     click.echo(f"-> {out}/results.json, results.md, lr_curve.png")
+    if res.get("notice"):
+        click.echo(f"NOTE: {res['notice']}")

@@ -49,12 +49,14 @@ def eval_recon(data, dinov3, svg, svg_config, model, alignment, device, size, ba
                 raise
             notes.append(f"LPIPS skipped: {e}")
     inc = None
-    from . import fid as fid_mod
+    from ..evaluation.fid import InceptionFeatures, find_inception_weights
 
     try:
-        inc = fid_mod.InceptionFeatures(fid_mod.find_inception_weights(inception), device)
-    except click.UsageError as e:
-        notes.append(f"rFID skipped: {e.format_message()}")
+        inc = InceptionFeatures(find_inception_weights(inception), device)
+    except CheckpointError as e:
+        if inception:  # an explicit path that does not work is an error, not a skip
+            raise
+        notes.append(f"rFID skipped: {e}")
     res = evaluate_reconstruction(enc, dataset, size=size, batch_size=batch_size, device=device, lpips=lp,
                                   inception=inc, limit=limit, sheet=sheet or None, sheet_images=sheet_images,
                                   progress=progress)

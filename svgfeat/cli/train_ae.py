@@ -13,8 +13,10 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
 @click.argument("data")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (resumes if it "
               "holds checkpoints).")
-@click.option("--dinov3", default=None, help="Frozen DINOv3 weights (Meta .pth, timm .safetensors or 'hf'); "
-              "optional only for test_* models.")
+@click.option("--dinov3", default=None, help="Frozen DINOv3 weights (Meta .pth, timm .safetensors, 'hf' or "
+              "hf://ORG/NAME/file); optional only for test_* models.")
+@click.option("--pretrained", is_flag=True, help="DINOv3 from the Hugging Face Hub (timm/vit_small_plus_patch16_dinov3_"
+              "qkvb.lvd1689m) when --dinov3 is not given; same as --dinov3 hf.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None,
               help="DINOv3 variant (default: inferred from --dinov3, else vit_small_plus).")
 @click.option("--model", default=None, type=ENCODER, help="Registered encoder to start from instead (e.g. test_tiny).")
@@ -37,8 +39,10 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
 @click.option("--batch-stats", type=click.Choice(["global", "local"]), default="global", show_default=True,
               help="Under torchrun: alignment/BatchNorm/adaptive-weight statistics over the global batch, or "
                    "per rank (official).")
-@click.option("--lpips", "lpips_mode", type=click.Choice(["pretrained", "random", "none"]), default="pretrained",
-              show_default=True, help="LPIPS weights; 'random' only checks the plumbing.")
+@click.option("--lpips", "lpips_mode", type=click.Choice(["auto", "pretrained", "random", "none"]), default="auto",
+              show_default=True, help="LPIPS weights. auto: pretrained when found (--lpips-weights/--vgg-weights, "
+              "env, torch cache), else train without the perceptual term (with a warning); pretrained: require them; "
+              "'random' only checks the plumbing.")
 @click.option("--lpips-weights", default=None, type=click.Path(dir_okay=False, exists=True),
               help="LPIPS lin layers (vgg.pth).")
 @click.option("--vgg-weights", default=None, type=click.Path(dir_okay=False, exists=True),
@@ -50,18 +54,23 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
 @click.option("--log-every", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--ckpt-every", default=2000, show_default=True, type=click.IntRange(min=1))
 @click.option("--sample-every", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--num-samples", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Fixed training images in each reconstruction sheet (samples/step_*.png).")
 @click.option("--stats-images", default=10_000, show_default=True, type=click.IntRange(min=1),
               help="Training images used for the fixed alignment statistics at the end.")
 @click.option("--export-official", is_flag=True, help="Also write official/svg_autoencoder.ckpt + .yaml.")
 @click.option("--resume/--no-resume", default=True, show_default=True)
 @click.option("--device", default="cpu", show_default=True, type=DEVICE)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train_ae(data, out, dinov3, backbone, model, size, steps, batch_size, lr, disc_lr, disc_start, disc_weight,
+def train_ae(data, out, dinov3, pretrained, backbone, model, size, steps, batch_size, lr, disc_lr, disc_start, disc_weight,
              perceptual_weight, reduction, mask_ratio, residual_dropout, rope_rescale, batch_stats, lpips_mode,
-             lpips_weights, vgg_weights, amp, seed, workers, log_every, ckpt_every, sample_every, stats_images,
-             export_official, resume, device, progress):
+             lpips_weights, vgg_weights, amp, seed, workers, log_every, ckpt_every, sample_every, num_samples,
+             stats_images, export_official, resume, device, progress):
     """Train the SVG residual encoder + pixel decoder on DATA (dataset spec, folder or file list)."""
     from ..training.ae_train import train_ae as run
+
+    if pretrained and dinov3 is None:
+        dinov3 = "hf"
 
     summary = run(data, out, model=model, backbone=backbone, dinov3=dinov3, device=device, resume=resume,
                   progress=progress, size=size, steps=steps, batch_size=batch_size, lr=lr, disc_lr=disc_lr,
@@ -69,7 +78,8 @@ def train_ae(data, out, dinov3, backbone, model, size, steps, batch_size, lr, di
                   reduction=reduction, mask_ratio=mask_ratio, residual_dropout=residual_dropout,
                   rope_rescale=rope_rescale, batch_stats=batch_stats, lpips=lpips_mode,
                   lpips_weights=lpips_weights, vgg_weights=vgg_weights, amp=amp, seed=seed, workers=workers,
-                  log_every=log_every, ckpt_every=ckpt_every, sample_every=sample_every, stats_images=stats_images,
+                  log_every=log_every, ckpt_every=ckpt_every, sample_every=sample_every, num_samples=num_samples,
+                  stats_images=stats_images,
                   export_official=export_official)
     if "encoder" not in summary:  # non-zero ranks
         return
@@ -79,5 +89,6 @@ def train_ae(data, out, dinov3, backbone, model, size, steps, batch_size, lr, di
     if last:
         click.echo(f"last logged step {last['step']}: L1 {last['l1']:.4f}  PSNR {last['psnr']:.2f} dB")
     click.echo(f"encoder: {summary['encoder']} (fixed alignment stats over {summary['fixed_stats']['images']} images)")
+    click.echo(f"LPIPS: {summary['lpips']}")
     for p in summary.get("official", []):
         click.echo(f"official: {p}")

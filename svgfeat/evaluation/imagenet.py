@@ -20,6 +20,9 @@ from ..heads._features import aligned_labels, eval_rows, feature_matrix, groups_
 from .report import markdown_report, plot_lr_curve
 
 DEFAULT_FEATURES = ("cls+pooled", "latent")
+DEFAULT_RANDOM_MODEL = "random_svg_vits16plus"  # root="sample" without weights: full SVG-S+ architecture, seeded
+RANDOM_NOTICE = ("weights are RANDOM ({model}, fixed seed): these numbers only show that the pipeline works; "
+                 "add --pretrained for the released weights (or pass --dinov3/--svg)")
 BASE_EXTRACT_GROUPS = ("latent", "cls", "pooled")
 
 
@@ -73,13 +76,16 @@ def run_imagenet_eval(root, out, *, dinov3=None, svg=None, svg_config=None, mode
         raise ConfigError("no feature specs given (e.g. --features cls+pooled,latent)")
     for spec in features:
         parse_spec(spec)
-    if dinov3 is None and model is None:
+    if dinov3 is None and svg is None and model is None:
         if str(root) != "sample":
-            raise ConfigError("no encoder: pass --dinov3 PATH (and --svg PATH for SVG features), or --model NAME "
-                              "for a registered model with random weights")
-        model = "test_tiny"
+            raise ConfigError("no encoder: pass --pretrained (released weights from the Hugging Face Hub), --dinov3 "
+                              "PATH (and --svg PATH for SVG features), or --model NAME for a registered model")
+        model = DEFAULT_RANDOM_MODEL
+    notice = None
+    if dinov3 is None and svg is None and str(model).startswith(("test_", "random_")):
+        notice = RANDOM_NOTICE.format(model=model)
         if progress:
-            print("note: no weights given; using the random 'test_tiny' encoder (accuracies are meaningless)")
+            print(f"note: {notice}")
     timings: dict[str, float] = {}
     t = time.time()
     train_data, val_data = resolve_datasets(root, val_labels)
@@ -137,10 +143,14 @@ def run_imagenet_eval(root, out, *, dinov3=None, svg=None, svg_config=None, mode
         "encoder": enc, "transform": train_cache.transform, "primary_features": features[0],
         "best": primary["best"], "selection": primary["selection"], "note": primary["note"],
         "heads": primary["heads"], "features": per_spec, "timings": timings,
+        "weights": "random" if notice else "loaded", **({"notice": notice} if notice else {}),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
-    (out / "results.md").write_text(markdown_report(results))
+    md = markdown_report(results)
+    if notice:  # right under the title
+        md = md.replace("\n", f"\n\n> **Note:** {notice}.\n", 1)
+    (out / "results.md").write_text(md)
     plot_lr_curve(lr_series(per_spec), out / "lr_curve.png")
     return results
 

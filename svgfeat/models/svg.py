@@ -228,6 +228,15 @@ def svg_vits16plus(**overrides) -> SVGEncoder:
 
 
 @register_model("encoder")
+def random_svg_vits16plus(**overrides) -> SVGEncoder:
+    """The full SVG-S+ architecture (DINOv3 ViT-S/16+ + residual + decoder) with RANDOM weights from a fixed seed:
+    the embedded default that shows the pipeline without any download; its numbers mean nothing."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(overrides.pop("seed", 0))
+        return SVGEncoder(_svg_config("random_svg_vits16plus", "vit_small_plus", 384, **overrides))
+
+
+@register_model("encoder")
 def svg_vitb16(**overrides) -> SVGEncoder:
     """SVG on DINOv3 ViT-B/16 (768 + 8 = 776 channels); train it with `svgfeat train-ae`."""
     return SVGEncoder(_svg_config("svg_vitb16", "vit_base", 768, **overrides))
@@ -287,12 +296,35 @@ def test_tiny_dino(**overrides) -> SVGEncoder:
 
 
 def load_encoder(dinov3=None, svg=None, svg_config=None, alignment: str = "batch", device="cpu",
-                 model: str | None = None, fixed_stats: dict | None = None, dtype=torch.float32) -> SVGEncoder:
-    """Build an :class:`SVGEncoder` from weight files (see :mod:`svgfeat.models.loading`)."""
+                 model: str | None = None, fixed_stats: dict | None = None, dtype=torch.float32,
+                 pretrained: bool = False, pretrained_cfg_overlay: dict | None = None) -> SVGEncoder:
+    """Build an :class:`SVGEncoder` from weight files (see :mod:`svgfeat.models.loading`).
+
+    ``pretrained=True``: the released files of ``model`` (default ``svg_vits16plus``: DINOv3 ViT-S/16+ from
+    timm's Hub repo + the SVG autoencoder from ``howlin/SVG``) fetched through the Hugging Face cache, for
+    every file not given explicitly. Any weight argument may also be a Hub spec: ``"hf"`` (that model's
+    registered file) or ``"hf://ORG/NAME/path[@revision]"``. ``pretrained_cfg_overlay`` replaces registered
+    files by role (``dinov3``, ``svg``, ``svg_config``). Provenance of Hub files: repo, revision, sha256.
+    """
+    from ..hub import is_hub_spec, pretrained_cfg, resolve
     from .loading import build_encoder
 
-    return build_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, alignment=alignment, device=device,
-                         model=model, fixed_stats=fixed_stats, dtype=dtype)
+    specs = {"dinov3": dinov3, "svg": svg, "svg_config": svg_config}
+    hub_model = model or "svg_vits16plus"
+    if pretrained:
+        cfg = pretrained_cfg(hub_model, pretrained_cfg_overlay)
+        specs = {role: v if v is not None else ("hf" if role in cfg else None) for role, v in specs.items()}
+    hub_prov = {}
+    if any(is_hub_spec(v) for v in specs.values()):
+        for role, v in specs.items():
+            specs[role], hub_prov[role] = resolve(v, hub_model, role, pretrained_cfg_overlay)
+        model = None  # the architecture is read from the files, exactly as for the same files given by path
+    enc = build_encoder(dinov3=specs["dinov3"], svg=specs["svg"], svg_config=specs["svg_config"],
+                        alignment=alignment, device=device, model=model, fixed_stats=fixed_stats, dtype=dtype)
+    for role, prov in hub_prov.items():
+        if prov:
+            enc.provenance[role] = {**enc.provenance.get(role, {}), **prov}
+    return enc
 
 
 def seed_everything(seed: int) -> None:

@@ -32,8 +32,11 @@ VARIANT_NAME = {"vit_small_plus": "svg_vits16plus", "vit_small": "svg_vits16", "
 
 
 def autoencoder_config(backbone: str | None = None, size: int = 256, model: str | None = None,
-                       mask_ratio: float | None = None, residual_dropout: float | None = None) -> dict:
-    """SVGEncoder config for training: a registered ``model`` resized to ``size``, or one sized from ``backbone``."""
+                       mask_ratio: float | None = None, residual_dropout: float | None = None,
+                       dino_overrides: dict | None = None) -> dict:
+    """SVGEncoder config for training: a registered ``model`` resized to ``size``, or one sized from ``backbone``
+    (a DINOv3 variant name; ``dino_overrides`` = timm kwargs of a non-standard backbone, as returned by
+    :func:`svgfeat.models.loading.infer_dino_variant`)."""
     if size <= 0 or size % 16:
         raise ConfigError(f"size must be a positive multiple of 16, got {size}")
     if model is not None:
@@ -48,10 +51,12 @@ def autoencoder_config(backbone: str | None = None, size: int = 256, model: str 
             raise ConfigError(f"--backbone {backbone} contradicts --model {model} (DINOv3 {cfg['dino']['variant']})")
     else:
         backbone = backbone or "vit_small_plus"
-        if backbone not in DINO_WIDTH:
+        if not isinstance(backbone, str) or backbone not in DINO_WIDTH:
             raise ConfigError(f"unknown DINOv3 backbone {backbone!r}; expected one of {sorted(DINO_WIDTH)}")
-        dim = DINO_WIDTH[backbone]
-        cfg = _svg_config(VARIANT_NAME.get(backbone, f"svg_{backbone}"), backbone, dim)
+        dino_overrides = dict(dino_overrides or {})
+        dim = dino_overrides.get("embed_dim") or DINO_WIDTH[backbone]
+        name = VARIANT_NAME.get(backbone, f"svg_{backbone}") if not dino_overrides else "svg_custom"
+        cfg = _svg_config(name, backbone, dim, dino_overrides=dino_overrides)
     patch = 16  # every DINOv3 ViT uses 16 px patches
     cfg["residual"]["image_size"] = int(size)
     cfg["residual"]["patch_size"] = patch
@@ -73,12 +78,16 @@ def autoencoder_config(backbone: str | None = None, size: int = 256, model: str 
     return cfg
 
 
-def read_backbone_weights(dinov3) -> tuple[dict, dict, str]:
-    """(state dict, provenance, inferred variant) of a DINOv3 weight source (path or 'hf')."""
+def read_backbone_weights(dinov3) -> tuple[dict, dict, str, dict]:
+    """(state dict, provenance, variant, timm overrides) of a DINOv3 weight source (path, 'hf' or hf:// spec).
+
+    ``variant``/``overrides`` are what :func:`svgfeat.models.loading.infer_dino_variant` reads from the shapes:
+    a standard DINOv3 gives (e.g.) ``("vit_small_plus", {})``."""
     from ..models.loading import infer_dino_variant, read_dinov3
 
     sd, prov = read_dinov3(dinov3)
-    return sd, prov, infer_dino_variant(sd, str(dinov3))
+    variant, overrides = infer_dino_variant(sd, str(dinov3))
+    return sd, prov, variant, overrides
 
 
 def build_autoencoder(config: dict, dinov3=None, device="cpu", seed: int = 23) -> tuple[SVGEncoder, dict]:
@@ -96,10 +105,13 @@ def build_autoencoder(config: dict, dinov3=None, device="cpu", seed: int = 23) -
         enc = SVGEncoder(config)
     prov = {"model": config.get("name", "custom")}
     if dinov3 is not None:
-        sd, prov["dinov3"], variant = dinov3 if isinstance(dinov3, tuple) else read_backbone_weights(dinov3)
-        if not config["dino"].get("overrides") and variant != config["dino"]["variant"]:
-            raise ConfigError(f"the DINOv3 weights are a {variant}, but the model is built for "
-                              f"{config['dino']['variant']}; pass --backbone {variant}")
+        sd, prov["dinov3"], variant, over = dinov3 if isinstance(dinov3, tuple) else read_backbone_weights(dinov3)
+        want = (config["dino"]["variant"], dict(config["dino"].get("overrides") or {}))
+        if (variant, over) != want:
+            got = variant + (f" {over}" if over else "")
+            built = want[0] + (f" {want[1]}" if want[1] else "")
+            hint = f"pass --backbone {variant}" if not over else "leave out --backbone/--model to size it from the weights"
+            raise ConfigError(f"the DINOv3 weights are a {got}, but the model is built for {built}; {hint}")
         bb = enc.backbone
         ck.load_strict(bb.model, bb.load_meta_or_timm_state(sd), "DINOv3", str(prov["dinov3"].get("path")))
     enc.provenance = prov

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from .. import distributed as D
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..models.align import AlignmentStats
 from .ae_data import (
     AECropDataset,
@@ -59,7 +60,7 @@ from .losses import REDUCTIONS, AELoss
 from .recon_metrics import psnr, quantize01, save_sheet
 from .rope_aug import install_rope_rescale, rope_rescale_active
 
-LPIPS_MODES = ("pretrained", "random", "none")
+LPIPS_MODES = ("auto", "pretrained", "random", "none")
 # trainer settings that must match when resuming (others, e.g. steps or log_every, may change)
 RESUME_KEYS = ("size", "batch_size", "seed", "mask_ratio", "rope_rescale", "batch_stats", "disc_ndf", "disc_layers")
 
@@ -85,7 +86,7 @@ class AETrainConfig:
     residual_dropout: float | None = None  # None: the model's (0.1)
     rope_rescale: float | None = None     # 2.0 reproduces the official train-mode DINOv3 (see rope_aug)
     batch_stats: str = "global"
-    lpips: str = "pretrained"
+    lpips: str = "auto"                   # auto: pretrained when its weights are found, else no perceptual term
     lpips_width_div: int = 1
     vgg_weights: str | None = None
     lpips_weights: str | None = None
@@ -207,19 +208,29 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
         dataset = open_dataset(data)
         crops = AECropDataset(dataset, cfg.size)
         weights = read_backbone_weights(dinov3) if dinov3 is not None else None
+        dino_over = None
         if weights is not None and backbone is None and model is None:
-            backbone = weights[2]
-        enc_cfg = autoencoder_config(backbone, cfg.size, model, cfg.mask_ratio, cfg.residual_dropout)
+            backbone, dino_over = weights[2], weights[3]  # sized from the weights (variant + any custom shape)
+        enc_cfg = autoencoder_config(backbone, cfg.size, model, cfg.mask_ratio, cfg.residual_dropout, dino_over)
         enc, prov = build_autoencoder(enc_cfg, weights, dev, cfg.seed)
         random_dino = dinov3 is None
         rope = install_rope_rescale(enc.backbone, cfg.rope_rescale) if cfg.rope_rescale else None
-        lp = None
+        lp, perceptual_weight, lpips_used = None, cfg.perceptual_weight, cfg.lpips
         if cfg.lpips != "none":
-            lp = build_lpips(cfg.vgg_weights, cfg.lpips_weights, pretrained=cfg.lpips == "pretrained",
-                             width_div=cfg.lpips_width_div, device=dev, seed=cfg.seed)
+            try:
+                lp = build_lpips(cfg.vgg_weights, cfg.lpips_weights, pretrained=cfg.lpips != "random",
+                                 width_div=cfg.lpips_width_div, device=dev, seed=cfg.seed)
+                lpips_used = "random" if cfg.lpips == "random" else "pretrained"
+            except CheckpointError as e:
+                if cfg.lpips != "auto":
+                    raise
+                perceptual_weight, lpips_used = 0.0, "none (weights not found)"
+                if info.is_main:
+                    print(f"warning: training WITHOUT the LPIPS perceptual loss (L1 + GAN only): {e}. Pass "
+                          "--lpips-weights/--vgg-weights (or --lpips pretrained to require them).", file=sys.stderr)
         disc = build_discriminator(cfg.disc_ndf, cfg.disc_layers, sync_bn=cfg.batch_stats == "global",
                                    seed=cfg.seed + 1, device=dev)
-        loss = AELoss(lp, disc, cfg.disc_start, cfg.disc_weight, cfg.disc_factor, cfg.perceptual_weight,
+        loss = AELoss(lp, disc, cfg.disc_start, cfg.disc_weight, cfg.disc_factor, perceptual_weight,
                       cfg.reduction)
         ae_params = trainable_parameters(enc)
         opt_ae = torch.optim.Adam(ae_params, lr=cfg.lr, betas=tuple(cfg.betas))
@@ -233,7 +244,7 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
         D.barrier(info)
-        trainer_meta = {"trainer": cfg.to_json(), "encoder": enc_cfg, "data": str(data),
+        trainer_meta = {"trainer": cfg.to_json(), "lpips_used": lpips_used, "encoder": enc_cfg, "data": str(data),
                         "data_len": len(dataset), "dinov3": prov.get("dinov3"), "world_size": info.world}
         start = 0
         last = latest_checkpoint(ck_root) if resume else None
@@ -334,6 +345,7 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
         stats = compute_fixed_stats(enc, crops, info, dev, cfg.stats_images, cfg.stats_batch_size, cfg.seed)
         enc.align.set_fixed_stats(stats)
         summary = {"out": str(out), "steps": cfg.steps, "start_step": start, "first": first, "last": last_logs,
+                   "lpips": lpips_used, "dinov3": prov.get("dinov3"),
                    "checkpoint": str(final_ck), "fixed_stats": stats, "latent_channels": enc.latent_channels}
         if info.is_main:
             summary["encoder"] = str(save_encoder(enc, out / "encoder.safetensors", include_backbone=random_dino))

@@ -130,7 +130,7 @@ class ReconMetrics:
             if v:
                 out[k] = float(np.mean(v))
         if self.feats_real:
-            from ..cli.fid import frechet_distance, gaussian_stats
+            from ..evaluation.fid import frechet_distance, gaussian_stats
 
             fr, fx = np.concatenate(self.feats_real), np.concatenate(self.feats_rec)
             if len(fr) >= 2:
