@@ -217,6 +217,8 @@ class FeatureCache:
         else:
             r = self._rows(rows)
             n = len(r)
+            if n > 1 and r[-1] - r[0] == n - 1 and bool(np.all(np.diff(r) == 1)):  # e.g. np.arange(a, b)
+                contiguous, a, b = True, int(r[0]), int(r[-1]) + 1
         if out is None:
             dt = self._out_dtype(group, dtype)
             check_budget(n * int(np.prod(shape, dtype=np.int64)) * dt.itemsize,
