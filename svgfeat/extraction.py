@@ -20,7 +20,7 @@ import torch
 from . import _version
 from .cache.manifest import MANIFEST, read_manifest, request_diff, shard_name, write_json_atomic
 from .cache.reader import open_cache
-from .cache.shards import DTYPES, file_sha256, write_shard
+from .cache.shards import DTYPES, write_shard
 from .data import open_dataset
 from .data.decode import DecodeError
 from .data.transforms import Transform
