@@ -91,9 +91,9 @@ def cli(capsys):
 
 
 # ---------------------------------------------------------------- intact
-def test_intact_cache_verifies_clean(base):
+def test_intact_cache_verifies_clean(base, cli):
     assert verify(base) == []
-    r = run_cli("cache", "verify", str(base))
+    r = cli("cache", "verify", str(base))
     assert r.returncode == 0, r.stderr
     assert "OK" in r.stdout
 
@@ -403,25 +403,22 @@ def test_a_foreign_manifest_is_not_ours(tmp_path):
     assert (tmp_path / "manifest.json").read_text() == '{"name": "my web app"}'
 
 
-_UMASK = """
-import os, sys, numpy as np, svgfeat
-for umask in ("002", "077"):
-    os.umask(int(umask, 8))
-    svgfeat.from_arrays(f"{sys.argv[1]}/{umask}/arr", {"cls": np.ones((5, 3), np.float32)}, shard_size=2)
-    svgfeat.extract("sample:digits/val", f"{sys.argv[1]}/{umask}/ext", model="test_tiny", size=32, limit=4,
-                    shard_size=2, groups=["cls"], progress=False)
-"""
-
-
 def test_outputs_follow_the_umask(tmp_path):
     """Shards were 0600 while JSON files were 0644: every output now follows the umask (both writers)."""
-    r = subprocess.run([sys.executable, "-c", _UMASK, str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    for umask, mode in (("002", 0o664), ("077", 0o600)):
-        files = [p for p in (tmp_path / umask).rglob("*") if p.is_file() and p.name != ".svgfeat.lock"]
-        assert {p.suffix for p in files} == {".safetensors", ".json"} and len(files) == 7 + 5
-        assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files} == {
-            str(p.relative_to(tmp_path)): oct(mode) for p in files}
+    old = os.umask(0o022)
+    try:
+        for umask, mode in ((0o002, 0o664), (0o077, 0o600)):
+            os.umask(umask)
+            out = tmp_path / oct(umask)
+            svgfeat.from_arrays(out / "arr", {"cls": np.ones((5, 3), np.float32)}, shard_size=2)
+            svgfeat.extract("sample:digits/val", out / "ext", model="test_tiny", size=32, limit=4, shard_size=2,
+                            groups=["cls"], progress=False)
+            files = [p for p in out.rglob("*") if p.is_file() and p.name != ".svgfeat.lock"]
+            assert {p.suffix for p in files} == {".safetensors", ".json"} and len(files) == 7 + 5
+            assert {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in files} == {
+                str(p.relative_to(out)): oct(mode) for p in files}
+    finally:
+        os.umask(old)
 
 
 @pytest.mark.parametrize("err", ["ENOSPC", "EROFS", "EACCES"])
@@ -451,3 +448,17 @@ def test_unwritable_target_is_a_one_line_error(tmp_path):
     with pytest.raises(CacheError, match=f"cannot write {tmp_path}/afile/x.json: Not a directory$"):
         write_json_atomic(tmp_path / "afile" / "x.json", {})
     assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "/etc/passwd"])
+def test_recorded_image_paths_stay_inside_the_dataset_root(copy, bad):
+    idx = json.loads((copy / "shard-00000.json").read_text())
+    idx["paths"][3] = bad
+    (copy / "shard-00000.json").write_text(json.dumps(idx))
+    m = manifest(copy)
+    m["dataset"]["root"] = str(copy.parent / "photos")
+    set_manifest(copy, m)
+    c = svgfeat.open_cache(copy)
+    assert c.abspath(2) == str(copy.parent / "photos" / idx["paths"][2])
+    with pytest.raises(CacheError, match="row 3: path .* leaves the dataset folder"):
+        c.abspath(3)

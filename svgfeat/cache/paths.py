@@ -24,11 +24,17 @@ def contained(root, name, what: str = "file") -> Path:
         raise CacheError(f"{what} name {name!r} in {root} is not a file name")
     if name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name):
         raise CacheError(f"{what} {name!r} in {root} leaves the cache folder (expected a plain file name)")
+    path = root / name
+    try:
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            return path  # one plain component that is not a symlink: inside root by construction
+    except OSError:
+        return path  # missing: opening it reports that
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, name))
     if os.path.dirname(real) != real_root and not real.startswith(real_root + os.sep):
         raise CacheError(f"{what} {name!r} in {root} resolves outside the cache folder ({real})")
-    return root / name
+    return path
 
 
 def open_regular(path, what: str = "file") -> int:
@@ -48,19 +54,6 @@ def open_regular(path, what: str = "file") -> int:
         os.close(fd)
         raise CacheError(f"{what} {path} is not a regular file")
     return fd
-
-
-def regular_size(path, what: str = "file") -> int:
-    """Size of a regular file (lstat after resolving; no open). CacheError when missing or not regular."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise CacheError(f"{what} {Path(path).name} is missing from {Path(path).parent}") from None
-    except OSError as e:
-        raise CacheError(f"cannot stat {what} {path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CacheError(f"{what} {path} is not a regular file")
-    return st.st_size
 
 
 def read_bytes(path, what: str = "file", max_bytes: int = MAX_JSON_BYTES) -> bytes:

@@ -8,6 +8,7 @@ pool of open shard files and stream into ONE preallocated array; every block is 
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from pathlib import Path
@@ -25,6 +26,18 @@ from .pool import ShardPool
 _DEVICE_VIEWS: dict[tuple, torch.Tensor] = {}
 _DEVICE_LOCK = threading.Lock()
 _NP = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
+
+
+def first_nonfinite_row(block: np.ndarray, chunk_bytes: int = 8 << 20) -> int | None:
+    """Index of the first row of ``block`` holding NaN/Inf, or None (vectorised, temporaries <= chunk_bytes)."""
+    if block.dtype.kind != "f" or len(block) == 0:
+        return None
+    step = max(1, chunk_bytes // max(1, block[0].size))
+    for i in range(0, len(block), step):
+        sub = block[i:i + step]
+        if not np.isfinite(sub).all():
+            return i + int(np.argmax(~np.isfinite(sub.reshape(len(sub), -1)).all(axis=1)))
+    return None
 
 
 def clear_device_views() -> None:
@@ -107,8 +120,16 @@ class FeatureCache:
         return int(self.manifest.get("views", 1))
 
     def abspath(self, i: int) -> str:
-        root = self.manifest["dataset"].get("root", "")
-        return f"sample:{self.paths[i]}" if root == "sample:" else str(Path(root) / self.paths[i])
+        """Where row ``i`` came from: its dataset root joined with its recorded path (which must stay inside
+        that root), ``sample:<id>`` for bundled samples, or the recorded name for external (from_arrays) rows."""
+        root, rel = self.manifest["dataset"].get("root", ""), self.paths[i]
+        if root == "sample:":
+            return f"sample:{rel}"
+        if not root:
+            return rel
+        if os.path.isabs(rel) or ".." in Path(rel).parts:
+            raise _damaged(self.root, f"row {i}: path {rel!r} leaves the dataset folder {root}")
+        return str(Path(root) / rel)
 
     # ------------------------------------------------------------------ lifetime
     def release(self) -> None:
@@ -118,6 +139,16 @@ class FeatureCache:
                 _DEVICE_VIEWS.pop(k, None)
             self._keys.clear()
         self._pool.close()
+
+    def __getstate__(self):  # DataLoader workers / multiprocessing: open files and device views stay behind
+        state = dict(self.__dict__)
+        state["_pool"], state["_keys"] = self._pool.capacity, set()
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._pool = ShardPool(state["_pool"])
+        weakref.finalize(self, self._pool.close)
 
     def __enter__(self):
         return self
@@ -158,9 +189,8 @@ class FeatureCache:
         name = self._infos[s].path.name
 
         def check_block(block, first):
-            if block.dtype.kind == "f" and not np.isfinite(block).all():
-                bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
-                k = int(np.argmax(bad))
+            k = first_nonfinite_row(block)
+            if k is not None:
                 local = int(first[k]) if isinstance(first, np.ndarray) else int(first) + k
                 raise _damaged(self.root, f"group {group!r} row {int(self._offsets[s]) + local} "
                                           f"({name} row {local}) holds non-finite values (NaN/Inf)")
@@ -187,6 +217,8 @@ class FeatureCache:
         else:
             r = self._rows(rows)
             n = len(r)
+            if n > 1 and r[-1] - r[0] == n - 1 and bool(np.all(np.diff(r) == 1)):  # e.g. np.arange(a, b)
+                contiguous, a, b = True, int(r[0]), int(r[-1]) + 1
         if out is None:
             dt = self._out_dtype(group, dtype)
             check_budget(n * int(np.prod(shape, dtype=np.int64)) * dt.itemsize,

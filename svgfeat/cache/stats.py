@@ -10,7 +10,8 @@ from ..errors import CacheError
 from ..generation.stats import load_stats  # noqa: F401  (latent-stats IO home)
 from ..generation.stats import save_stats as save_official_stats  # noqa: F401
 from ..models.align import AlignmentStats, ChannelMoments
-from .manifest import write_json_atomic
+from .atomic import write_json_atomic
+from .lock import cache_lock
 from .reader import open_cache
 
 
@@ -37,7 +38,8 @@ def compute_stats(cache, groups=("latent",), batch_size: int = 2048, progress: b
         out[g] = {"mean": mean.tolist(), "std": std.tolist(), "count": mom[g].n}
     if fixed:
         out["alignment"] = AlignmentStats(mom["dino"], mom["residual_raw"]).compute()
-    write_json_atomic(c.root / "stats.json", out)
+    with cache_lock(c.root, {"cmd": "stats", "groups": ",".join(groups)}):
+        write_json_atomic(c.root / "stats.json", out)
     return out
 
 

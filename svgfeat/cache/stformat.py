@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 
@@ -24,6 +25,7 @@ ST_DTYPES = {"F16": (np.float16, "float16"), "BF16": (np.uint16, "bfloat16"), "F
              "F64": (np.float64, "float64"), "I64": (np.int64, "int64"), "I32": (np.int32, "int32"),
              "U8": (np.uint8, "uint8")}
 MANIFEST_TO_ST = {v[1]: k for k, v in ST_DTYPES.items()}
+_ITEMSIZE = {k: np.dtype(v[0]).itemsize for k, v in ST_DTYPES.items()}
 
 
 def parse_header(fd: int, size: int, where: str) -> tuple[int, dict, dict]:
@@ -56,7 +58,7 @@ def parse_header(fd: int, size: int, where: str) -> tuple[int, dict, dict]:
         if any(d < 0 for d in shape) or not 0 <= b <= e <= data:
             raise CacheError(f"{where}: tensor {name!r} offsets [{b}, {e}] lie outside the {data} data bytes "
                              "(truncated?)")
-        need = int(np.prod(shape, dtype=np.int64)) * np.dtype(ST_DTYPES[dt][0]).itemsize
+        need = math.prod(shape) * _ITEMSIZE[dt]
         if e - b != need:
             raise CacheError(f"{where}: tensor {name!r} holds {e - b} bytes, its shape {shape} {dt} needs {need}")
         info[name] = {"dtype": dt, "shape": shape, "begin": b, "end": e}

@@ -22,17 +22,18 @@ def info(path, as_json):
     if as_json:
         click.echo(json.dumps(m, indent=1))
         return
-    e, d = m["encoder"], m["dataset"]
+    e, d, t = m["encoder"], m["dataset"], m["transform"]
     click.echo(f"cache      {path}  ({'complete' if m.get('complete') else 'INCOMPLETE'})")
-    click.echo(f"rows       {m.get('num_rows', '?')} from {d['num_items']} items of {d['spec']} ({d['kind']})")
-    click.echo(f"encoder    {e['model']}  alignment={e['alignment']}  latent={e['latent_channels']} ch")
+    click.echo(f"rows       {m.get('num_rows', '?')} from {d.get('num_items', '?')} items of {d.get('spec', '?')} "
+               f"({d.get('kind', '?')})")
+    click.echo(f"encoder    {e.get('model', '?')}  alignment={e.get('alignment')}  latent={e.get('latent_channels')} ch"
+               + ("  (external features)" if e.get("external") else ""))
     click.echo(f"weights    dinov3 {str(e.get('dinov3_sha256'))[:16]}  svg {str(e.get('svg_sha256'))[:16]}")
-    t = m["transform"]
-    click.echo(f"transform  {t['preset']} {t['size']}px  views={m['views']}  dtype={m['dtype']}")
+    click.echo(f"transform  {t.get('preset')} {t.get('size')}px  views={m.get('views', 1)}  dtype={m.get('dtype')}")
     for g, s in sorted(m["groups"].items()):
         click.echo(f"  {g:<12} {s['dtype']:<9} {tuple(s['shape'])}")
-    click.echo(f"shards     {len(m.get('shards', []))}  classes {len(d.get('classes', []))}  "
-               f"failures {len(m.get('failures', []))}")
+    click.echo(f"shards     {len(m.get('shards') or [])}  classes {len(d.get('classes') or [])}  "
+               f"failures {len(m.get('failures') or [])}")
 
 
 @cache.command()
