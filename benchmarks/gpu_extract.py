@@ -32,7 +32,7 @@ def run(folder, enc, args, gpu_decode, bf16, out):
         torch.cuda.synchronize()
     t = time.perf_counter()
     c = extract(folder, out, encoder=enc, size=args.size, batch_size=args.batch, shard_size=args.shard,
-                workers=args.workers, device=args.device, progress=False, gpu_decode=gpu_decode, autocast=bf16,
+                workers=args.workers, device=args.device, progress=False, gpu_decode=gpu_decode, precision="bf16" if bf16 else "fp32",
                 groups=["latent", "cls", "pooled"])
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
