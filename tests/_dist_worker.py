@@ -13,10 +13,13 @@ info, dev = D.setup(sys.argv[1])
 mapped = str(D.device_for("cuda", info.local_rank, info.world, visible=8))
 t = D.all_reduce_sum(torch.tensor([float(info.rank + 1)], device=dev), info)
 obj = D.broadcast_object({"from": info.rank}, info)
+lin = torch.nn.Linear(2, 1, bias=False).to(dev)
+lin.weight.grad = torch.tensor([[1.0, 2.0]], device=dev) * (info.rank + 1)
+D.average_gradients(lin.parameters(), info)
 rows = [None] * info.world
 torch.distributed.all_gather_object(rows, {"rank": info.rank, "local_rank": info.local_rank, "device": str(dev),
                                            "cuda_would_be": mapped, "backend": info.backend, "sum": t.item(),
-                                           "bcast": obj["from"]})
+                                           "bcast": obj["from"], "avg_grad": lin.weight.grad.flatten().tolist()})
 D.barrier(info)
 if info.is_main:
     print("RESULT " + json.dumps(rows), flush=True)

@@ -384,10 +384,11 @@ def test_overwrite_removes_only_what_svgfeat_wrote(copy):
     (copy / ".shard-00001.safetensors.tmp-123").write_bytes(b"partial")
     (copy / "stats.json").write_text("{}")
     names = sorted(p.name for p in owned_files(copy))
-    assert names == sorted([".shard-00001.safetensors.tmp-123", "manifest.json", "stats.json",
+    assert names == sorted([".shard-00001.safetensors.tmp-123", ".svgfeat.lock", "manifest.json", "stats.json",
                             *[f"shard-0000{i}.{e}" for i in range(3) for e in ("json", "safetensors")]])
     remove_cache(copy)
-    assert sorted(p.name for p in copy.iterdir()) == ["notes.txt", "photo.jpg", "shard-00009.safetensors", "sub"]
+    left = sorted(p.name for p in copy.iterdir())
+    assert left == [".svgfeat.lock", "notes.txt", "photo.jpg", "shard-00009.safetensors", "sub"]  # lock: kept
     assert outside.read_text() == "outside" and (copy / "sub" / "shard-00000.json").exists()
 
 

@@ -73,6 +73,7 @@ def test_torchrun_gloo_binds_each_rank():
     assert all(r["device"] == "cpu" and r["backend"] == "gloo" for r in rows)
     assert [r["cuda_would_be"] for r in rows] == ["cuda:0", "cuda:1"]  # its own GPU index per rank
     assert all(r["sum"] == 3.0 and r["bcast"] == 0 for r in rows)
+    assert all(r["avg_grad"] == [1.5, 3.0] for r in rows)  # mean over ranks of [r+1, 2(r+1)]
 
 
 @pytest.mark.gpu
@@ -81,3 +82,23 @@ def test_torchrun_nccl_binds_each_rank_to_its_gpu():
     rows = _torchrun("cuda", 29542)
     assert [r["device"] for r in rows] == ["cuda:0", "cuda:1"]
     assert all(r["backend"] == "nccl" and r["sum"] == 3.0 for r in rows)
+
+
+def test_seg_train_runs_data_parallel_under_torchrun(tmp_path):
+    """`seg train` under 2 gloo ranks: each rank trains on its slice of every global batch (gradients averaged:
+    see `avg_grad` in test_torchrun_gloo_binds_each_rank), rank 0 alone writes the head and metrics. Not compared
+    with one process: the head's BatchNorm normalises each rank's slice (DDP without SyncBatchNorm)."""
+    from safetensors.torch import load_file
+
+    env = {k: v for k, v in os.environ.items() if k != D.BACKEND_ENV}
+    env["OMP_NUM_THREADS"] = "1"
+    out = tmp_path / "two"
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29543", "-m", "svgfeat", "seg", "train", "--data", "sample:digitseg", "--model", "test_tiny",
+                          "--group", "dino", "--iters", "4", "--batch-size", "4", "--no-eval", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("wrote ") == 1  # rank 0 only
+    head = load_file(out / "head.safetensors")
+    assert all(torch.isfinite(v).all() for v in head.values())
+    assert json.loads((out / "metrics.json").read_text())["train"]["iters"] == 4

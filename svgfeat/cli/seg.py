@@ -88,6 +88,21 @@ def train(data, split, val_split, dinov3, svg, svg_config, model, alignment, dev
           cache_dir, iters, batch_size, lr, weight_decay, warmup, schedule, crop_size, base_size, slide_crop,
           slide_stride, workers, seed, eval_limit, no_eval, out):
     """Train a linear head; writes OUT/head.safetensors (+ .json) and OUT/metrics.json."""
+    from .. import distributed as D
+
+    info, dev = D.setup(device)  # torchrun: rank r on cuda:LOCAL_RANK, each rank trains on its slice of the batch
+    try:
+        _train(data, split, val_split, dinov3, svg, svg_config, model, alignment, str(dev), head_kind, group, cached,
+               cache_dir, iters, batch_size, lr, weight_decay, warmup, schedule, crop_size, base_size, slide_crop,
+               slide_stride, workers, seed, eval_limit, no_eval, out, info)
+    finally:
+        D.teardown(info)
+
+
+def _train(data, split, val_split, dinov3, svg, svg_config, model, alignment, device, head_kind, group, cached,
+           cache_dir, iters, batch_size, lr, weight_decay, warmup, schedule, crop_size, base_size, slide_crop,
+           slide_stride, workers, seed, eval_limit, no_eval, out, info):
+    from .. import distributed as D
     from ..heads.segmentation import LinearSegHead
 
     d = _defaults(data)
@@ -98,7 +113,11 @@ def train(data, split, val_split, dinov3, svg, svg_config, model, alignment, dev
         enc, group=group, lr=lr, weight_decay=weight_decay, max_iters=iters or d["iters"], batch_size=batch_size,
         warmup_iters=d["warmup"] if warmup is None else warmup, schedule=schedule,
         crop_size=crop_size or d["crop_size"], base_size=base_size, slide_crop=slide_crop or d["slide_crop"],
-        slide_stride=slide_stride or d["slide_stride"], device=device, workers=workers, seed=seed, verbose=True)
+        slide_stride=slide_stride or d["slide_stride"], device=device, workers=workers, seed=seed,
+        verbose=info.is_main)
+    head.dist_ = info
+    if batch_size % info.world:
+        raise ConfigError(f"--batch-size {batch_size} is not divisible by the {info.world} torchrun ranks")
     if cached:
         cache = _extract_for(ds, enc, Path(cache_dir) if cache_dir else out / "cache" / split,
                              crop_size or d["crop_size"], device)
@@ -107,6 +126,9 @@ def train(data, split, val_split, dinov3, svg, svg_config, model, alignment, dev
     else:
         click.echo(f"training online on {len(ds)} images of {ds.spec}")
         head.fit(ds)
+    if not info.is_main:  # rank 0 saves and evaluates
+        D.barrier(info)
+        return
     path = head.save(out / "head.safetensors")
     click.echo(f"wrote {path}")
     metrics = {"train": {"data": str(data), "split": split, "iters": head.n_iter_, "mode": head.mode_,
@@ -121,6 +143,7 @@ def train(data, split, val_split, dinov3, svg, svg_config, model, alignment, dev
             click.echo(f"{val.spec} ({len(val)} images): {_fmt(r)}")
             metrics["val"] = {k: r[k] for k in ("mIoU", "mAcc", "aAcc", "IoU", "Acc", "classes")}
     write_output(out / "metrics.json", json.dumps(metrics, indent=2))
+    D.barrier(info)
 
 
 def _extract_for(ds, enc, cache_dir: Path, crop_size: int, device):

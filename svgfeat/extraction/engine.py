@@ -49,7 +49,7 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
             device="cpu", limit: int | None = None, views: int = 1, view_seed: int = 0,
             fixed_stats_limit: int | None = None, overwrite: bool = False, progress: bool = True,
             fast_jpeg: bool = False, gpu_decode: bool = False, precision: str = "fp32",
-            allow_inside_input: bool = False):
+            allow_inside_input: bool = False, protocol: str | None = None):
     """Extract features of ``data`` (a dataset spec or Dataset) into the cache directory ``out``.
 
     Returns the opened :class:`~svgfeat.cache.FeatureCache`. A complete cache made with the same request
@@ -59,7 +59,8 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
     the files svgfeat wrote. ``precision``: "fp32" (default) or "bf16" autocast. ``fast_jpeg`` decodes JPEGs
     at reduced DCT scale (approximate). ``gpu_decode`` decodes JPEG batches on ``device`` (nvJPEG on CUDA)
     with the geometry of the requested preset; views must then be 1. ``out`` equal to or inside the input
-    folder is refused unless ``allow_inside_input``.
+    folder is refused unless ``allow_inside_input``. ``protocol``: the evaluation protocol that created the
+    cache (recorded in the manifest; not compared on reuse).
     """
     opts = Options(groups=tuple(validate_groups(groups)), size=size, preset=preset, dtype=dtype,
                    alignment=alignment, batch_size=batch_size, shard_size=shard_size, workers=workers,
@@ -92,7 +93,8 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
         groups = validate_groups(opts.groups, enc)
         owner = {"size": opts.size, "preset": opts.preset, "groups": ",".join(groups), "precision": opts.precision}
         with output.writer_lock(out, info, owner):
-            return _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwrite, progress)
+            return _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwrite, progress,
+                               protocol)
     finally:
         D.teardown(info)
 
@@ -134,7 +136,7 @@ def _intact(out, m: dict, info: D.DistInfo, dev) -> bool:
     return bad == 0
 
 
-def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwrite, progress):
+def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwrite, progress, protocol=None):
     existing = read_manifest(out) if (out / MANIFEST).exists() else None
     if existing is not None and overwrite:
         if info.is_main:
@@ -164,6 +166,8 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
                     "provenance": _json_safe(enc.provenance), "view_seed": opts.view_seed,
                     "dataset": {**ds.describe(), "num_items": n_items}, "num_shards": num_shards,
                     "complete": False}
+        if protocol:
+            manifest["protocol"] = protocol
         write_json_atomic(out / MANIFEST, manifest)
     D.barrier(info)
 

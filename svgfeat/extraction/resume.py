@@ -51,7 +51,7 @@ def finalize(out: Path, num_shards: int) -> dict:
         if idx is None or f.is_symlink() or not f.is_file() or f.stat().st_size != idx.get("size"):
             raise SvgfeatError(f"shard {s} of {out} is missing or damaged after extraction")
         shards.append({"file": shard_name(s), "index": index_name(s), "rows": idx["rows"], "sha256": idx["sha256"],
-                       "size": idx["size"], "items": idx["items_range"]})
+                       "items": idx["items_range"]})
         failures += idx["failures"]
         rows += idx["rows"]
     m.update(shards=shards, failures=failures, num_rows=rows, complete=True,

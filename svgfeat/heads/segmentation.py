@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 from torch import nn
 
+from .. import distributed as D
 from ..errors import ConfigError, DataError
 from .seg_metrics import SegMetric
 
@@ -155,7 +156,12 @@ class LinearSegHead(BaseEstimator):
         logits = _upsample(self.module_(feats.float()), target.shape[-2:])
         loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
         opt.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):  # a batch with every pixel ignored has no gradient
+        info = getattr(self, "dist_", None) or D.DistInfo()
+        if info.distributed:  # torchrun data parallelism: every rank joins the all-reduce (ignored slice: zeros)
+            (loss if torch.isfinite(loss) else logits.sum() * 0).backward()
+            D.average_gradients(self.module_.parameters(), info)
+            opt.step()
+        elif torch.isfinite(loss):  # a batch with every pixel ignored has no gradient
             loss.backward()
             opt.step()
         sched.step()
@@ -202,7 +208,9 @@ class LinearSegHead(BaseEstimator):
                                 int(self.workers))
         self.history_, self.step_times_, t0 = [], [], time.time()
         tic = time.perf_counter()
+        info = getattr(self, "dist_", None) or D.DistInfo()
         for it, (x, m) in enumerate(loader):  # step time includes loading + augmenting the batch
+            x, m = x[info.rank::info.world], m[info.rank::info.world]  # this rank's slice of the global batch
             self._check_labels(m)
             with torch.no_grad():
                 feats = enc.encode(x.to(self.device)).group(self.group)
@@ -226,12 +234,13 @@ class LinearSegHead(BaseEstimator):
         g = torch.Generator().manual_seed(int(self.seed))
         bs = min(int(self.batch_size), n)
         order, pos = torch.randperm(n, generator=g), 0
+        info = getattr(self, "dist_", None) or D.DistInfo()
         self.history_, self.step_times_, t0 = [], [], time.time()
         for it in range(int(self.max_iters)):
             tic = time.perf_counter()
             if pos + bs > n:
                 order, pos = torch.randperm(n, generator=g), 0
-            idx = order[pos:pos + bs]
+            idx = order[pos:pos + bs][info.rank::info.world]  # this rank's slice of the global batch
             pos += bs
             xb = feats[idx.to(feats.device)].to(self.device)
             self.history_.append(self._step(xb, masks[idx.to(masks.device)].to(self.device).long(), opt, sched))
