@@ -226,7 +226,7 @@ def _int_param(v, name, lo, hi) -> int:
     elif isinstance(v, str) and re.fullmatch(r"\s*-?[0-9]{1,19}\s*", v):
         iv = int(v)
     else:
-        raise ApiError(400, f"{name} must be an integer, got {v[:40] if isinstance(v, str) else v!r}")
+        raise ApiError(400, f"{name} must be an integer, got {(v[:40] if isinstance(v, str) else v)!r}")
     if not lo <= iv <= hi:
         raise ApiError(400, f"{name} must be in [{lo}, {hi}], got {iv}")
     return iv
@@ -333,7 +333,7 @@ class SearchServer(ThreadingHTTPServer):
                                     f"this server's caches {sorted(self.caches)}, got cache {shown!r}")
             return s.by_cache_row(self.caches[name], _int_param(row, "row", -(2**62), 2**62), k, region,
                                   aggregate)
-        raise ApiError(400, "nothing to search: send an image, or JSON {\"row\": n} / {\"cache_row\": \"CACHE:ROW\"}")
+        raise ApiError(400, "nothing to search: send an image, or JSON {\"row\": n} / {\"cache_row\": \"NAME:ROW\"}")
 
 
 def make_server(index, encoder=None, host: str = "127.0.0.1", port: int = 8080, *, max_upload: int = MAX_UPLOAD,
