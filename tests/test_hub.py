@@ -173,3 +173,16 @@ def test_cli_offline_without_cache_exit_2(tmp_path, photos):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in r.stderr
     assert DINO_REPO in lines[0] and "model.safetensors" in lines[0] and "--dinov3 PATH" in lines[0]
+
+
+def test_cli_generate_pretrained_from_local_hub(offline_cache, tmp_path, capsys):
+    """`svgfeat generate --pretrained`: DiT, latent statistics and the SVG decoder all come from the Hub cache."""
+    home, src = offline_cache
+    if "stats" not in src:
+        pytest.skip("../shared/reference/dinov3_sp_stats.pt is absent")
+    from svgfeat.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--pretrained", "--classes", "1", "--n", "1", "--steps", "1", "-o", str(tmp_path / "g")])
+    assert e.value.code == 0, capsys.readouterr().err
+    assert (tmp_path / "g" / "grid.png").is_file() and (tmp_path / "g" / "class0001_000.png").is_file()
