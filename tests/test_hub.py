@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _hub_helpers import AE, DINO_REPO, DIT, REV, build_golden_hub, hub_env
 
 import svgfeat
+from conftest import normalise
 from svgfeat.errors import CheckpointError, ConfigError
 from svgfeat.hub import HubFile, pretrained_cfg, register_pretrained, resolve
-
-from _hub_helpers import AE, DINO_REPO, DIT, REV, build_golden_hub, hub_env
-from conftest import normalise
 
 HERE = Path(__file__).resolve().parent
 
