@@ -133,8 +133,13 @@ def download(f: HubFile, role: str | None = None) -> tuple[Path, dict] | None:
     optional file. Raises one :class:`CheckpointError` naming the repo, the file and how to get it by hand."""
     try:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
-                                            RepositoryNotFoundError, RevisionNotFoundError)
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency (through timm)
         raise CheckpointError(f"downloading {f.spec} needs huggingface_hub: pip install huggingface_hub") from None
     where = f" (--{role.replace('_', '-')} PATH, or {role}= in Python)" if role else ""

@@ -359,9 +359,8 @@ def test_full_size_train_ae_meta_pth_256_then_load_eval_recon_export(tmp_path, g
 
 
 def _hub_cache(tmp_path, golden, monkeypatch):
-    from huggingface_hub import constants
-
     from _hub_helpers import build_golden_hub
+    from huggingface_hub import constants
 
     src = build_golden_hub(tmp_path / "hf", golden, dit=False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))

@@ -148,11 +148,15 @@ def test_flat_val_with_label_file(tmp_path):
     assert resolve_datasets("sample") == ("sample:digits/train", "sample:digits/val")
 
 
-def test_sample_root_without_weights_uses_a_random_tiny_encoder(tmp_path, capsys):
+def test_sample_root_without_weights_uses_the_seeded_full_model(tmp_path, capsys):
+    """The quick start: no weights -> the full SVG-S+ architecture from a fixed seed, said to be random."""
     out = tmp_path / "s"
     assert run(["eval", "imagenet", "--root", "sample", "--size", "32", "--limit", "120", "--out", str(out),
                 "--features", "latent", "--min-iterations", "30", "--lrs", "0.01,0.1", "-k", "5"]) == 0
-    assert "test_tiny" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "weights are RANDOM (random_svg_vits16plus" in text and "--pretrained" in text
     res = json.loads((out / "results.json").read_text())
-    assert res["encoder"]["model"] == "test_tiny" and res["train"]["data"] == "sample:digits/train"
+    assert res["encoder"]["model"] == "random_svg_vits16plus" and res["train"]["data"] == "sample:digits/train"
+    assert res["weights"] == "random" and "only show that the pipeline works" in res["notice"]
+    assert "weights are RANDOM" in (out / "results.md").read_text().splitlines()[2]
     assert res["primary_features"] == "latent" and len(res["heads"]) == 2

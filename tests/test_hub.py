@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _hub_helpers import AE, DINO_REPO, DIT, REV, build_golden_hub, hub_env
 
 import svgfeat
+from conftest import normalise
 from svgfeat.errors import CheckpointError, ConfigError
 from svgfeat.hub import HubFile, pretrained_cfg, register_pretrained, resolve
-
-from _hub_helpers import AE, DINO_REPO, DIT, REV, build_golden_hub, hub_env
-from conftest import normalise
 
 HERE = Path(__file__).resolve().parent
 
@@ -173,3 +172,16 @@ def test_cli_offline_without_cache_exit_2(tmp_path, photos):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in r.stderr
     assert DINO_REPO in lines[0] and "model.safetensors" in lines[0] and "--dinov3 PATH" in lines[0]
+
+
+def test_cli_generate_pretrained_from_local_hub(offline_cache, tmp_path, capsys):
+    """`svgfeat generate --pretrained`: DiT, latent statistics and the SVG decoder all come from the Hub cache."""
+    home, src = offline_cache
+    if "stats" not in src:
+        pytest.skip("../shared/reference/dinov3_sp_stats.pt is absent")
+    from svgfeat.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--pretrained", "--classes", "1", "--n", "1", "--steps", "1", "-o", str(tmp_path / "g")])
+    assert e.value.code == 0, capsys.readouterr().err
+    assert (tmp_path / "g" / "grid.png").is_file() and (tmp_path / "g" / "class0001_000.png").is_file()

@@ -40,13 +40,15 @@ def save_grid(images, rows: int, path) -> None:
 
 
 @click.command()
-@click.option("--dit", "dit_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="DiT weights: official .pt ({'ema': ...}) or svgfeat .safetensors.")
+@click.option("--dit", "dit_path", default=None, type=click.Path(dir_okay=False),
+              help="DiT weights: official .pt ({'ema': ...}), svgfeat .safetensors or hf://ORG/NAME/file; "
+                   "default with --pretrained: SVG-XL from howlin/SVG.")
 @click.option("--dit-config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Official DiT YAML (model.params) or svgfeat JSON; default: inferred from the weights.")
 @encoder_options
-@click.option("--stats", "stats_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Latent mean/std (official dinov3_sp_stats.pt or a run's latent_stats.pt).")
+@click.option("--stats", "stats_path", default=None, type=click.Path(dir_okay=False),
+              help="Latent mean/std (official dinov3_sp_stats.pt or a run's latent_stats.pt); default with "
+                   "--pretrained: the released dinov3_sp_stats.pt.")
 @click.option("--classes", required=True, help="Comma-separated class ids, e.g. 207,360.")
 @click.option("--n", "n", default=4, show_default=True, type=click.IntRange(min=1), help="Samples per class.")
 @click.option("--steps", default=25, show_default=True, type=click.IntRange(min=1))
@@ -60,7 +62,7 @@ def save_grid(images, rows: int, path) -> None:
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 def generate(dit_path, dit_config, dinov3, svg, svg_config, model, alignment, device, stats_path, classes, n, steps,
-             cfg, cfg_mode, cfg_interval, method, shift, seed, batch_size, out):
+             cfg, cfg_mode, cfg_interval, method, shift, seed, batch_size, out, pretrained=False):
     """Sample latents with the DiT, decode them with the SVG decoder, write PNGs and grid.png."""
     from pathlib import Path
 
@@ -69,9 +71,15 @@ def generate(dit_path, dit_config, dinov3, svg, svg_config, model, alignment, de
 
     from ..generation.sampling import sample
     from ..generation.stats import denormalize_tokens, load_stats
+    from ..hub import resolve
     from ..models.dit import load_dit
 
-    dit = load_dit(dit_path, config=dit_config, device=device)
+    if dit_path is None and not pretrained:
+        raise click.UsageError("pass the DiT weights with --dit PATH, or --pretrained for the released SVG-XL")
+    if stats_path is None and not pretrained:
+        raise click.UsageError("pass the latent statistics with --stats PATH, or --pretrained for the released ones")
+    dit = load_dit(dit_path or "svg_dit_xl", config=dit_config, device=device, pretrained=dit_path is None)
+    stats_path = resolve(stats_path or "hf", "svg_dit_xl", "stats")[0]
     cls = _parse_classes(classes, dit.num_classes)
     interval = None
     if cfg_interval:
