@@ -129,8 +129,7 @@ def _reduce(a):
     raise ConfigError(f"cannot pool a feature group of shape {tuple(a.shape)}; expected 2-D, 3-D or 4-D")
 
 
-def is_cache(obj) -> bool:
-    return all(hasattr(obj, a) for a in ("read", "groups", "labels", "iter_batches"))
+from ._base import is_cache  # noqa: E402  (one home for the cache check; re-exported here)
 
 
 def _is_svgfeatures(obj) -> bool:

@@ -20,8 +20,7 @@ from .exact_search import as_float32
 TRANSFORM_FIELDS = ("preset", "size", "crop_pct")
 
 
-def is_cache(x) -> bool:
-    return hasattr(x, "iter_batches") and hasattr(x, "encoder_spec") and hasattr(x, "manifest")
+from ._base import is_cache  # noqa: E402  (one home for the cache check; re-exported here)
 
 
 class ArraySource:

@@ -46,8 +46,7 @@ def lr_factor(it: int, total: int, warmup: int, schedule: str) -> float:
     return (1 - min(t, 1.0)) ** 0.9
 
 
-def _is_cache(x) -> bool:
-    return hasattr(x, "manifest") and hasattr(x, "read") and hasattr(x, "to")
+from ._base import is_cache as _is_cache  # noqa: E402  (one home for the cache check)
 
 
 def _is_feature_array(x) -> bool:
