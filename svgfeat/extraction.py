@@ -195,7 +195,7 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
             alignment: str = "batch", batch_size: int = 64, shard_size: int = 1024, workers: int = 0,
             device="cpu", limit: int | None = None, views: int = 1, view_seed: int = 0,
             fixed_stats_limit: int | None = None, overwrite: bool = False, progress: bool = True,
-            fast_jpeg: bool = False, gpu_decode: bool = False, autocast: bool = True):
+            fast_jpeg: bool = False, gpu_decode: bool = False, autocast: bool = True, protocol: str | None = None):
     """Extract features of ``data`` (a dataset spec or Dataset) into the cache directory ``out``.
 
     Returns the opened :class:`~svgfeat.cache.FeatureCache`. A complete cache made with the same
@@ -203,7 +203,8 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
     encoder; an incomplete one is resumed; a mismatched one is refused (CacheError names the difference)
     unless ``overwrite``. ``fast_jpeg`` decodes JPEGs at reduced DCT scale (faster, approximate; recorded
     in the manifest's transform). ``gpu_decode`` decodes/resizes JPEG batches on ``device`` (nvJPEG on
-    CUDA); views must then be 1. ``autocast``: bf16 autocast on CUDA (ignored on CPU).
+    CUDA); views must then be 1. ``autocast``: bf16 autocast on CUDA (ignored on CPU). ``protocol``: the
+    evaluation protocol that created the cache (recorded in the manifest; not compared on reuse).
     """
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
@@ -281,6 +282,8 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
                     **request, "provenance": _json_safe(enc.provenance), "view_seed": view_seed,
                     "dataset": {**ds.describe(), "num_items": n_items}, "num_shards": num_shards,
                     "complete": False}
+        if protocol:
+            manifest["protocol"] = protocol
         write_json_atomic(out / MANIFEST, manifest)
     _barrier(world)
 

@@ -117,7 +117,7 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
     groups = extraction_groups(features + [st["knn_features"]], depth)
     common = dict(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, alignment=alignment,
                   groups=groups, batch_size=batch_size, workers=workers, device=device, limit=limit,
-                  progress=progress)
+                  progress=progress, protocol=proto.name)
     train_cache = extract(train_data, out / "cache" / "train", views=int(st["train_views"]), view_seed=seed,
                           preset=st["train_preset"], size=int(st["train_size"]), **common)
     timings["extract_train"] = time.time() - t
