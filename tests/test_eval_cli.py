@@ -177,12 +177,12 @@ def test_dinov3_protocol_on_full_size_encoder(tmp_path, golden):
     out = tmp_path / "d3"
     w = ["--dinov3", str(golden("dinov3_vits16plus_random.pth")), "--svg", str(golden("svg_ae_shared.ckpt")),
          "--svg-config", str(golden("svg_ae_shared.yaml"))]
-    argv = ["eval", "imagenet", "--root", "sample", "--protocol", "dinov3", *w, "--size", "32", "--limit", "40",
+    argv = ["eval", "imagenet", "--root", "sample", "--protocol", "dinov3", *w, "--size", "32", "--limit", "24",
             "--train-views", "2", "--iterations", "20", "--lrs", "0.01,0.1", "--out", str(out)]
     assert run(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["protocol"] == "dinov3" and res["knn"]["features"] == "cls"
-    assert sorted(res["knn"]["k"], key=int) == ["10", "20"]  # protocol ks, clipped to the 40 neighbours
+    assert sorted(res["knn"]["k"], key=int) == ["10", "20", "24"]  # protocol ks, 100/200 clipped to 24 neighbours
     assert res["selection"] == "val" and "ON VAL" in res["note"] and res["normalize"] == "none"
     assert res["settings"]["lrs"] == [0.01, 0.1] and res["protocol_settings"]["iterations"] == 12500
     devs = {d["setting"]: d for d in res["deviations"]}

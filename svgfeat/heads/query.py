@@ -15,12 +15,10 @@ import numpy as np
 import torch
 
 from ..errors import CacheError, ConfigError, DataError
+from ._base import is_cache  # noqa: F401  (one home for the cache check; re-exported for retrieval)
 from .exact_search import as_float32
 
 TRANSFORM_FIELDS = ("preset", "size", "crop_pct")
-
-
-from ._base import is_cache  # noqa: E402  (one home for the cache check; re-exported here)
 
 
 class ArraySource:

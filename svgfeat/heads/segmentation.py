@@ -30,6 +30,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from ._base import is_cache as _is_cache  # one home for the cache check
 from .seg_metrics import SegMetric
 
 GROUPS = ("dino", "latent")
@@ -44,9 +45,6 @@ def lr_factor(it: int, total: int, warmup: int, schedule: str) -> float:
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
     return (1 - min(t, 1.0)) ** 0.9
-
-
-from ._base import is_cache as _is_cache  # noqa: E402  (one home for the cache check)
 
 
 def _is_feature_array(x) -> bool:
