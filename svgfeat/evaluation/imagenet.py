@@ -105,7 +105,7 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
         model = "test_tiny"
         if progress:
             print("note: no weights given; using the random 'test_tiny' encoder (accuracies are meaningless)")
-    deviations += data_deviations(root, limit, dinov3, svg, model)
+    deviations += data_deviations(root, limit, dinov3, svg, model, needs_svg=proto.name != "dinov3")
     timings: dict[str, float] = {}
     t = time.time()
     train_data, val_data = resolve_datasets(root, val_labels)
@@ -126,8 +126,9 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
                         **common)
     timings["extract_val"] = time.time() - t
     check_compatible(train_cache.encoder_spec, val_cache.encoder_spec, what="train/val cache encoder")
-    # kNN neighbours: the train images through the *eval* transform, one view (DINO's kNN protocol)
-    same = (st["train_preset"], st["train_size"], int(st["train_views"])) == (st["val_preset"], st["val_size"], 1)
+    # kNN neighbours: the train images through the *eval* transform, one view (DINO's kNN protocol); a
+    # deterministic train preset equal to val's already holds it as view 0 (the rows kNN uses)
+    same = (st["train_preset"], st["train_size"]) == (st["val_preset"], st["val_size"]) and st["train_preset"] != "rrc"
     if same:
         knn_cache = train_cache
     elif knn:
@@ -205,18 +206,19 @@ PROBE_SETTINGS = ("lrs", "weight_decays", "optimizer", "probe_batch_size", "iter
                   "schedule", "normalize", "select_on", "heldout_fraction")
 
 
-def data_deviations(root, limit, dinov3, svg, model) -> list[dict]:
-    """Deviations of the data and weights from any ImageNet-1K protocol."""
+def data_deviations(root, limit, dinov3, svg, model, needs_svg: bool = True) -> list[dict]:
+    """Deviations of the data and weights from any ImageNet-1K protocol (``needs_svg``: the protocol's
+    features include the trained SVG residual encoder)."""
     out = []
     if str(root) == "sample":
         out.append(deviation("data", "ImageNet-1K (1.28M train / 50k val)", "sample:digits",
                              "embedded 8x8 digits upscaled: a smoke test of the protocol, not an ImageNet number"))
     if limit is not None:
         out.append(deviation("limit", None, int(limit), "only the first N images of each split"))
+    want = "DINOv3 ViT-S/16+ LVD-1689M" + (" + trained SVG residual encoder" if needs_svg else "")
     if dinov3 is None:
-        out.append(deviation("weights", "DINOv3 ViT-S/16+ LVD-1689M + trained SVG residual encoder",
-                             f"random weights ({model})", "accuracies are meaningless"))
-    elif svg is None:
+        out.append(deviation("weights", want, f"random weights ({model})", "accuracies are meaningless"))
+    elif svg is None and needs_svg:
         out.append(deviation("weights", "trained SVG residual encoder", "DINOv3 only (no --svg)"))
     return out
 
