@@ -1,6 +1,6 @@
 """KNNClassifier: DINO weighted kNN; faiss, torch and a brute-force numpy reference agree exactly."""
 
-import faiss  # noqa: E402, F401  (a hard dependency: the faiss cases always run)
+import faiss  # noqa: F401  (a hard dependency: the faiss cases always run)
 import numpy as np
 import pytest
 from sklearn.base import clone

@@ -10,8 +10,9 @@ val accuracy is unbiased; ``select_on="val"`` reproduces DINOv3's selection on v
 Feature normalisation is an explicit choice (``normalize``): ``"zscore"`` (the default: train-set
 mean/std, fixed), ``"none"`` (raw features, DINOv3's protocol) or ``"batchnorm"`` (BatchNorm without
 affine in front of the heads, MAE's protocol; batch statistics while training, running statistics at
-eval). On the digits sample with full-size features, raw features trail scikit-learn's best-C
-logistic regression by ~1.7 points; z-score closes the gap (see tests/test_probe.py).
+eval). On the digits sample with full-size (random-weight) features at 64 px, raw features trail
+scikit-learn's best-C logistic regression by ~6 points (88.9 vs 95.0), z-score and batchnorm come within
+0.3 (94.7); tests/test_probe.py holds the z-score probe to 1 point.
 """
 
 from __future__ import annotations
