@@ -6,7 +6,7 @@ settings (nprobe = max(8, sqrt(nlist)), efSearch = 64, cosine metric). Data: 100
 
 - ``clustered``: a 500-centre Gaussian mixture in 64-d (image features are clustered: this is the realistic case);
 - ``uniform``: i.i.d. Gaussian 64-d (no neighbourhood structure: every ANN method loses recall here);
-- ``photos`` (``--photos N``, default 1000; 0 skips): real cached features of real photos through the
+- ``photos`` (``--photos N``, default 500; 0 skips): real cached features of real photos through the
   full-size SVG encoder (golden weights -- RANDOM weights, so the features are not semantic; what is
   measured is the index on real feature geometry). Database: N random crops of the scikit-image /
   scikit-learn sample photos, extracted with ``svgfeat.extract`` into a cache on disk; queries: augmented
@@ -108,9 +108,9 @@ def photo_caches(root, n, queries, size, seed=0):
             q = q.transpose(Image.FLIP_LEFT_RIGHT)
         q = ImageEnhance.Brightness(q).enhance(rng.uniform(0.8, 1.2))
         q.save(root / "q" / f"{j:06d}.jpg", quality=60)
-    w = dict(dinov3=gold / "dinov3_vits16plus_random.pth", svg=gold / "svg_ae_shared.ckpt",
-             svg_config=gold / "svg_ae_shared.yaml")
-    kw = dict(size=size, groups=("cls", "pooled"), batch_size=64, progress=False, **w)
+    enc = svgfeat.load_encoder(dinov3=gold / "dinov3_vits16plus_random.pth", svg=gold / "svg_ae_shared.ckpt",
+                               svg_config=gold / "svg_ae_shared.yaml")  # loaded once for both caches
+    kw = dict(encoder=enc, size=size, groups=("cls", "pooled"), batch_size=64, progress=False)
     return svgfeat.extract(root / "db", root / "db_cache", **kw), svgfeat.extract(root / "q", root / "q_cache", **kw), src
 
 
@@ -156,8 +156,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads (1: stable on shared CPUs)")
     ap.add_argument("--cache", default=None, help="also benchmark real cached features")
     ap.add_argument("--group", default="pooled")
-    ap.add_argument("--photos", type=int, default=1000, help="real-photo database size (0: skip)")
-    ap.add_argument("--photo-queries", type=int, default=200)
+    ap.add_argument("--photos", type=int, default=500, help="real-photo database size (0: skip)")
+    ap.add_argument("--photo-queries", type=int, default=100)
     ap.add_argument("--photo-size", type=int, default=64, help="encoder input size for the photo features")
     ap.add_argument("--skip-synthetic", action="store_true")
     a = ap.parse_args(argv)
