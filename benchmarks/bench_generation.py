@@ -82,6 +82,10 @@ def bench_training(batch: int, reps: int) -> dict:
                         groups=("latent",), batch_size=batch, progress=False)
         t_extract = time.perf_counter() - t0
         import svgfeat.generation.train as gtrain
+        from svgfeat.cache.stats import compute_stats
+
+        compute_stats(cache.root)  # `svgfeat stats`: the batcher normalises with the cache's own statistics
+        cache = type(cache)(cache.root)
 
         limit = gtrain.PRELOAD_LIMIT
         gtrain.PRELOAD_LIMIT = 0  # equal storage: the cached row reads its shards from disk every step
