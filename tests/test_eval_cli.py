@@ -188,7 +188,8 @@ def test_dinov3_protocol_on_full_size_encoder(tmp_path, golden):
     devs = {d["setting"]: d for d in res["deviations"]}
     assert devs["train_views"]["protocol"] == 10 and devs["train_views"]["used"] == 2
     assert devs["iterations"]["used"] == 20 and devs["train_size"]["protocol"] == 224
-    assert {"data", "limit", "lrs", "knn_k"} <= set(devs) and "weights" not in devs
+    assert {"data", "limit", "lrs", "knn_k_used"} <= set(devs) and "weights" not in devs and "knn_k" not in devs
+    assert devs["knn_k_used"]["used"] == [10, 20, 24]
     assert res["inherent"] and "fresh random-resized crop" in res["inherent"][0]
     md = (out / "results.md").read_text()
     assert "Protocol: `dinov3`" in md and "`train_views`: protocol 10, used 2" in md and "kNN on `cls`" in md

@@ -173,6 +173,9 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
         knn_res = {"features": spec, "train_cache": str(knn_cache.root),
                    "train_transform": st["val_preset"] if not same else st["train_preset"],
                    **kc.fit(trk.X[rows], np.asarray(ytr)[rows]).evaluate(vak.X, yv)}
+        if list(kc.ks_) != sorted(int(k) for k in st["knn_k"]):
+            deviations.append(deviation("knn_k_used", sorted(int(k) for k in st["knn_k"]), list(kc.ks_),
+                                        "k clipped to the number of training images"))
         timings[f"knn[{spec}]"] = time.time() - t
 
     primary = per_spec[features[0]]["probe"]
