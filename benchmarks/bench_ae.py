@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -87,6 +88,7 @@ def main():
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
+    print("command: python benchmarks/bench_ae.py " + " ".join(sys.argv[1:]))
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)

@@ -1,9 +1,13 @@
 """svgfeat's extraction pipeline vs a plain loop, same images and same model.
 
-Plain loop (what users write without svgfeat): PIL open -> timm transform -> model forward one batch at
-a time -> np.save per batch. svgfeat: `svgfeat.extract` (DataLoader workers decoding while the model
-runs, fp16 shards streamed to disk). Prints images/s of both, the ratio, and peak RSS for N and 3N
-images (each in a fresh process) to show memory does not grow with the number of images.
+Equal work on both sides: the same JPEGs, the same transform (svgfeat's ``svg`` preset: ADM box-halving +
+bicubic + centre crop), the same output dtype (fp16 on disk), the same storage (disk) and the same torch
+thread count for the encoder (``--threads``, default cores - workers, which is what extraction gives the
+encoder while workers decode).
+Plain loop (what users write without svgfeat): PIL open -> transform -> model forward one batch at a time
+-> np.save fp16 per batch. svgfeat: `svgfeat.extract` (DataLoader workers decoding while the model runs,
+fp16 shards streamed to disk). Prints the exact command, images/s of both, the ratio, and peak RSS for N
+and 3N images (each in a fresh process) to show memory does not grow with the number of images.
 
     python benchmarks/bench_extract.py [--n 384] [--size 128] [--workers 2] [--model test_tiny|golden]
 """
@@ -34,20 +38,20 @@ def load(model):
 
 def plain_loop(folder, enc, size, batch, out):
     import numpy as np
-    import timm.data
     import torch
     from PIL import Image
 
-    tf = timm.data.create_transform(input_size=(3, size, size), interpolation="bicubic", crop_pct=1.0,
-                                    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    from svgfeat.data.transforms import Transform
+
+    tf = Transform("svg", size)  # the same preset svgfeat.extract uses
     files = sorted(Path(folder).glob("*.jpg"))
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         for b in range(0, len(files), batch):
             x = torch.stack([tf(Image.open(f).convert("RGB")) for f in files[b:b + batch]])
             f = enc.encode(x)
-            np.save(out / f"latent_{b:06d}.npy", f.latent.numpy())
-            np.save(out / f"cls_{b:06d}.npy", f.cls.numpy())
+            np.save(out / f"latent_{b:06d}.npy", f.latent.numpy().astype(np.float16))  # fp16, like the cache
+            np.save(out / f"cls_{b:06d}.npy", f.cls.numpy().astype(np.float16))
     return len(files)
 
 
@@ -64,6 +68,7 @@ def child(args):
     import torch
 
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)  # the same encoder thread count for both pipelines
     enc = load(args.model)
     out = Path(args.out)
     with Timer() as t:
@@ -75,7 +80,7 @@ def child(args):
 
 def spawn(kind, folder, out, args):
     cmd = [sys.executable, __file__, "--child", kind, "--folder", str(folder), "--out", str(out), "--size",
-           str(args.size), "--batch", str(args.batch), "--model", args.model, "--workers", str(args.workers)]
+           str(args.size), "--batch", str(args.batch), "--model", args.model, "--workers", str(args.workers), "--threads", str(args.threads)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -87,10 +92,16 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--model", default="test_tiny")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of the encoder in both pipelines (default: cores - workers, at least 1)")
     ap.add_argument("--child", default=None)
     ap.add_argument("--folder", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.threads is None:
+        import os
+
+        args.threads = max(1, (os.cpu_count() or 1) - args.workers)
     if args.child:
         return child(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +112,9 @@ def main():
         ours = spawn("svgfeat", small, tmp / "ours", args)
         fast = spawn("svgfeat-fast", small, tmp / "fast", args)
         ours_large = spawn("svgfeat", large, tmp / "ours_large", args)
-    print(f"model={args.model} size={args.size} batch={args.batch} workers={args.workers} n={args.n}")
+    print("command: python benchmarks/bench_extract.py " + " ".join(sys.argv[1:]))
+    print(f"model={args.model} size={args.size} batch={args.batch} workers={args.workers} threads={args.threads} "
+          f"n={args.n}; both: svg preset, fp16 to disk")
     print(f"plain loop : {plain['img_s']:8.2f} img/s   peak RSS {plain['peak_rss_mb']:.0f} MB")
     print(f"svgfeat    : {ours['img_s']:8.2f} img/s   peak RSS {ours['peak_rss_mb']:.0f} MB")
     print(f"svgfeat --fast-jpeg: {fast['img_s']:8.2f} img/s")

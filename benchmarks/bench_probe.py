@@ -9,8 +9,17 @@ All three see the same features (synthetic class-conditional Gaussians shaped li
 3. scikit-learn ``LogisticRegression`` (L-BFGS) over a C grid, i.e. the usual small-data baseline; the
    accuracies are printed side by side so the times compare at matched accuracy.
 
-Run: ``python benchmarks/bench_probe.py`` (about a minute on a 2-core CPU); ``--cache DIR --features
-cls+pooled`` uses a feature cache instead of synthetic data.
+Equal work: raw features on both sides (``normalize="none"``), the same init, batch order, step count
+and lrs, and the same thread policy -- the plain loop runs under exactly the thread setting the grid
+picks (single-threaded for tiny steps, else ``--threads``); sklearn gets the same BLAS thread count.
+``--path gemm|per-head`` forces the grid's matmul path (``auto`` picks per-head, bit-exact, for heads
+below 1.6e7 FLOPs a step, the shared GEMM above); the path used is printed.
+
+``--compare-normalize`` instead measures the probe's accuracy with none / zscore / batchnorm (selected on
+val) against scikit-learn's best-C logistic regression on the same features (raw and standardised).
+
+Run: ``python benchmarks/bench_probe.py`` (about a minute on a 2-core CPU); ``--cache DIR --val-cache DIR
+--features cls+pooled`` uses feature caches instead of synthetic data.
 """
 
 from __future__ import annotations
@@ -57,6 +66,30 @@ def plain_loop(X, y, Xv, yv, lrs, batch, steps, seed, device):
     return accs
 
 
+def compare_normalize(X, y, Xv, yv, args):
+    """Probe (none / zscore / batchnorm, val selection) vs sklearn best-C on the same features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    from svgfeat.heads.probe import LinearProbe
+
+    Cs = (0.01, 0.1, 1.0, 10.0, 100.0)
+    sc = StandardScaler().fit(X)
+    with threadpool_limits(args.threads):
+        raw = max(LogisticRegression(C=C, max_iter=3000).fit(X, y).score(Xv, yv) for C in Cs) * 100
+        std = max(LogisticRegression(C=C, max_iter=3000).fit(sc.transform(X), y).score(sc.transform(Xv), yv)
+                  for C in Cs) * 100
+    print(f"sklearn LogisticRegression best C of {Cs} on val: raw {raw:.2f}, standardised {std:.2f}")
+    for norm in ("none", "zscore", "batchnorm"):
+        t = time.perf_counter()
+        p = LinearProbe(normalize=norm, select_on="val", epochs=args.epochs, min_iterations=args.min_iterations,
+                        batch_size=args.batch_size, device=args.device).fit(X, y, X_val=Xv, y_val=yv)
+        b = p.report()["best"]
+        print(f"probe normalize={norm:<9}: val top-1 {b['top1']:.2f} ({b['head']}, {p.n_iter_} steps, "
+              f"{time.perf_counter() - t:.1f}s); minus sklearn standardised {b['top1'] - std:+.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20000, help="training rows (synthetic)")
@@ -66,11 +99,24 @@ def main():
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--cache", default=None, help="use a feature cache (train) instead of synthetic data")
+    ap.add_argument("--val-cache", default=None, help="val feature cache (default: 1/6 of --cache held out)")
+    ap.add_argument("--path", default="auto", choices=["auto", "gemm", "per-head"],
+                    help="grid matmul path (auto: per-head below 1.6e7 FLOPs per head-step, else one GEMM)")
+    ap.add_argument("--threads", type=int, default=None, help="torch/BLAS threads for every contender")
+    ap.add_argument("--compare-normalize", action="store_true")
+    ap.add_argument("--min-iterations", type=int, default=1000)
     ap.add_argument("--features", default="cls+pooled")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-sklearn", action="store_true")
     args = ap.parse_args()
+    import sys
 
+    print("command: python benchmarks/bench_probe.py " + " ".join(sys.argv[1:]))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
+
+    from svgfeat.heads import _grid
     from svgfeat.heads.probe import DINOV3_LRS, LinearProbe
 
     if args.cache:
@@ -83,20 +129,37 @@ def main():
     else:
         X, y = synthetic(args.n + args.n // 5, args.dim, args.classes, args.noise)
         src = "synthetic Gaussians"
-    n_val = len(y) // 6
-    X, y, Xv, yv = X[n_val:], y[n_val:], X[:n_val], y[:n_val]
+    if args.val_cache:
+        vm = feature_matrix(svgfeat.open_cache(args.val_cache), features=args.features)
+        Xv, yv = vm.X, vm.y
+    else:
+        n_val = len(y) // 6
+        X, y, Xv, yv = X[n_val:], y[n_val:], X[:n_val], y[:n_val]
+    if args.compare_normalize:
+        return compare_normalize(X, y, Xv, yv, args)
     steps = args.epochs * -(-len(y) // args.batch_size)
     print(f"features: {src}; train {X.shape}, val {Xv.shape}, {len(np.unique(y))} classes; 13 heads, "
           f"{steps} SGD steps at batch {args.batch_size} on {args.device}; torch threads {torch.get_num_threads()}")
 
-    kw = dict(iterations=steps, min_iterations=0, batch_size=args.batch_size, select_on="val", device=args.device)
+    if args.path != "auto":
+        forced = args.path == "per-head"
+        _grid.per_head_matmuls = lambda device, head_flops: forced and torch.device(device).type == "cpu"
+    head_flops = _grid.head_step_flops(args.batch_size, X.shape[1], len(np.unique(y)))
+    per_head = _grid.per_head_matmuls(args.device, head_flops)
+    tiny = per_head or (torch.device(args.device).type == "cpu" and 13 * head_flops <= _grid.SMALL_STEP_FLOPS)
+    print(f"grid path: {'per-head matmuls (bit-exact)' if per_head else 'one shared GEMM for 13 heads'}; "
+          f"thread policy for grid AND plain loop: {'1 thread (tiny steps)' if tiny else f'{args.threads} threads'}")
+
+    kw = dict(iterations=steps, min_iterations=0, batch_size=args.batch_size, select_on="val", device=args.device,
+              normalize="none")
     t = time.perf_counter()
     probe = LinearProbe(**kw).fit(X, y, X_val=Xv, y_val=yv)
     t_grid = time.perf_counter() - t
     grid_accs = [h["val_top1"] for h in probe.heads_]
 
     t = time.perf_counter()
-    loop_accs = plain_loop(X, y, Xv, yv, DINOV3_LRS, args.batch_size, steps, 0, args.device)
+    with _grid.single_thread(tiny):  # the same thread policy as the grid
+        loop_accs = plain_loop(X, y, Xv, yv, DINOV3_LRS, args.batch_size, steps, 0, args.device)
     t_loop = time.perf_counter() - t
 
     print(f"\n{'method':<44}{'time (s)':>10}{'best val top-1':>16}")
@@ -110,7 +173,7 @@ def main():
 
         Cs = (1e-3, 1e-2, 1e-1, 1.0)
         t = time.perf_counter()
-        with threadpool_limits(None):
+        with threadpool_limits(args.threads):
             sk = [LogisticRegression(C=C, max_iter=300).fit(X, y).score(Xv, yv) * 100 for C in Cs]
         t_sk = time.perf_counter() - t
         print(f"{'sklearn LogisticRegression lbfgs (4 Cs)':<44}{t_sk:>10.2f}{max(sk):>16.2f}")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import GOLDEN
+from conftest import needs_golden as _needs_golden
 from svgfeat.errors import CheckpointError, ConfigError
 from svgfeat.models import dit as dit_mod
 from svgfeat.models.dit import (
@@ -29,8 +30,7 @@ from svgfeat.models.dit import test_dit_tiny as tiny_dit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
 
-needs_golden = pytest.mark.skipif(not (GOLDEN / "svg_dit_shared.pt").is_file(),
-                                  reason=f"golden fixtures not found at {GOLDEN}")
+needs_golden = _needs_golden("svg_dit_shared.pt")  # under CI=true a missing file fails
 
 
 @pytest.fixture(scope="module")

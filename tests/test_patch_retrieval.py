@@ -9,9 +9,6 @@ import svgfeat
 from svgfeat.errors import CacheError, ConfigError, DataError
 from svgfeat.heads.patch_retrieval import PatchIndex, PatchSource, load_any
 
-faiss = pytest.importorskip("faiss", reason="faiss-cpu is a default dependency; CI installs it")
-
-
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 

@@ -1,7 +1,5 @@
 """LinearProbe: grid of heads trained together (DINOv3 linear-probe protocol)."""
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -48,23 +46,20 @@ def test_separable_toy_reaches_100_percent_like_logreg():
     np.testing.assert_allclose(p.predict_proba(Xv).sum(1), 1.0, rtol=1e-5)
 
 
-def test_grid_equals_each_head_trained_alone_and_is_faster():
+@pytest.mark.parametrize("normalize", ["none", "zscore", "batchnorm"])
+def test_grid_equals_each_head_trained_alone(normalize):
+    """Bit for bit, whatever the normalisation (its statistics never depend on the heads). The speed of
+    the grid against separate runs is measured in benchmarks/bench_probe.py, not asserted here."""
     rng = np.random.default_rng(1)
     X = rng.normal(size=(370, 50)).astype(np.float32)  # odd sizes on purpose (alignment)
     y = rng.integers(0, 7, 370)
-    kw = dict(iterations=200, min_iterations=0, batch_size=64, random_state=3)
-    LinearProbe(**kw).fit(X, y)  # warm-up (first-call costs are not what is compared)
-    t = time.perf_counter()
+    kw = dict(iterations=60, min_iterations=0, batch_size=64, random_state=3, normalize=normalize)
     grid = LinearProbe(**kw).fit(X, y)
-    t_grid = time.perf_counter() - t
     assert len(grid.heads_) == 13 and [h["base_lr"] for h in grid.heads_] == list(DINOV3_LRS)
-    t = time.perf_counter()
-    for i, h in enumerate(grid.heads_):
-        alone = LinearProbe(lrs=[h["base_lr"]], **kw).fit(X, y)
+    for i in (0, 6, 12):
+        alone = LinearProbe(lrs=[grid.heads_[i]["base_lr"]], **kw).fit(X, y)
         assert torch.equal(alone.W_[0], grid.W_[i]) and torch.equal(alone.b_[0], grid.b_[i])
-        assert alone.heads_[0]["heldout_top1"] == h["heldout_top1"]
-    t_alone = time.perf_counter() - t
-    assert t_grid < t_alone, (t_grid, t_alone)  # ~2.4x here: one data pass / update for all heads
+        assert alone.heads_[0]["heldout_top1"] == grid.heads_[i]["heldout_top1"]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
@@ -157,9 +152,14 @@ def test_estimator_contract_and_errors():
     with pytest.raises(ConfigError, match="optimizer"):
         LinearProbe(optimizer="lbfgs").fit(np.zeros((4, 3)), [0, 1, 0, 1])
     X, y = blobs(n_per=20)
-    p = LinearProbe(iterations=30, min_iterations=0, standardize=True).fit(torch.from_numpy(X), torch.from_numpy(y))
-    logits = X @ p.coef_.T + p.intercept_  # standardisation folded into the sklearn-style coefficients
-    np.testing.assert_allclose(logits, p.decision_function(X), rtol=1e-4, atol=1e-4)
+    for norm in ("zscore", "batchnorm", "none"):
+        p = LinearProbe(iterations=30, min_iterations=0, normalize=norm).fit(torch.from_numpy(X), torch.from_numpy(y))
+        logits = X @ p.coef_.T + p.intercept_  # normalisation folded into the sklearn-style coefficients
+        np.testing.assert_allclose(logits, p.decision_function(X), rtol=1e-4, atol=1e-4)
+        assert p.report()["normalize"] == norm and p.report()["config"]["normalize"] == norm
+    assert LinearProbe().normalize == "zscore"  # the documented default
+    with pytest.raises(ConfigError, match="normalize must be one of"):
+        LinearProbe(normalize="l2").fit(X, y)
     with pytest.raises(ConfigError, match="fitted with 8"):
         p.predict(X[:, :3])
     labels = np.array(["cat", "dog", "eel"])[y]  # arbitrary label values
@@ -191,40 +191,39 @@ def test_feature_specs(digit_caches):
     torch.testing.assert_close(feature_matrix(f, features="latent").X, f.latent.mean((2, 3)))
 
 
-def test_probe_on_real_features_within_one_point_of_logreg(digit_caches):
-    """Sample digits through the encoder: best probe head vs best-C logistic regression, same split.
-
-    The lr grid extends DINOv3's upwards: 1,294 training images give ~800 epochs of 2 steps at batch
-    1024, where ImageNet's 0.1 ceiling (x4 batch scaling) still underfits.
-    """
-    tr, va = digit_caches
-    kw = dict(features="cls+pooled", standardize=True, lrs=[0.02, 0.05, 0.1, 0.2, 0.5])
-    p = LinearProbe(select_on="val", **kw).fit(tr, X_val=va)
-    probe_best = p.report()["best"]["top1"]
+def test_probe_within_one_point_of_sklearn_on_full_size_features(golden_digits):
+    """Sample digits through the full-size SVG encoder (golden random weights, 64 px): the z-scored probe
+    selected on val is within 1 point of scikit-learn's best-C logistic regression on the same
+    standardised features (also selected on val). Raw features (DINOv3) trail by ~5 points here; the
+    numbers for none / zscore / batchnorm are in benchmarks (bench_probe.py --golden)."""
+    tr, va = golden_digits
+    p = LinearProbe(features="cls+pooled", normalize="zscore", select_on="val", lrs=[0.005, 0.01, 0.02, 0.05])
+    probe_best = p.fit(tr, X_val=va).report()["best"]["top1"]
     X = feature_matrix(tr, features="cls+pooled").X
     Xv = feature_matrix(va, features="cls+pooled").X
     sc = StandardScaler().fit(X)
     with threadpool_limits(1):  # tiny problem: BLAS threads only add contention
         accs = [LogisticRegression(C=C, max_iter=3000).fit(sc.transform(X), tr.labels).score(sc.transform(Xv),
                                                                                              va.labels)
-                for C in (0.1, 1.0, 10.0, 100.0)]
+                for C in (0.01, 0.1, 1.0, 10.0, 100.0)]
     logreg_best = 100 * max(accs)
     assert probe_best > 80
     assert abs(probe_best - logreg_best) <= 1.0, (probe_best, logreg_best)
-    # the held-out protocol on the same data stays close and never looks at val
-    q = LinearProbe(**kw).fit(tr, X_val=va)
-    assert q.report()["best"]["top1"] > probe_best - 3
-    assert q.evaluate(va)["n"] == len(va)
+    assert p.evaluate(va)["n"] == len(va)
 
 
-@pytest.mark.parametrize("optimizer,wd", [("sgd", 0.0), ("sgd", 0.05), ("adamw", 0.05)])
-def test_matches_torch_optim_reference(optimizer, wd):
-    """The hand-written update equals nn.Linear + torch.optim.{SGD,AdamW} + CosineAnnealingLR."""
+@pytest.mark.parametrize("optimizer,wd,normalize", [("sgd", 0.0, "none"), ("sgd", 0.05, "none"), ("adamw", 0.05, "none"),
+                                                    ("sgd", 0.0, "batchnorm"), ("sgd", 0.0, "zscore")])
+def test_matches_torch_optim_reference(optimizer, wd, normalize):
+    """The hand-written update equals [BatchNorm1d(affine=False) |] nn.Linear + torch.optim.{SGD,AdamW} +
+    CosineAnnealingLR; z-score equals standardising the inputs first; BN's running stats match too."""
     X, y = blobs(n_per=25, k=4, d=6, sep=1.5)
+    X = X * np.arange(1, 7, dtype=np.float32) + 3.0  # unequal scales and an offset: normalisation matters
     steps, bs, lr = 30, 16, 0.05
     p = LinearProbe(lrs=[lr], weight_decays=[wd], optimizer=optimizer, iterations=steps, min_iterations=0,
-                    batch_size=bs, select_on="val").fit(X, y, X_val=X, y_val=y)
+                    batch_size=bs, select_on="val", normalize=normalize).fit(X, y, X_val=X, y_val=y)
     head = torch.nn.Linear(6, 4)
+    bn = torch.nn.BatchNorm1d(6, affine=False, eps=1e-6, momentum=0.1)
     with torch.no_grad():
         head.weight.copy_((torch.randn(6, 4, generator=torch.Generator().manual_seed(1)) * 0.01).t())
         head.bias.zero_()
@@ -234,12 +233,22 @@ def test_matches_torch_optim_reference(optimizer, wd):
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     order = _grid.BatchOrder(np.arange(len(y)), np.arange(len(y)), np.zeros(len(y), np.int64), 0)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    if normalize == "zscore":
+        Xt = (Xt - Xt.double().mean(0).float()) / Xt.double().std(0, unbiased=False).float()
     for rows in order.batches(steps, bs):
         idx = torch.from_numpy(rows)
-        loss = torch.nn.functional.cross_entropy(head(Xt[idx]), yt[idx])
+        xb = bn(Xt[idx]) if normalize == "batchnorm" else Xt[idx]
+        loss = torch.nn.functional.cross_entropy(head(xb), yt[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
     torch.testing.assert_close(p.W_[0], head.weight.detach().t(), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(p.b_[0], head.bias.detach(), rtol=1e-4, atol=1e-6)
+    if normalize == "batchnorm":  # eval mode uses the running statistics
+        torch.testing.assert_close(p.mean_, bn.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p.scale_, (bn.running_var + 1e-6).sqrt(), rtol=1e-5, atol=1e-6)
+        bn.eval()
+        with torch.no_grad():
+            ref = head(bn(torch.from_numpy(X))).numpy()
+        np.testing.assert_allclose(p.decision_function(X), ref, rtol=1e-4, atol=1e-5)

@@ -1,9 +1,9 @@
 """FaissIndex: exactness of Flat, ANN recall/speed, auto factory, save/load, provenance checks, fallbacks."""
 
 import sys
-import time
 import warnings
 
+import faiss  # noqa: E402  (a hard dependency)
 import numpy as np
 import pytest
 import torch
@@ -13,9 +13,6 @@ import svgfeat
 from svgfeat.errors import CacheError, ConfigError, DataError, MissingDependencyError
 from svgfeat.heads import index_factory as fac
 from svgfeat.heads.retrieval import FaissIndex, read_sidecar
-
-faiss = pytest.importorskip("faiss", reason="faiss-cpu is a default dependency; CI installs it")
-
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
@@ -49,32 +46,19 @@ def test_flat_equals_brute_force(small, metric):
     np.testing.assert_allclose(Dx, Dg, atol=1e-5, rtol=1e-5)
 
 
-def test_ann_recall_and_speed_on_100k_clustered_vectors():
+def test_ann_recall_on_100k_clustered_vectors():
     """100k x 64-d Gaussian-mixture data (500 clusters, spread 0.7), 1000 held-out queries; IVF (nlist=4*sqrt(n))
-    and HNSW32 (what factory='auto' picks here) at default search settings vs exact faiss Flat."""
+    and HNSW32 (what factory='auto' picks here) at default search settings vs exact faiss Flat. Their speed
+    against exact search is measured in benchmarks/bench_retrieval.py, not asserted here."""
     data = clustered(101_000, 64, seed=1)
     X, Q = data[:100_000], data[100_000:]
-    exact = FaissIndex("Flat").fit(X)
-
-    def once(index):
-        t = time.perf_counter()
-        out = index.search(Q, 10)[1]
-        return time.perf_counter() - t, out
-
-    I_exact = once(exact)[1]
+    I_exact = FaissIndex("Flat").fit(X).search(Q, 10)[1]
     for factory in (f"IVF{fac.default_nlist(100_000)},Flat", "auto"):
         idx = FaissIndex(factory).fit(X)
-        # interleaved timings, median of the pairwise ratios: robust to load from other processes
-        ratios = []
-        for _ in range(3):
-            t_exact, _ = once(exact)
-            t, nbr = once(idx)
-            ratios.append(t_exact / t)
+        nbr = idx.search(Q, 10)[1]
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(nbr, I_exact)])
         assert recall >= 0.95, (idx.factory_, recall)
         assert idx.recall_["recall"] >= 0.95 and idx.recall_["queries"] == 1000
-        print(f"{idx.factory_}: recall@10 {recall:.3f}, {np.median(ratios):.1f}x exact queries/s")
-        assert np.median(ratios) > 5, f"{idx.factory_}: only {sorted(ratios)}x faster than exact"
     assert idx.factory_ == "HNSW32" and idx.search_params() == {"efSearch": 64}
 
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import GOLDEN
+from conftest import GOLDEN, golden_path, has_golden, needs_golden
 from svgfeat.errors import ConfigError
 from svgfeat.generation.flow import flow_matching_loss, shift_t
 from svgfeat.generation.sampling import METHODS, guidance_at, parse_cfg_mode, sample, time_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
 
-HAVE_GOLDEN = (GOLDEN / "svg_dit_shared_ref.json").is_file()
+HAVE_GOLDEN = has_golden("svg_dit_shared_ref.json")
 RUNS = json.loads((GOLDEN / "svg_dit_shared_ref.json").read_text())["runs"] if HAVE_GOLDEN else {}
 
 
@@ -23,10 +23,10 @@ RUNS = json.loads((GOLDEN / "svg_dit_shared_ref.json").read_text())["runs"] if H
 def golden():
     from svgfeat.models.dit import load_dit
 
-    return load_dit(GOLDEN / "svg_dit_shared.pt"), np.load(GOLDEN / "svg_dit_shared_ref.npz")
+    return load_dit(golden_path("svg_dit_shared.pt")), np.load(golden_path("svg_dit_shared_ref.npz"))
 
 
-@pytest.mark.skipif(not HAVE_GOLDEN, reason=f"golden fixtures not found at {GOLDEN}")
+@needs_golden("svg_dit_shared_ref.json")  # under CI=true: runs, and golden_path fails on a missing file
 @pytest.mark.parametrize("name", sorted(RUNS) or ["none"])
 def test_golden_sampler_runs(golden, name):
     model, ref = golden

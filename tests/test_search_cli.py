@@ -3,13 +3,12 @@
 import json
 import re
 
+import faiss  # noqa: E402, F401  (a hard dependency)
 import pytest
 from _retrieval_helpers import chromium, photo_folder, run_chromium, tiny_cache
 from click.testing import CliRunner
 
 from svgfeat.cli import cli, main
-
-pytest.importorskip("faiss", reason="faiss-cpu is a default dependency; CI installs it")
 
 
 def run(*args):

@@ -8,13 +8,12 @@ import urllib.error
 import urllib.request
 import uuid
 
+import faiss  # noqa: E402, F401  (a hard dependency)
 import pytest
 from _retrieval_helpers import chromium, photo_folder, run_chromium, tiny_cache
 
 import svgfeat
 from svgfeat.errors import CacheError
-
-pytest.importorskip("faiss", reason="faiss-cpu is a default dependency; CI installs it")
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,14 @@
 
 import click
 
+from ..evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from ._common import encoder_options
 from ._types import LIMIT, POSITIVE, SIZE, WORKERS
 from .probe import probe_kwargs, probe_options
+
+_PROTOCOL_HELP = ("Named protocol fixing transforms, train views, probe grid/schedule/normalisation/selection and "
+                  "kNN settings; any option given below that differs is recorded as a deviation. "
+                  + " ".join(f"{n}: {p.summary}." for n, p in PROTOCOLS.items()))
 
 
 @click.group("eval")
@@ -16,54 +21,67 @@ def eval_group():
 @click.option("--root", required=True,
               help="ImageNet root (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG or flat val/ + --val-labels) "
                    "or 'sample' for the embedded digits.")
+@click.option("--protocol", default=DEFAULT_PROTOCOL, show_default=True, type=click.Choice(sorted(PROTOCOLS)),
+              help=_PROTOCOL_HELP)
 @encoder_options
 @click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False),
-              help="Output folder: cache/train, cache/val, results.json, results.md, lr_curve.png.")
+              help="Output folder: cache/train, cache/val (cache/train_eval for kNN when train views are "
+                   "augmented), results.json, results.md, lr_curve.png.")
 @click.option("--val-labels", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Label file for a flat val/ folder ('filename wnid' per line).")
-@click.option("--size", default=256, show_default=True, type=SIZE, help="Input size (multiple of 16).")
-@click.option("--preset", default="svg", show_default=True,
-              type=click.Choice(["svg", "center-crop", "resize", "none"]),
-              help="Image transform (svg: ADM centre crop at --size; center-crop: DINOv3 eval resize+crop).")
+@click.option("--size", default=None, type=SIZE,
+              help="Input size of train and val (multiple of 16) [default: the protocol's: 224 dinov3/svg, 256 svgfeat].")
+@click.option("--preset", default=None, type=click.Choice(["svg", "center-crop", "resize", "none", "rrc"]),
+              help="Image transform of train AND val [default: the protocol's: dinov3/svg rrc train + "
+                   "center-crop (256 -> 224) val; svgfeat svg (ADM centre crop)].")
 @click.option("--batch-size", default=64, show_default=True, type=POSITIVE, help="Extraction batch size.")
 @click.option("--workers", default=0, show_default=True, type=WORKERS, help="DataLoader workers for extraction.")
-@click.option("--train-views", default=1, show_default=True, type=POSITIVE,
-              help="Cached views per training image (>1: flip / random crops; the probe samples one per epoch).")
+@click.option("--train-views", default=None, type=POSITIVE,
+              help="Cached views per training image (the probe samples one per epoch) [default: the protocol's: "
+                   "dinov3/svg 10 random-resized crops, svgfeat 1].")
 @click.option("--limit", default=None, type=LIMIT, help="Only the first N images of each split (quick tries).")
-@click.option("--features", default="cls+pooled,latent", show_default=True,
-              help="Comma-separated feature specs; the first is the headline (DINOv3: cls+pooled).")
-@click.option("--probe-batch-size", default=1024, show_default=True, type=POSITIVE)
-@probe_options
+@click.option("--features", default=None,
+              help="Comma-separated probe feature specs; the first is the headline [default: the protocol's: "
+                   "dinov3 cls+pooled, svg latent, svgfeat cls+pooled,latent].")
+@click.option("--probe-batch-size", default=None, type=POSITIVE, help="Probe batch size [default: the protocol's: 1024].")
+@probe_options(from_protocol=True)
 @click.option("--no-knn", is_flag=True, help="Skip the kNN evaluation.")
-@click.option("-k", "ks", default="10,20,100,200", show_default=True, help="kNN neighbour counts.")
-@click.option("-T", "--temperature", default=0.07, show_default=True, type=float)
-def imagenet(root, dinov3, svg, svg_config, model, alignment, device, out, val_labels, size, preset, batch_size,
-             workers, train_views, limit, features, probe_batch_size, epochs, iterations, min_iterations, lrs,
-             optimizer, wd, select_on, heldout_fraction, standardize, seed, no_knn, ks, temperature):
-    """Linear probe + kNN on ImageNet-1K (or the embedded sample) with the DINOv3 protocol."""
+@click.option("--knn-features", default=None,
+              help="kNN feature spec [default: the protocol's: cls for dinov3/svgfeat, latent for svg].")
+@click.option("-k", "ks", default=None, help="kNN neighbour counts [default: the protocol's: 10,20,100,200].")
+@click.option("-T", "--temperature", default=None, type=float, help="kNN temperature [default: the protocol's: 0.07].")
+def imagenet(root, protocol, dinov3, svg, svg_config, model, alignment, device, out, val_labels, size, preset,
+             batch_size, workers, train_views, limit, features, probe_batch_size, epochs, iterations, min_iterations,
+             lrs, optimizer, wd, select_on, heldout_fraction, normalize, standardize, seed, no_knn, knn_features, ks,
+             temperature):
+    """Linear probe + kNN on ImageNet-1K (or the embedded sample) under a named protocol."""
     from ..errors import ConfigError
     from ..evaluation.imagenet import run_imagenet_eval
 
     kw = probe_kwargs(epochs, iterations, min_iterations, lrs, optimizer, wd, select_on, heldout_fraction,
-                      standardize, seed)
+                      normalize, standardize, seed)
     kw["batch_size"] = probe_batch_size
-    try:
-        k = [int(v) for v in ks.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"-k: expected comma-separated integers, got {ks!r}") from None
-    specs = [s.strip() for s in features.split(",") if s.strip()]
-    res = run_imagenet_eval(root, out, dinov3=dinov3, svg=svg, svg_config=svg_config, model=model,
+    k = None
+    if ks is not None:
+        try:
+            k = [int(v) for v in ks.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"-k: expected comma-separated integers, got {ks!r}") from None
+    specs = None if features is None else [s.strip() for s in features.split(",") if s.strip()]
+    res = run_imagenet_eval(root, out, protocol=protocol, dinov3=dinov3, svg=svg, svg_config=svg_config, model=model,
                             alignment=alignment, size=size, preset=preset, batch_size=batch_size, workers=workers,
-                            train_views=train_views, device=device, features=specs, val_labels=val_labels,
-                            limit=limit, probe_kwargs=kw, knn=not no_knn, knn_k=k, temperature=temperature)
+                            train_views=train_views, device=device, features=specs, knn_features=knn_features,
+                            val_labels=val_labels, limit=limit, probe_kwargs=kw, knn=not no_knn, knn_k=k,
+                            temperature=temperature)
+    click.echo(f"protocol {res['protocol']}: {len(res['deviations'])} deviation(s) (see results.md)")
     for spec, r in res["features"].items():
         b = r["probe"]["best"]
-        line = f"{spec:>12}: linear top-1 {b['top1']:.2f}% top-5 {b['top5']:.2f}% ({b['head']})"
-        if r.get("knn"):
-            kb = r["knn"]["k"].get("20") or r["knn"]["best"]
-            line += f" | kNN k=20 top-1 {kb['top1']:.2f}%"
-        click.echo(line)
-    click.echo(f"selection: {res['note']}")
+        click.echo(f"{spec:>12}: linear top-1 {b['top1']:.2f}% top-5 {b['top5']:.2f}% ({b['head']})")
+    if res.get("knn"):
+        kn = res["knn"]
+        kb = kn["k"].get("20") or kn["best"]
+        click.echo(f"{'kNN ' + kn['features']:>12}: top-1 {kb['top1']:.2f}% (k={20 if '20' in kn['k'] else kn['best']['k']})")
+    click.echo(f"selection: {res['note']}; features: {res['normalize']}")
     click.echo(f"-> {out}/results.json, results.md, lr_curve.png")
     if res.get("notice"):
         click.echo(f"NOTE: {res['notice']}")

@@ -14,7 +14,8 @@ from ._types import DEVICE
               help="Training feature cache (the neighbours).")
 @click.option("--val", "val", required=True, type=click.Path(exists=True, file_okay=False),
               help="Validation feature cache (the queries).")
-@click.option("--features", default="cls+pooled", show_default=True, help="Feature spec (see `svgfeat probe`).")
+@click.option("--features", default="cls", show_default=True,
+              help="Feature spec (see `svgfeat probe`); DINO's kNN protocol uses the CLS token.")
 @click.option("-k", "ks", default="10,20,100,200", show_default=True, help="Comma-separated neighbour counts.")
 @click.option("-T", "--temperature", default=0.07, show_default=True, type=float, help="Vote weight exp(sim/T).")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "faiss", "torch"]))

@@ -22,34 +22,60 @@ def parse_floats(text, name: str):
     return vals
 
 
-def probe_options(f):
-    """Probe hyper-parameter options shared by `probe` and `eval imagenet`."""
-    opts = [
-        click.option("--epochs", default=10, show_default=True, type=int, help="Epochs over the train set."),
+NORMALIZE_HELP = ("Feature normalisation before the linear heads: zscore (train mean/std), none (raw features, "
+                  "DINOv3) or batchnorm (BatchNorm without affine, MAE; running stats at eval).")
+
+
+def _probe_option_list(from_protocol: bool):
+    """Probe hyper-parameter options. from_protocol: every default is None (= the --protocol's value,
+    so that `eval imagenet` can record overrides as deviations)."""
+    def d(value):
+        return dict(default=None) if from_protocol else dict(default=value, show_default=True)
+
+    tail = " [default: the protocol's]" if from_protocol else ""
+    return [
+        click.option("--epochs", type=int, help="Epochs over the train set." + tail, **d(10)),
         click.option("--iterations", default=None, type=int,
-                     help="Total SGD steps (overrides --epochs; DINOv3: 12500 at batch 1024)."),
-        click.option("--min-iterations", default=1000, show_default=True, type=int,
-                     help="Train at least this many steps (small datasets)."),
+                     help="Total SGD steps (overrides --epochs; DINOv3: 12500 at batch 1024)." + tail),
+        click.option("--min-iterations", type=int, help="Train at least this many steps (small datasets)." + tail,
+                     **d(1000)),
         click.option("--lrs", default=None,
                      help="Comma-separated base learning rates (default DINOv3's 13: 1e-5..0.1), scaled by batch/256."),
-        click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"])),
-        click.option("--wd", "wd", default="0", show_default=True, help="Comma-separated weight-decay grid."),
-        click.option("--select-on", default="heldout", show_default=True, type=click.Choice(["heldout", "val"]),
-                     help="Pick the best head on a held-out split of train (unbiased) or on val (DINOv3 protocol)."),
-        click.option("--heldout-fraction", default=0.1, show_default=True, type=float),
-        click.option("--standardize", is_flag=True, help="Z-score features with train statistics."),
-        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="Optimizer." + tail, **d("sgd")),
+        click.option("--wd", "wd", help="Comma-separated weight-decay grid." + tail, **d("0")),
+        click.option("--select-on", type=click.Choice(["heldout", "val"]),
+                     help="Pick the best head on a held-out split of train (unbiased) or on val (DINOv3 protocol)."
+                          + tail, **d("heldout")),
+        click.option("--heldout-fraction", type=float, help="Share of train held out for selection." + tail,
+                     **d(0.1)),
+        click.option("--normalize", type=click.Choice(["zscore", "none", "batchnorm"]),
+                     help=NORMALIZE_HELP + (" [default: the protocol's: svgfeat zscore, dinov3/svg none]"
+                                            if from_protocol else ""), **d("zscore")),
+        click.option("--standardize", is_flag=True, hidden=True, help="Alias of --normalize zscore."),
+        click.option("--seed", type=int, help="Seed of the split, batch order and crops.", **d(0)),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
 
 
-def probe_kwargs(epochs, iterations, min_iterations, lrs, optimizer, wd, select_on, heldout_fraction, standardize,
-                 seed) -> dict:
+def probe_options(f=None, *, from_protocol: bool = False):
+    """Decorator adding the probe options shared by `probe` and `eval imagenet`."""
+    def deco(fn):
+        for o in reversed(_probe_option_list(from_protocol)):
+            fn = o(fn)
+        return fn
+
+    return deco(f) if f is not None else deco
+
+
+def probe_kwargs(epochs, iterations, min_iterations, lrs, optimizer, wd, select_on, heldout_fraction, normalize,
+                 standardize, seed) -> dict:
+    """LinearProbe keyword arguments from the CLI values (None values stay None = protocol default)."""
+    if standardize:
+        if normalize not in (None, "zscore"):
+            raise ConfigError(f"--standardize means --normalize zscore, but --normalize {normalize} was given")
+        normalize = "zscore"
     return dict(epochs=epochs, iterations=iterations, min_iterations=min_iterations, lrs=parse_floats(lrs, "--lrs"),
                 optimizer=optimizer, weight_decays=parse_floats(wd, "--wd"), select_on=select_on,
-                heldout_fraction=heldout_fraction, standardize=standardize, random_state=seed)
+                heldout_fraction=heldout_fraction, normalize=normalize, random_state=seed)
 
 
 @click.command()
@@ -64,7 +90,7 @@ def probe_kwargs(epochs, iterations, min_iterations, lrs, optimizer, wd, select_
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device, e.g. cpu or cuda:0.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Results JSON.")
 def probe(train, val, features, batch_size, epochs, iterations, min_iterations, lrs, optimizer, wd, select_on,
-          heldout_fraction, standardize, seed, device, out):
+          heldout_fraction, normalize, standardize, seed, device, out):
     """Train a grid of linear heads (one per lr x wd) on cached features and report top-1/top-5."""
     import numpy as np
 
@@ -73,7 +99,7 @@ def probe(train, val, features, batch_size, epochs, iterations, min_iterations, 
     from ..heads.probe import LinearProbe
 
     kw = probe_kwargs(epochs, iterations, min_iterations, lrs, optimizer, wd, select_on, heldout_fraction,
-                      standardize, seed)
+                      normalize, standardize, seed)
     if select_on == "val" and val is None:
         raise ConfigError("--select-on val needs --val CACHE")
     tr = open_cache(train)
@@ -93,4 +119,4 @@ def probe(train, val, features, batch_size, epochs, iterations, min_iterations, 
     write_output(out, json.dumps(rep, indent=2))
     b = rep["best"]
     click.echo(f"best head {b['head']}: top-1 {b['top1']:.2f}%  top-5 {b['top5']:.2f}% on {b['split']} "
-               f"(selected on {rep['selection']}) -> {out}")
+               f"(selected on {rep['selection']}; features {rep['normalize']}) -> {out}")

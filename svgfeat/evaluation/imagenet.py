@@ -1,5 +1,11 @@
 """``svgfeat eval imagenet``: extract (or reuse) train/val caches, run the linear probe and kNN, report.
 
+The protocol (``protocol="dinov3" | "svg" | "svgfeat"``, :mod:`svgfeat.evaluation.protocols`) fixes the
+transforms, train views, probe and kNN settings; overrides are recorded as deviations. The kNN runs on
+its own features (the protocol's ``knn_features``, CLS for dinov3/svgfeat), with the train images through
+the val (eval) transform: when the train cache holds augmented views, a third cache
+``OUT/cache/train_eval`` holds them.
+
 Layout of ``root``: ``ROOT/train/<wnid>/*.JPEG`` and ``ROOT/val/<wnid>/*.JPEG`` (or a flat ``ROOT/val``
 plus a ``filename wnid`` label file given as ``val_labels``). ``root="sample"`` uses the embedded digits
 (train = ``sample:digits/train``, val = ``sample:digits/val``). Caches go to ``OUT/cache/train`` and
@@ -17,9 +23,9 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..heads._features import aligned_labels, eval_rows, feature_matrix, groups_for_spec, parse_spec
+from .protocols import DEFAULT_PROTOCOL, deviation, resolve
 from .report import markdown_report, plot_lr_curve
 
-DEFAULT_FEATURES = ("cls+pooled", "latent")
 DEFAULT_RANDOM_MODEL = "random_svg_vits16plus"  # root="sample" without weights: full SVG-S+ architecture, seeded
 RANDOM_NOTICE = ("weights are RANDOM ({model}, fixed seed): these numbers only show that the pipeline works; "
                  "add --pretrained for the released weights (or pass --dinov3/--svg)")
@@ -59,22 +65,41 @@ def extraction_groups(features, depth: int | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def run_imagenet_eval(root, out, *, dinov3=None, svg=None, svg_config=None, model=None, alignment="batch",
-                      size: int = 256, preset: str = "svg", batch_size: int = 64, workers: int = 0,
-                      train_views: int = 1, device="cpu", features=DEFAULT_FEATURES, val_labels=None,
-                      limit: int | None = None, probe_kwargs: dict | None = None, knn: bool = True,
-                      knn_k=(10, 20, 100, 200), temperature: float = 0.07, progress: bool = True) -> dict:
-    """Run the whole evaluation; returns the results dict also written to ``out/results.json``."""
+def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=None, svg=None, svg_config=None,
+                      model=None, alignment="batch", size: int | None = None, preset: str | None = None,
+                      batch_size: int = 64, workers: int = 0, train_views: int | None = None, device="cpu",
+                      features=None, knn_features: str | None = None, val_labels=None, limit: int | None = None,
+                      probe_kwargs: dict | None = None, knn: bool = True, knn_k=None, temperature: float | None = None,
+                      progress: bool = True) -> dict:
+    """Run the whole evaluation under a named protocol (see :mod:`svgfeat.evaluation.protocols`);
+    returns the results dict also written to ``out/results.json``.
+
+    Every argument left at None takes the protocol's value; any other value that differs from the
+    protocol is listed in ``results["deviations"]``. ``size`` / ``preset`` override both the train and
+    the val transform. ``probe_kwargs``: LinearProbe settings (lrs, weight_decays, optimizer, batch_size,
+    iterations, epochs, min_iterations, schedule, normalize, select_on, heldout_fraction, random_state).
+    """
     from .. import extract
     from ..cache import check_compatible
     from ..heads.knn import KNNClassifier
     from ..heads.probe import LinearProbe
 
     out = Path(out)
-    features = [features] if isinstance(features, str) else list(features)
-    if not features:
+    pk = dict(probe_kwargs or {})
+    if "batch_size" in pk:
+        pk["probe_batch_size"] = pk.pop("batch_size")
+    seed = int(pk.pop("random_state", 0) or 0)
+    progress_probe = pk.pop("progress", progress)
+    pk.pop("device", None)
+    features = [features] if isinstance(features, str) else (None if features is None else list(features))
+    if features is not None and not features:
         raise ConfigError("no feature specs given (e.g. --features cls+pooled,latent)")
-    for spec in features:
+    proto, st, deviations = resolve(
+        protocol, train_preset=preset, val_preset=preset, train_size=size, val_size=size, train_views=train_views,
+        features=features, knn_features=knn_features, knn_k=None if knn_k is None else tuple(int(k) for k in knn_k),
+        temperature=temperature, **{k: pk.get(k) for k in PROBE_SETTINGS})
+    features = list(st["features"])
+    for spec in features + [st["knn_features"]]:
         parse_spec(spec)
     if dinov3 is None and svg is None and model is None:
         if str(root) != "sample":
@@ -86,63 +111,98 @@ def run_imagenet_eval(root, out, *, dinov3=None, svg=None, svg_config=None, mode
         notice = RANDOM_NOTICE.format(model=model)
         if progress:
             print(f"note: {notice}")
+    deviations += data_deviations(root, limit, dinov3, svg, model, needs_svg=proto.name != "dinov3")
     timings: dict[str, float] = {}
     t = time.time()
     train_data, val_data = resolve_datasets(root, val_labels)
     depth = None
-    if any(tm.startswith("last") for s in features for tm in parse_spec(s)):
+    if any(tm.startswith("last") for s in features + [st["knn_features"]] for tm in parse_spec(s)):
         from ..models.svg import load_encoder
 
         depth = load_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model).backbone.depth
-    groups = extraction_groups(features, depth)
+    groups = extraction_groups(features + [st["knn_features"]], depth)
     common = dict(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, alignment=alignment,
-                  groups=groups, size=size, preset=preset, batch_size=batch_size, workers=workers,
-                  device=device, limit=limit, progress=progress)
-    train_cache = extract(train_data, out / "cache" / "train", views=train_views, **common)
+                  groups=groups, batch_size=batch_size, workers=workers, device=device, limit=limit,
+                  progress=progress, protocol=proto.name)
+    train_cache = extract(train_data, out / "cache" / "train", views=int(st["train_views"]), view_seed=seed,
+                          preset=st["train_preset"], size=int(st["train_size"]), **common)
     timings["extract_train"] = time.time() - t
     t = time.time()
-    val_cache = extract(val_data, out / "cache" / "val", views=1, **common)
+    val_cache = extract(val_data, out / "cache" / "val", views=1, preset=st["val_preset"], size=int(st["val_size"]),
+                        **common)
     timings["extract_val"] = time.time() - t
     check_compatible(train_cache.encoder_spec, val_cache.encoder_spec, what="train/val cache encoder")
+    # kNN neighbours: the train images through the *eval* transform, one view (DINO's kNN protocol); a
+    # deterministic train preset equal to val's already holds it as view 0 (the rows kNN uses)
+    same = (st["train_preset"], st["train_size"]) == (st["val_preset"], st["val_size"]) and st["train_preset"] != "rrc"
+    if same:
+        knn_cache = train_cache
+    elif knn:
+        t = time.time()
+        knn_cache = extract(train_data, out / "cache" / "train_eval", views=1, preset=st["val_preset"],
+                            size=int(st["val_size"]), **common)
+        timings["extract_train_eval"] = time.time() - t
     y_val_all = aligned_labels(train_cache, val_cache)
     labelled = np.flatnonzero(y_val_all != -1)
     if len(labelled) == 0:
         raise DataError(f"the val set {val_cache.root} has no labels")
+    yv = y_val_all[labelled]
 
+    probe_kw = dict(lrs=st["lrs"], weight_decays=st["weight_decays"], optimizer=st["optimizer"],
+                    batch_size=int(st["probe_batch_size"]), iterations=st["iterations"], epochs=int(st["epochs"]),
+                    min_iterations=int(st["min_iterations"] or 0), schedule=st["schedule"],
+                    normalize=st["normalize"], select_on=st["select_on"], heldout_fraction=st["heldout_fraction"],
+                    random_state=seed, device=device, progress=progress_probe)
     per_spec: dict[str, dict] = {}
     for spec in features:
         t = time.time()
         tr = feature_matrix(train_cache, features=spec, progress=progress)
         va = feature_matrix(val_cache, features=spec, rows=labelled, progress=progress)
-        yv = y_val_all[labelled]
-        kw = dict(probe_kwargs or {})
-        kw.setdefault("device", device)
-        probe = LinearProbe(features=spec, progress=progress, **kw)
+        probe = LinearProbe(features=spec, **probe_kw)
         probe.fit(tr.X, tr.y, sample_ids=tr.sample_ids, view_ids=tr.view_ids, X_val=va.X, y_val=yv)
         rep = probe.report()
         rep["config"]["feature_groups"] = tr.groups
-        entry = {"probe": rep}
+        per_spec[spec] = {"probe": rep}
         timings[f"probe[{spec}]"] = time.time() - t
-        if knn:
-            t = time.time()
-            rows = eval_rows(tr.sample_ids, tr.view_ids)
-            kc = KNNClassifier(k=knn_k, temperature=temperature, features=spec, device=device, progress=progress)
-            entry["knn"] = kc.fit(tr.X[rows], tr.y[rows]).evaluate(va.X, yv)
-            timings[f"knn[{spec}]"] = time.time() - t
-        per_spec[spec] = entry
+    deviations += run_deviations(st, per_spec[features[0]]["probe"])
+
+    knn_res = None
+    if knn:
+        t = time.time()
+        spec = st["knn_features"]
+        ytr = aligned_labels(train_cache, knn_cache) if knn_cache is not train_cache else train_cache.labels
+        trk = feature_matrix(knn_cache, features=spec, progress=progress)
+        rows = eval_rows(trk.sample_ids, trk.view_ids)
+        vak = feature_matrix(val_cache, features=spec, rows=labelled, progress=progress)
+        kc = KNNClassifier(k=st["knn_k"], temperature=float(st["temperature"]), features=spec, device=device,
+                           progress=progress)
+        knn_res = {"features": spec, "train_cache": str(knn_cache.root),
+                   "train_transform": st["val_preset"] if not same else st["train_preset"],
+                   **kc.fit(trk.X[rows], np.asarray(ytr)[rows]).evaluate(vak.X, yv)}
+        if list(kc.ks_) != sorted(int(k) for k in st["knn_k"]):
+            deviations.append(deviation("knn_k_used", sorted(int(k) for k in st["knn_k"]), list(kc.ks_),
+                                        "k clipped to the number of training images"))
+        timings[f"knn[{spec}]"] = time.time() - t
 
     primary = per_spec[features[0]]["probe"]
     enc = {k: v for k, v in train_cache.encoder_spec.items() if k != "fixed_stats"}
     results = {
         "task": "imagenet" if str(root) != "sample" else "imagenet-protocol on sample:digits",
+        "protocol": proto.name, "protocol_summary": proto.summary, "protocol_source": proto.source,
+        "protocol_settings": _jsonable(proto.settings), "settings": _jsonable(st),
+        "deviations": _jsonable(deviations), "unknown": list(proto.unknown), "inherent": list(proto.inherent),
+        "reference_numbers": proto.reference_numbers,
         "root": str(root),
         "train": {"data": str(getattr(train_data, "spec", train_data)), "rows": len(train_cache),
-                  "cache": str(train_cache.root), "classes": len(train_cache.classes)},
+                  "views": int(train_cache.manifest.get("views", 1)), "view_seed": train_cache.manifest.get("view_seed"),
+                  "cache": str(train_cache.root), "classes": len(train_cache.classes),
+                  "transform": train_cache.transform},
         "val": {"data": str(getattr(val_data, "spec", val_data)), "rows": len(val_cache),
-                "evaluated": int(len(labelled)), "cache": str(val_cache.root)},
-        "encoder": enc, "transform": train_cache.transform, "primary_features": features[0],
+                "evaluated": int(len(labelled)), "cache": str(val_cache.root), "transform": val_cache.transform},
+        "encoder": enc, "transform": val_cache.transform, "primary_features": features[0],
+        "normalize": primary["normalize"], "normalize_note": primary["normalize_note"],
         "best": primary["best"], "selection": primary["selection"], "note": primary["note"],
-        "heads": primary["heads"], "features": per_spec, "timings": timings,
+        "heads": primary["heads"], "features": per_spec, "knn": knn_res, "timings": timings,
         "weights": "random" if notice else "loaded", **({"notice": notice} if notice else {}),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -153,6 +213,45 @@ def run_imagenet_eval(root, out, *, dinov3=None, svg=None, svg_config=None, mode
     (out / "results.md").write_text(md)
     plot_lr_curve(lr_series(per_spec), out / "lr_curve.png")
     return results
+
+
+PROBE_SETTINGS = ("lrs", "weight_decays", "optimizer", "probe_batch_size", "iterations", "epochs", "min_iterations",
+                  "schedule", "normalize", "select_on", "heldout_fraction")
+
+
+def data_deviations(root, limit, dinov3, svg, model, needs_svg: bool = True) -> list[dict]:
+    """Deviations of the data and weights from any ImageNet-1K protocol (``needs_svg``: the protocol's
+    features include the trained SVG residual encoder)."""
+    out = []
+    if str(root) == "sample":
+        out.append(deviation("data", "ImageNet-1K (1.28M train / 50k val)", "sample:digits",
+                             "embedded 8x8 digits upscaled: a smoke test of the protocol, not an ImageNet number"))
+    if limit is not None:
+        out.append(deviation("limit", None, int(limit), "only the first N images of each split"))
+    want = "DINOv3 ViT-S/16+ LVD-1689M" + (" + trained SVG residual encoder" if needs_svg else "")
+    if dinov3 is None:
+        out.append(deviation("weights", want, f"random weights ({model})", "accuracies are meaningless"))
+    elif svg is None and needs_svg:
+        out.append(deviation("weights", "trained SVG residual encoder", "DINOv3 only (no --svg)"))
+    return out
+
+
+def run_deviations(st: dict, probe_report: dict) -> list[dict]:
+    """Deviations that only show once the probe ran (batch clamped to the data, step count)."""
+    cfg = probe_report["config"]
+    out = []
+    if cfg["batch_size_used"] != int(st["probe_batch_size"]):
+        out.append(deviation("probe_batch_size_used", int(st["probe_batch_size"]), cfg["batch_size_used"],
+                             "clamped to the number of training images"))
+    return out
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {k: _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    return o
 
 
 def lr_series(per_spec: dict) -> dict:

@@ -19,25 +19,57 @@ def _fmt(v, nd=2) -> str:
     return "–" if v is None else f"{v:.{nd}f}"
 
 
+def _knn_line(knn: dict | None) -> str:
+    if not knn:
+        return "–"
+    k20 = knn.get("k", {}).get("20")
+    kb = knn.get("best")
+    parts = [f"k=20 {_fmt(k20['top1'])}" if k20 else None, f"best {_fmt(kb['top1'])} (k={kb['k']})" if kb else None]
+    return " · ".join(p for p in parts if p)
+
+
 def markdown_report(results: dict) -> str:
     """Markdown summary of an ``eval imagenet`` results dict (see :mod:`svgfeat.evaluation.imagenet`)."""
     lines = [f"# svgfeat evaluation: {results.get('task', 'classification')}", ""]
     enc = results.get("encoder", {})
-    lines += [f"- data: train `{results.get('train', {}).get('data')}` ({results.get('train', {}).get('rows')} rows), "
-              f"val `{results.get('val', {}).get('data')}` ({results.get('val', {}).get('rows')} rows)",
-              f"- encoder: `{enc.get('model')}` (alignment {enc.get('alignment')}), input "
-              f"{results.get('transform', {}).get('preset')} {results.get('transform', {}).get('size')} px",
-              f"- selection: {results.get('note', results.get('selection'))}", ""]
-    lines += ["## Summary (val accuracy, %)", "",
-              "| features | dim | linear top-1 | linear top-5 | best head | kNN k=20 top-1 | kNN best (k) |",
-              "|---|---:|---:|---:|---|---:|---:|"]
+    tr, va = results.get("train", {}), results.get("val", {})
+    ttf, vtf = tr.get("transform") or {}, va.get("transform") or results.get("transform") or {}
+    if results.get("protocol"):
+        lines += [f"**Protocol: `{results['protocol']}`** -- {results.get('protocol_summary', '')}", "",
+                  f"- source: {results.get('protocol_source', '')}"]
+    lines += [f"- data: train `{tr.get('data')}` ({tr.get('rows')} rows, {tr.get('views', 1)} view(s) per image, "
+              f"transform {ttf.get('preset')} {ttf.get('size')} px), val `{va.get('data')}` ({va.get('rows')} rows, "
+              f"transform {vtf.get('preset')} {vtf.get('size')} px)",
+              f"- encoder: `{enc.get('model')}` (alignment {enc.get('alignment')})",
+              f"- probe features: {results.get('normalize', '?')} -- {results.get('normalize_note', '')}",
+              f"- selection: {results.get('note', results.get('selection'))}"]
+    knn = results.get("knn")
+    if knn:
+        lines.append(f"- kNN: features `{knn.get('features')}`, T={knn.get('temperature')}, "
+                     f"k={','.join(knn.get('k', {}))}, train neighbours through `{knn.get('train_transform')}`")
+    devs = results.get("deviations")
+    if devs is not None:
+        lines += ["", "## Deviations from the protocol", ""]
+        if not devs:
+            lines.append("None.")
+        for d in devs:
+            note = f" ({d['note']})" if d.get("note") else ""
+            lines.append(f"- `{d['setting']}`: protocol {d['protocol']!s}, used {d['used']!s}{note}")
+        for x in results.get("inherent", []):
+            lines.append(f"- inherent to a cached protocol: {x}")
+    if results.get("unknown"):
+        lines += ["", "## Not documented by the protocol's source (our reading)", ""]
+        lines += [f"- {u}" for u in results["unknown"]]
+    if results.get("reference_numbers"):
+        lines += ["", "Published numbers: " + "; ".join(f"{k}: {v}" for k, v in results["reference_numbers"].items())]
+    lines += ["", "## Summary (val accuracy, %)", "",
+              "| features | dim | linear top-1 | linear top-5 | best head |", "|---|---:|---:|---:|---|"]
     for spec, r in results.get("features", {}).items():
         pb = r["probe"]["best"]
-        knn = r.get("knn") or {}
-        k20 = knn.get("k", {}).get("20", {}).get("top1")
-        kb = knn.get("best")
         lines.append(f"| `{spec}` | {r['probe']['config']['n_features']} | {_fmt(pb['top1'])} | {_fmt(pb['top5'])} | "
-                     f"{pb['head']} | {_fmt(k20)} | " + (f"{_fmt(kb['top1'])} ({kb['k']})" if kb else "–") + " |")
+                     f"{pb['head']} |")
+    if knn:
+        lines.append(f"\nkNN on `{knn.get('features')}`: {_knn_line(knn)}")
     for spec, r in results.get("features", {}).items():
         lines += ["", f"## Linear probe heads: `{spec}`", "",
                   "| head | lr (scaled) | held-out top-1 | val top-1 | val top-5 |", "|---|---:|---:|---:|---:|"]
@@ -46,11 +78,11 @@ def markdown_report(results: dict) -> str:
             mark = " **←**" if h["name"] == best else ""
             lines.append(f"| {h['name']}{mark} | {h['lr']:.3g} | {_fmt(h.get('heldout_top1'))} | "
                          f"{_fmt(h.get('val_top1'))} | {_fmt(h.get('val_top5'))} |")
-        if r.get("knn"):
-            lines += ["", f"### kNN (T={r['knn']['temperature']}, {r['knn']['backend']})", "",
-                      "| k | top-1 | top-5 |", "|---:|---:|---:|"]
-            for k, v in r["knn"]["k"].items():
-                lines.append(f"| {k} | {_fmt(v['top1'])} | {_fmt(v['top5'])} |")
+    if knn:
+        lines += ["", f"## kNN (features `{knn.get('features')}`, T={knn['temperature']}, {knn['backend']})", "",
+                  "| k | top-1 | top-5 |", "|---:|---:|---:|"]
+        for k, v in knn["k"].items():
+            lines.append(f"| {k} | {_fmt(v['top1'])} | {_fmt(v['top5'])} |")
     t = results.get("timings")
     if t:
         lines += ["", "## Timings (s)", "", " · ".join(f"{k} {v:.1f}" for k, v in t.items())]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import CacheError, ConfigError
+from ._base import is_cache  # one home for the cache check
 
 BASE_GROUPS = ("cls", "pooled", "registers", "latent", "dino", "residual")
 _LAYER_RE = re.compile(r"^(cls|pooled|dino)_l(\d+)$")
@@ -127,10 +128,6 @@ def _reduce(a):
     if a.ndim == 4:
         return a.mean((2, 3)) if isinstance(a, np.ndarray) else a.mean(dim=(2, 3))
     raise ConfigError(f"cannot pool a feature group of shape {tuple(a.shape)}; expected 2-D, 3-D or 4-D")
-
-
-def is_cache(obj) -> bool:
-    return all(hasattr(obj, a) for a in ("read", "groups", "labels", "iter_batches"))
 
 
 def _is_svgfeatures(obj) -> bool:

@@ -202,6 +202,69 @@ class GridHeads:
             P.sub_((lr / (1 - b1 ** self.t)) * m / denom)
 
 
+NORMALIZATIONS = ("none", "zscore", "batchnorm")
+BN_MOMENTUM, BN_EPS = 0.1, 1e-6  # torch BatchNorm1d momentum; MAE's eps
+
+
+class FeatureNorm:
+    """Per-feature normalisation in front of the heads, applied to every float32 batch [B, D].
+
+    kind "zscore": fixed (x - mean) / std with the training rows' statistics (std floored at 1e-6).
+    kind "batchnorm": BatchNorm1d without affine (MAE's linear probe): in training mode each batch is
+    normalised with its own mean / biased variance and the running statistics are updated like torch's
+    (momentum 0.1, unbiased variance); in eval mode (after training) it uses the running statistics.
+    BN has no parameters and the features are frozen, so one BN shared by all heads is exactly one BN
+    per head. ``mean`` / ``scale`` [D] are the eval-mode affine map (used to fold into coef_).
+    """
+
+    def __init__(self, kind: str, dim: int, device, mean=None, scale=None):
+        if kind not in ("zscore", "batchnorm"):
+            raise ValueError(f"FeatureNorm kind must be 'zscore' or 'batchnorm', got {kind!r}")
+        self.kind, self.training = kind, kind == "batchnorm"
+        dev = torch.device(device)
+        self.running_mean = torch.zeros(dim, device=dev) if mean is None else mean.to(dev).float()
+        self.running_var = torch.ones(dim, device=dev)
+        self._scale = None if scale is None else scale.to(dev).float()
+
+    @classmethod
+    def zscore(cls, X: torch.Tensor, rows: torch.Tensor):
+        sub = X[rows].double()
+        return cls("zscore", X.shape[1], X.device, sub.mean(0).float(),
+                   sub.std(0, unbiased=False).clamp_min(1e-6).float())
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.running_mean
+
+    @property
+    def scale(self) -> torch.Tensor:
+        if self.kind == "zscore":
+            return self._scale
+        return (self.running_var + BN_EPS).sqrt()
+
+    def eval(self) -> "FeatureNorm":
+        self.training = False
+        return self
+
+    def to(self, device) -> "FeatureNorm":
+        out = FeatureNorm(self.kind, len(self.running_mean), device, self.running_mean, self._scale)
+        out.running_var = self.running_var.to(device)
+        out.training = self.training
+        return out
+
+    def __call__(self, xb: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return (xb - self.mean) / self.scale
+        m = xb.mean(0)
+        v = xb.var(0, unbiased=False)
+        n = xb.shape[0]
+        with torch.no_grad():
+            self.running_mean.mul_(1 - BN_MOMENTUM).add_(m, alpha=BN_MOMENTUM)
+            unbiased = v * (n / (n - 1)) if n > 1 else v
+            self.running_var.mul_(1 - BN_MOMENTUM).add_(unbiased, alpha=BN_MOMENTUM)
+        return (xb - m) / (v + BN_EPS).sqrt()
+
+
 def lr_factor(step: int, total: int, schedule: str) -> float:
     """Multiplier of the base lr at 0-based ``step`` of ``total`` (cosine annealing to 0, like
     torch's CosineAnnealingLR(T_max=total, eta_min=0) stepped per iteration)."""
@@ -228,7 +291,8 @@ def single_thread(enabled: bool):
 def train_grid(X: torch.Tensor, y: torch.Tensor, order: BatchOrder, n_classes: int, cfg: GridConfig,
                transform=None, progress: bool = False) -> GridHeads:
     """Train the grid. X [n, D] (any float dtype, on the training device), y [n] int64 class indices
-    on the same device; ``transform``: optional callable applied to each float32 batch (standardisation)."""
+    on the same device; ``transform``: optional callable applied to each float32 batch (a
+    :class:`FeatureNorm`: z-score, or BatchNorm in training mode, switched to eval mode at the end)."""
     heads = GridHeads(len(cfg.lrs), X.shape[1], n_classes, cfg, X.device)
     it = order.batches(cfg.steps, cfg.batch_size, X.device)
     if progress:
@@ -243,6 +307,8 @@ def train_grid(X: torch.Tensor, y: torch.Tensor, order: BatchOrder, n_classes: i
             if transform is not None:
                 xb = transform(xb)
             heads.step(xb, y[idx], lr_factor(s, cfg.steps, cfg.schedule))
+    if isinstance(transform, FeatureNorm):
+        transform.eval()
     return heads
 
 

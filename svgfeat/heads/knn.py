@@ -12,6 +12,9 @@ float64 (elementwise products summed per row in numpy, a fixed summation order) 
 searched again with a larger list (finally exactly). Votes are summed in neighbour order in float64 and
 class ties go to the smaller class index. Hence faiss, torch (CPU or GPU) and a brute-force numpy
 reference give identical predictions.
+
+Features: the CLS token by default (``features="cls"``), as in DINO/DINOv3's kNN evaluation; pass another
+feature spec (e.g. ``"cls+pooled"``, ``"latent"``) to change it.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..errors import ConfigError, MissingDependencyError
-from ._features import DEFAULT_SPEC, aligned_labels, eval_rows, feature_matrix, is_cache, to_numpy32
+from ._base import DINOV3_KS, ScoreMixin, is_cache
+from ._features import aligned_labels, eval_rows, feature_matrix, to_numpy32
 
-DEFAULT_KS = (10, 20, 100, 200)
+DEFAULT_KS = DINOV3_KS
+DEFAULT_FEATURES = "cls"  # DINO / DINOv3 kNN protocol: the CLS token
 BACKENDS = ("auto", "faiss", "torch")
 
 
@@ -71,11 +76,12 @@ def _rank(sims: np.ndarray, idx: np.ndarray):
     return np.take_along_axis(sims, order, 1), np.take_along_axis(idx, order, 1)
 
 
-class KNNClassifier(ClassifierMixin, BaseEstimator):
+class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
     """Temperature-weighted kNN on cosine similarity; all ks in one pass.
 
     Parameters: k -- int or sequence of ints (default 10, 20, 100, 200); temperature -- T of the
-    exp(sim/T) vote weights; features -- feature spec for caches / SVGFeatures; backend -- "auto"
+    exp(sim/T) vote weights; features -- feature spec for caches / SVGFeatures (default "cls", the
+    DINO protocol); backend -- "auto"
     (faiss if installed and device is not CUDA, else torch), "faiss" or "torch"; device -- torch device of the torch backend;
     query_batch -- queries per search chunk; train_chunk -- training rows per similarity block of the torch
     backend (running top-k merge across blocks); margin -- extra candidates re-scored exactly;
@@ -85,7 +91,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
     class indices; ks_ (effective ks, clipped to n); backend_.
     """
 
-    def __init__(self, k=DEFAULT_KS, temperature: float = 0.07, features: str = DEFAULT_SPEC,
+    def __init__(self, k=DEFAULT_KS, temperature: float = 0.07, features: str = DEFAULT_FEATURES,
                  backend: str = "auto", device="cpu", query_batch: int = 1024, train_chunk: int = 262144,
                  margin: int = 16, predict_k=None, progress: bool = False):
         self.k = k
@@ -264,15 +270,6 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         sims, idx = self.kneighbors(X, self._pk())
         v = self._votes(sims, idx, self._pk())
         return v / v.sum(1, keepdims=True)
-
-    def score(self, X, y=None, sample_weight=None) -> float:
-        """Top-1 accuracy in [0, 1] with k = predict_k (y defaults to the cache labels)."""
-        fm = feature_matrix(X, y, features=self.features)
-        if fm.y is None:
-            raise ConfigError("score needs labels: pass y or a labelled cache")
-        from sklearn.metrics import accuracy_score
-
-        return float(accuracy_score(fm.y, self.predict(fm.X), sample_weight=sample_weight))
 
     def evaluate(self, X, y=None) -> dict:
         """Top-1/top-5 accuracy (percent) for every k on X (one row per sample).

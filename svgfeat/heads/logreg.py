@@ -14,13 +14,14 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..errors import ConfigError
+from ._base import ScoreMixin
 from ._features import DEFAULT_SPEC, eval_rows, feature_matrix, to_numpy32
 from .probe import heldout_split
 
 DINO_CS = tuple(float(c) for c in 10.0 ** np.linspace(-6, 5, 45))
 
 
-class LogRegSweep(ClassifierMixin, BaseEstimator):
+class LogRegSweep(ScoreMixin, ClassifierMixin, BaseEstimator):
     """Sweep C of an L-BFGS logistic regression, select on held-out train, refit on all of train.
 
     Parameters: Cs -- grid of C (default DINO's 45 values 1e-6 ... 1e5); features -- feature spec for
@@ -139,14 +140,6 @@ class LogRegSweep(ClassifierMixin, BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         Xn = self._X(X)
         return self.estimator_.decision_function(Xn)
-
-    def score(self, X, y=None, sample_weight=None) -> float:
-        fm = feature_matrix(X, y, features=self.features)
-        if fm.y is None:
-            raise ConfigError("score needs labels: pass y or a labelled cache")
-        from sklearn.metrics import accuracy_score
-
-        return float(accuracy_score(fm.y, self.predict(fm.X), sample_weight=sample_weight))
 
     def report(self) -> dict:
         """JSON-able summary {"best": {"C", "top1", "top5", "split"}, "selection", "note", "scores"}."""

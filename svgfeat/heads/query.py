@@ -15,13 +15,10 @@ import numpy as np
 import torch
 
 from ..errors import CacheError, ConfigError, DataError
+from ._base import is_cache  # noqa: F401  (one home for the cache check; re-exported for retrieval)
 from .exact_search import as_float32
 
 TRANSFORM_FIELDS = ("preset", "size", "crop_pct")
-
-
-def is_cache(x) -> bool:
-    return hasattr(x, "iter_batches") and hasattr(x, "encoder_spec") and hasattr(x, "manifest")
 
 
 class ArraySource:

@@ -31,6 +31,7 @@ from torch import nn
 
 from .. import distributed as D
 from ..errors import ConfigError, DataError
+from ._base import is_cache as _is_cache  # one home for the cache check
 from .seg_metrics import SegMetric
 
 GROUPS = ("dino", "latent")
@@ -45,10 +46,6 @@ def lr_factor(it: int, total: int, warmup: int, schedule: str) -> float:
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
     return (1 - min(t, 1.0)) ** 0.9
-
-
-def _is_cache(x) -> bool:
-    return hasattr(x, "manifest") and hasattr(x, "read") and hasattr(x, "to")
 
 
 def _is_feature_array(x) -> bool:
