@@ -17,6 +17,11 @@ def golden_path(name: str) -> Path:
     return p
 
 
+def golden_t2i(name: str) -> Path:
+    """A file of ../shared/golden-t2i (SVG-T2I fixtures), with golden_path's skip/fail rule."""
+    return golden_path(f"../golden-t2i/{name}")
+
+
 @pytest.fixture(scope="session")
 def golden():
     return golden_path

@@ -18,6 +18,10 @@ from .decoder import DEFAULT_DDCONFIG, Decoder
 from .dinov3 import DinoV3Backbone
 from .registry import register_model
 from .residual import ResidualEncoder
+from .residual_rope import ResidualRoPEEncoder
+
+FAMILIES = ("svg", "t2i-r", "t2i-p")
+T2I_STAGES = {1: 256, 2: 512, 3: 1024}  # SVG-T2I training stages -> image size
 
 BASE_GROUPS = ("dino", "residual", "latent", "cls", "registers", "pooled")
 
@@ -50,7 +54,8 @@ class SVGFeatures:
             return self.latent
         if name == "residual":
             if self.residual is None:
-                raise ValueError("group 'residual' needs an SVG checkpoint; this encoder is DINOv3-only")
+                raise ValueError("group 'residual' needs an encoder with residual channels (SVG or SVG-T2I R); "
+                                 "this one has none (SVG-T2I P or DINOv3-only): its latent is the DINO channels")
             return self.residual
         for prefix, idx in (("cls_l", 0), ("pooled_l", 2), ("dino_l", 1)):
             if name.startswith(prefix) and name[len(prefix):].isdigit():
@@ -76,7 +81,9 @@ class SVGEncoder(nn.Module):
     """DINOv3 backbone (+ residual encoder, alignment and decoder when an SVG model is loaded).
 
     ``config``: {"dino": {"variant": str, "overrides": {...}}, "residual": ResidualEncoder kwargs or
-    None, "decoder": ddconfig or None, "alignment": "batch"|"fixed", "mask_ratio": float, "name": str}.
+    None, "decoder": ddconfig or None, "alignment": "batch"|"fixed", "mask_ratio": float, "name": str,
+    "family": "svg"|"t2i-r"|"t2i-p" (optional), "stage": 1|2|3 (optional, SVG-T2I)}. A residual config with
+    ``arch="rope_mixed"`` builds the SVG-T2I residual encoder, otherwise the original SVG one.
     """
 
     def __init__(self, config: dict):
@@ -87,7 +94,13 @@ class SVGEncoder(nn.Module):
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         res_cfg = self.config.get("residual")
-        self.residual = ResidualEncoder(**res_cfg) if res_cfg else None
+        if res_cfg:
+            arch = res_cfg.get("arch", "vit")
+            if arch not in ("vit", "rope_mixed"):
+                raise ValueError(f"residual arch {arch!r}: expected 'vit' (SVG) or 'rope_mixed' (SVG-T2I R)")
+            self.residual = (ResidualRoPEEncoder if arch == "rope_mixed" else ResidualEncoder)(**res_cfg)
+        else:
+            self.residual = None
         self.align = DistributionAlign(self.config.get("alignment", "batch")) if res_cfg else None
         mask_ratio = float(self.config.get("mask_ratio", -1) or -1)
         if res_cfg and mask_ratio > 0:
@@ -112,6 +125,22 @@ class SVGEncoder(nn.Module):
     @property
     def latent_channels(self) -> int:
         return self.embed_dim + self.residual_channels
+
+    @property
+    def family(self) -> str:
+        """'svg' (original SVG), 't2i-r' / 't2i-p' (SVG-T2I Autoencoder-R / -P) or 'dinov3' (backbone only)."""
+        fam = self.config.get("family")
+        if fam:
+            return fam
+        if self.residual is not None:
+            return "t2i-r" if getattr(self.residual, "arch", "vit") == "rope_mixed" else "svg"
+        return "t2i-p" if self.decoder is not None else "dinov3"
+
+    @property
+    def stage(self) -> int | None:
+        """SVG-T2I training stage (1 = 256, 2 = 512, 3 = 1024 px) when known, else None."""
+        st = self.config.get("stage")
+        return int(st) if st is not None else None
 
     @property
     def patch_size(self) -> int:
@@ -239,6 +268,32 @@ def svg_vitl16(**overrides) -> SVGEncoder:
     return SVGEncoder(_svg_config("svg_vitl16", "vit_large", 1024, **overrides))
 
 
+def _t2i_config(name: str, residual: bool, stage: int | None, **overrides) -> dict:
+    if stage is not None and stage not in T2I_STAGES:
+        raise ValueError(f"SVG-T2I stage {stage!r}: expected one of {sorted(T2I_STAGES)} (256/512/1024 px)")
+    cfg = {"name": name, "family": "t2i-r" if residual else "t2i-p", "stage": stage,
+           "dino": {"variant": "vit_small_plus", "overrides": {}},
+           "residual": dict(arch="rope_mixed", image_size=1024, patch_size=16, depth=12, dim=384, heads=6,
+                            mlp_dim=1536, out_dim=8) if residual else None,
+           "decoder": dict(DEFAULT_DDCONFIG, z_channels=392 if residual else 384),
+           "alignment": "batch", "mask_ratio": -1}
+    for k, v in overrides.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    return cfg
+
+
+@register_model("encoder")
+def svg_t2i_r_vits16plus(stage: int | None = None, **overrides) -> SVGEncoder:
+    """SVG-T2I Autoencoder-R: DINOv3 ViT-S/16+ + 12-layer RoPE residual ViT (8 ch) = 392; stage 1/2/3 = 256/512/1024."""
+    return SVGEncoder(_t2i_config("svg_t2i_r_vits16plus", True, stage, **overrides))
+
+
+@register_model("encoder")
+def svg_t2i_p_vits16plus(stage: int | None = None, **overrides) -> SVGEncoder:
+    """SVG-T2I Autoencoder-P: DINOv3 ViT-S/16+ + pixel decoder, no residual (384 ch); stage 1/2/3 = 256/512/1024."""
+    return SVGEncoder(_t2i_config("svg_t2i_p_vits16plus", False, stage, **overrides))
+
+
 @register_model("encoder")
 def dinov3_vits16plus(**overrides) -> SVGEncoder:
     """DINOv3 ViT-S/16+ alone (no residual, no decoder)."""
@@ -279,6 +334,23 @@ def test_tiny(**overrides) -> SVGEncoder:
 
 
 @register_model("encoder")
+def test_tiny_t2i_r(**overrides) -> SVGEncoder:
+    """Tiny SVG-T2I R for tests: tiny DINOv3-style ViT (64) + 1-layer RoPE residual ViT (8 ch) + tiny decoder."""
+    torch.manual_seed(overrides.pop("seed", 0))
+    return SVGEncoder(_t2i_config("test_tiny_t2i_r", True, None, dino={"overrides": dict(TINY_DINO)},
+                                  residual=dict(image_size=64, depth=1, dim=32, heads=2, mlp_dim=64),
+                                  decoder=dict(TINY_DECODER), **overrides))
+
+
+@register_model("encoder")
+def test_tiny_t2i_p(**overrides) -> SVGEncoder:
+    """Tiny SVG-T2I P for tests: tiny DINOv3-style ViT (64 ch) + tiny decoder, no residual."""
+    torch.manual_seed(overrides.pop("seed", 0))
+    return SVGEncoder(_t2i_config("test_tiny_t2i_p", False, None, dino={"overrides": dict(TINY_DINO)},
+                                  decoder=dict(TINY_DECODER, z_channels=64), **overrides))
+
+
+@register_model("encoder")
 def test_tiny_dino(**overrides) -> SVGEncoder:
     """Tiny DINOv3-only encoder for tests."""
     torch.manual_seed(overrides.pop("seed", 0))
@@ -287,12 +359,17 @@ def test_tiny_dino(**overrides) -> SVGEncoder:
 
 
 def load_encoder(dinov3=None, svg=None, svg_config=None, alignment: str = "batch", device="cpu",
-                 model: str | None = None, fixed_stats: dict | None = None, dtype=torch.float32) -> SVGEncoder:
-    """Build an :class:`SVGEncoder` from weight files (see :mod:`svgfeat.models.loading`)."""
+                 model: str | None = None, fixed_stats: dict | None = None, dtype=torch.float32,
+                 stage: int | None = None) -> SVGEncoder:
+    """Build an :class:`SVGEncoder` from weight files (see :mod:`svgfeat.models.loading`).
+
+    ``svg`` may be an original SVG checkpoint or an SVG-T2I Autoencoder-R / -P one (the family is read from
+    the weights and the YAML); ``stage`` records the SVG-T2I stage (else taken from a ``stage{n}`` file name).
+    """
     from .loading import build_encoder
 
     return build_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, alignment=alignment, device=device,
-                         model=model, fixed_stats=fixed_stats, dtype=dtype)
+                         model=model, fixed_stats=fixed_stats, dtype=dtype, stage=stage)
 
 
 def seed_everything(seed: int) -> None:
