@@ -38,12 +38,15 @@ def _run(enc, case: str, single: bool, decode_single: bool) -> tuple[dict, dict]
     """(ours, reference) arrays of one golden case; ours computed the way the reference was made."""
     g = dict(np.load(golden_t2i(f"{case}_astronaut_coffee.npz")))
     x = torch.from_numpy(g["x_dino"]) if "x_dino" in g else normalise(g["image_uint8"])
+    raw = []  # the residual encoder's output before alignment, taken from the same pass
+    hook = enc.residual.register_forward_hook(lambda m, i, o: raw.append(o)) if enc.residual is not None else None
     f = enc.encode(x)
+    if hook is not None:
+        hook.remove()
     ours = {"latent": f.latent, "dino_features": f.dino.flatten(2), "decoded": enc.decode(f.latent)}
     if f.residual is not None:
         ours["residual_aligned"] = f.residual.flatten(2)
-        with torch.no_grad():
-            ours["residual_raw"] = enc.raw_residual(x).flatten(2)
+        ours["residual_raw"] = raw[0].flatten(2)
     if single:
         fs = [enc.encode(x[i:i + 1]) for i in range(len(x))]
         ours["latent_single"] = torch.cat([s.latent for s in fs])
@@ -126,7 +129,9 @@ def test_yaml_free_loading_infers_family_and_decoder(enc_r, enc_p):
         assert e.family == enc.family and e.config["decoder"] == enc.config["decoder"]
         assert e.config["residual"] == enc.config["residual"]
         sd, ref = e.state_dict(), enc.state_dict()
-        assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in sd)
+        assert sd.keys() == ref.keys()
+        for k in sd:  # (the unset fixed alignment statistics are NaN)
+            torch.testing.assert_close(sd[k], ref[k], rtol=0, atol=0, equal_nan=True)
 
 
 def test_released_r_yaml_copied_from_p_trusts_the_weights(tmp_path):
