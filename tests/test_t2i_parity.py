@@ -110,7 +110,8 @@ def test_families_stages_and_registry(enc_r, enc_p):
     # the official decoder forces attention on the lowest level even with attn_resolutions: []
     assert len(enc_r.decoder.up[4].attn) == 2 and len(enc_r.decoder.up[3].attn) == 0
     names = svgfeat.list_models("svg_t2i_*")
-    assert names == ["svg_t2i_p_vits16plus", "svg_t2i_r_vits16plus"]
+    assert {"svg_t2i_p_vits16plus", "svg_t2i_r_vits16plus", "svg_t2i_r_vits16plus_stage3"} <= set(names)
+    assert len(names) == 8
     with pytest.raises(ValueError, match="stage"):
         svgfeat.create_model("svg_t2i_p_vits16plus", stage=4)
 
@@ -187,6 +188,9 @@ def test_grid_quirk_at_exactly_the_buffer_patch_count():
     """The official code uses its stored grid (64 wide for the released 1024 build) whenever N == grid**2."""
     torch.manual_seed(0)
     m = ResidualRoPEEncoder(image_size=64, patch_size=16, depth=1, dim=32, heads=2, mlp_dim=64).eval()
+    with torch.no_grad():
+        for p in (m.blocks[0].gamma_1, m.blocks[0].gamma_2):
+            p.fill_(1.0)  # LayerScale's 1e-4 init would hide the attention (and so the positions)
     t = torch.arange(16.0)
     tx, ty = m.positions(2, 8)                   # 2 x 8 = 16 patches == 4 x 4 buffer: 4-wide grid
     assert torch.equal(tx, t % 4) and torch.equal(ty, t // 4)
@@ -201,3 +205,22 @@ def test_grid_quirk_at_exactly_the_buffer_patch_count():
         m.freqs_t_y.copy_(t // 8)
         true_grid = m(x)
     assert quirk.shape == (1, 8, 2, 8) and (quirk - true_grid).abs().max() > 1e-4
+
+
+def test_released_names_resolve_through_the_hub(tmp_path):
+    """svg_t2i_p_vits16plus_stage2 (pretrained=True) finds KlingTeam/SVG-T2I files in an offline HF cache."""
+    import subprocess
+    import sys
+
+    from _hub_helpers import DINO_REPO, hub_env, place, timm_layout_dinov3
+
+    timm_file = timm_layout_dinov3(_dino(), tmp_path / "src" / "model.safetensors")
+    place(tmp_path, DINO_REPO, "model.safetensors", timm_file)
+    place(tmp_path, "KlingTeam/SVG-T2I", "pre-trained/autoencoder/svg_autoencoder-P-stage2.ckpt",
+          golden_t2i("svg_autoencoder-P_random.ckpt"))  # the optional P yaml is absent: read from the weights
+    code = ("import svgfeat; e = svgfeat.load_encoder(model='svg_t2i_p_vits16plus_stage2', pretrained=True); "
+            "print(e.family, e.stage, e.latent_channels, e.provenance['svg']['repo'])")
+    r = subprocess.run([sys.executable, "-c", code], env=hub_env(tmp_path), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["t2i-p", "2", "384", "KlingTeam/SVG-T2I"]

@@ -33,9 +33,9 @@ def p_weights():
 @pytest.fixture(scope="module")
 def p_caches(tmp_path_factory, p_weights):
     d = tmp_path_factory.mktemp("p")
-    for split, n in (("train", 40), ("val", 20)):
+    for split, n in (("train", 24), ("val", 8)):
         run("extract", f"sample:digits/{split}", "-o", d / split, *p_weights, "--size", "64", "--limit", n,
-            "--groups", "latent,cls,pooled", "--dtype", "fp32", "--batch-size", "20", "--workers", "0")
+            "--groups", "latent,cls,pooled", "--dtype", "fp32", "--batch-size", "12", "--workers", "0")
     return d
 
 
@@ -88,11 +88,36 @@ def test_p_cache_trains_a_dit_and_samples_through_the_p_decoder(p_caches, p_weig
     assert list((d / "gen").glob("*.png"))
 
 
+def _small_seg_folder(root, n_train=12, n_val=4):
+    """images/ + masks/ folder (train, val) with the first digitseg samples: a small real segmentation set."""
+    from PIL import Image
+
+    from svgfeat.data.segmentation import open_seg_dataset
+
+    for split, n in (("train", n_train), ("val", n_val)):
+        ds = open_seg_dataset(f"sample:digitseg/{split}")
+        for sub in ("images", "masks"):
+            (root / sub / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img, mask = ds.load_pair(i)
+            img.save(root / "images" / split / f"{i:03d}.png")
+            Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / split / f"{i:03d}.png")
+    (root / "classes.txt").write_text("\n".join(ds.classes) + "\n")
+    return root
+
+
 def test_seg_train_cached_with_p(tmp_path, p_weights):
-    run("seg", "train", "--data", "sample:digitseg", *p_weights, "--cached", "--iters", "20", "--warmup", "2",
-        "--crop-size", "64", "--batch-size", "4", "--eval-limit", "4", "--out", tmp_path / "seg")
-    cfg = json.loads(next((tmp_path / "seg").glob("*.json")).read_text())
-    assert "384" in json.dumps(cfg)
+    from svgfeat.cache import open_cache
+
+    data = _small_seg_folder(tmp_path / "seg_data")
+    run("seg", "train", "--data", data, *p_weights, "--cached", "--iters", "20", "--warmup", "2",
+        "--crop-size", "64", "--batch-size", "4", "--out", tmp_path / "seg")
+    head = json.loads((tmp_path / "seg" / "head.json").read_text())
+    assert "384" in json.dumps(head)  # a 384-channel head on the P latent
+    cache = open_cache(tmp_path / "seg" / "cache" / "train")
+    assert np.asarray(cache.read("latent", np.arange(1))).shape == (1, 384, 4, 4)
+    metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
+    assert metrics["train"]["mode"] == "cached" and 0 <= metrics["val"]["mIoU"] <= 1
 
 
 def test_reconstruct_and_interpolate_with_p(tmp_path, p_weights):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import click
 
 dinov3_option = click.option(
@@ -27,11 +30,43 @@ alignment_option = click.option(
 device_option = click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
 
 
+pretrained_option = click.option(
+    "--pretrained", "pretrained", is_flag=True, default=False,
+    help="Use the released weights from the Hugging Face Hub for every weight file not given (svg_vits16plus: "
+         "DINOv3 from timm/vit_small_plus_patch16_dinov3_qkvb.lvd1689m, SVG autoencoder from howlin/SVG). "
+         "Cached in $HF_HOME; HF_HUB_OFFLINE=1 uses only the cache.",
+)
+
+
+def pretrained_specs(dinov3, svg, svg_config, model):
+    """--pretrained: fill the weight options that were not given with Hub specs ('hf', see svgfeat.hub)."""
+    from ..hub import pretrained_cfg
+
+    cfg = pretrained_cfg(model or "svg_vits16plus")
+    fill = lambda v, role: v if v is not None else ("hf" if role in cfg else None)  # noqa: E731
+    return fill(dinov3, "dinov3"), fill(svg, "svg"), fill(svg_config, "svg_config")
+
+
 def encoder_options(f):
-    """Decorator adding --dinov3/--svg/--svg-config/--model/--alignment/--device."""
+    """Decorator adding --dinov3/--svg/--svg-config/--model/--alignment/--device and --pretrained.
+
+    --pretrained is consumed here (the command keeps its signature): it turns the missing weight options into
+    Hub specs. A command that also takes other weights (e.g. a DiT) receives ``pretrained`` when its function
+    has a ``pretrained`` parameter."""
     for opt in reversed([dinov3_option, svg_option, svg_config_option, model_option, alignment_option, device_option]):
         f = opt(f)
-    return f
+    wants = "pretrained" in inspect.signature(f).parameters
+
+    @functools.wraps(f)
+    def wrapper(*args, pretrained=False, **kw):
+        if pretrained:
+            kw["dinov3"], kw["svg"], kw["svg_config"] = pretrained_specs(kw.get("dinov3"), kw.get("svg"),
+                                                                         kw.get("svg_config"), kw.get("model"))
+        if wants:
+            kw["pretrained"] = pretrained
+        return f(*args, **kw)
+
+    return pretrained_option(wrapper)
 
 
 def build_encoder(dinov3, svg, svg_config, model, alignment, device):

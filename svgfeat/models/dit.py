@@ -385,13 +385,48 @@ def _state_from_file(raw: dict, path) -> dict:
     return raw
 
 
-def load_dit(path, config=None, device="cpu") -> SVGDiT:
+def load_dit(path="svg_dit_xl", config=None, device="cpu", pretrained: bool = False,
+             pretrained_cfg_overlay: dict | None = None) -> SVGDiT:
     """Load an SVG DiT (eval mode) from an official ``.pt`` (``{"ema"|"model": sd}``) or svgfeat safetensors.
 
     config: None (svgfeat metadata / sidecar JSON, else inferred from the key shapes), a DiTConfig or dict,
     or a path to the official YAML (``model.params``) / svgfeat JSON. Keys are checked strictly.
-    ``model.provenance`` = {path, format, sha256, config}.
+    ``model.provenance`` = {path, format, sha256, config} (+ repo, filename, revision for Hub files).
+    ``load_dit("svg_dit_xl", pretrained=True)`` fetches the released weights through the Hugging Face cache
+    (see :mod:`svgfeat.hub`); ``path`` may also be ``"hf"`` or ``"hf://ORG/NAME/file.pt[@revision]"``.
     """
+    from ..hub import is_hub_spec, resolve
+    from .registry import list_models
+
+    name = "svg_dit_xl"
+    if isinstance(path, str) and path in list_models(kind="dit"):
+        if not pretrained:
+            raise ConfigError(f"load_dit({path!r}): a model name needs pretrained=True (or pass a weight file; "
+                              f"svgfeat.create_model({path!r}) builds it with random weights)")
+        name, path = path, "hf"
+    elif pretrained and path is None:
+        path = "hf"
+    hub_prov = None
+    if is_hub_spec(path):
+        path, hub_prov = resolve(path, name, "dit", pretrained_cfg_overlay)
+        if config is None and pretrained:
+            config = resolve("hf", name, "dit_config", pretrained_cfg_overlay)[0] if _has_role(name, "dit_config") \
+                else None
+    elif is_hub_spec(config):
+        config = resolve(config, name, "dit_config", pretrained_cfg_overlay)[0]
+    model = _load_dit_file(path, config, device)
+    if hub_prov:
+        model.provenance.update(hub_prov)
+    return model
+
+
+def _has_role(name: str, role: str) -> bool:
+    from ..hub import pretrained_cfg
+
+    return role in pretrained_cfg(name)
+
+
+def _load_dit_file(path, config, device) -> SVGDiT:
     p = Path(path)
     if p.suffix in (".yaml", ".yml", ".json"):
         raise CheckpointError(f"{p} is a config file; pass the weights as path and the config as config=")

@@ -65,22 +65,17 @@ def infer_dino_variant(sd: dict, source: str = "") -> tuple[str, dict]:
 
 def read_dinov3(path) -> tuple[dict, dict]:
     """Return (state dict in Meta or timm layout, provenance) for a DINOv3 weight source."""
-    if str(path).lower() in ("hf", "pretrained", "hub"):
-        import timm
+    from ..hub import is_hub_spec, resolve
 
-        try:
-            m = timm.create_model("vit_small_plus_patch16_dinov3_qkvb.lvd1689m", pretrained=True, num_classes=0)
-        except Exception as e:  # hub errors come in many types (offline, gated, missing)
-            raise CheckpointError(
-                "dinov3='hf': could not get timm/vit_small_plus_patch16_dinov3_qkvb.lvd1689m from the Hugging Face "
-                f"cache or hub ({type(e).__name__}); download Meta's .pth and pass its path instead") from None
-        return m.state_dict(), {"path": "hf:timm/vit_small_plus_patch16_dinov3_qkvb.lvd1689m", "sha256": None}
+    hub_prov = None
+    if is_hub_spec(path):  # "hf" = timm/vit_small_plus_patch16_dinov3_qkvb.lvd1689m through the HF cache
+        path, hub_prov = resolve(path, "svg_vits16plus", "dinov3")
     sd = ck.load_file(path)
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict) and "cls_token" not in sd:
         sd = sd["model"]
     if not isinstance(sd, dict):
         raise CheckpointError(f"{Path(path).name}: expected a state dict, got {type(sd).__name__}")
-    return sd, {"path": str(Path(path).resolve()), "sha256": ck.sha256_file(path)}
+    return sd, {"path": str(Path(path).resolve()), "sha256": ck.sha256_file(path), **(hub_prov or {})}
 
 
 def _load_dino(enc: SVGEncoder, sd: dict, source: str) -> None:
