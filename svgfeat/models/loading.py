@@ -123,9 +123,12 @@ def _autoencoder_config(parts: dict, yaml_cfg: dict, family: str, variant: str, 
     evc = yaml_cfg.get("extra_vit_config") or {}
     dec_sd = parts["decoder"]
     if yaml_cfg.get("ddconfig"):
-        dd = official_ddconfig(yaml_cfg["ddconfig"])
+        dd = official_ddconfig(yaml_cfg["ddconfig"])  # official attention placement: lowest level only
         if "conv_in.weight" in dec_sd:  # the weights decide the latent width (released R yaml says 384)
             dd["z_channels"] = int(dec_sd["conv_in.weight"].shape[1])
+        n = len(dd["ch_mult"])  # ... and where attention blocks are (svgfeat-trained decoders may have none)
+        levels = sorted({int(k.split(".")[1]) for k in dec_sd if k.startswith("up.") and ".attn." in k})
+        dd["attn_resolutions"] = [int(dd["resolution"]) // 2 ** (n - 1) * 2 ** (n - 1 - i) for i in levels]
     else:
         dd = ck.infer_ddconfig(dec_sd)
     if family == "svg":
@@ -154,6 +157,10 @@ def _autoencoder_config(parts: dict, yaml_cfg: dict, family: str, variant: str, 
             config["residual"] = infer_rope_config(parts["extra_vit"], heads=int(evc.get("num_heads", 6)))
         except KeyError as e:
             raise CheckpointError(f"SVG-T2I residual encoder weights lack {e}") from None
+        dim, heads = config["residual"]["dim"], config["residual"]["heads"]
+        if dim % heads or (dim // heads) % 4:  # the head count is not in the weights (released: 6 heads of 64)
+            raise CheckpointError(f"{Path(str(svg_path)).name}: a {dim}-wide RoPE residual ViT cannot have {heads} "
+                                  "heads; pass the YAML with extra_vit_config.num_heads")
     config["decoder"] = dd
     return config
 
@@ -206,6 +213,13 @@ def build_encoder(dinov3=None, svg=None, svg_config=None, alignment="batch", dev
         if enc.align is not None:
             enc.set_alignment(alignment)
     else:
+        if parts is not None and config.get("family") == "t2i-p" and dino_sd is not None:
+            width = dino_sd["cls_token"].shape[-1] if "cls_token" in dino_sd else None
+            z = config["decoder"].get("z_channels")
+            if width is not None and z != width:
+                raise CheckpointError(f"{Path(svg).name}: the decoder takes {z} input channels but there is no "
+                                      f"residual encoder (extra_vit.*) and DINOv3 gives {width} DINO channels; "
+                                      "an SVG / SVG-T2I R checkpoint without its residual weights?")
         enc = SVGEncoder(dict(config, alignment=alignment))
 
     # ---- weights
@@ -260,18 +274,20 @@ def save_encoder(enc: SVGEncoder, path, include_backbone: bool = False) -> Path:
 
 def official_state_dict(enc: SVGEncoder, include_encoder: bool = True) -> dict:
     """The encoder's weights in the official SVG Lightning key layout (``encoder.*`` in Meta layout)."""
-    if enc.residual is None or enc.decoder is None:
-        raise ConfigError("only a full SVG autoencoder (residual + decoder) can be exported to the official layout")
+    if enc.decoder is None or (enc.residual is None and enc.family != "t2i-p"):
+        raise ConfigError("only a full SVG / SVG-T2I autoencoder (residual or SVG-T2I P, + decoder) can be exported "
+                          "to the official layout")
     sd = {}
     if hasattr(enc, "mask_token"):
         sd["mask_token"] = enc.mask_token.detach()
     if include_encoder:
         heads = enc.backbone.model.blocks[0].attn.num_heads
         sd.update({f"encoder.{k}": v for k, v in timm_to_meta(enc.backbone.model.state_dict(), heads).items()})
-    sd.update({f"extra_vit.{k}": v for k, v in enc.residual.state_dict().items()})
-    n = enc.residual_channels + 32  # the official (unused) LayerNorm(output_dim + embed_dim=32)
-    dev = enc.decoder.conv_out.weight.device
-    sd["norm_vit.weight"], sd["norm_vit.bias"] = torch.ones(n, device=dev), torch.zeros(n, device=dev)
+    if enc.residual is not None:  # SVG-T2I P has no residual branch and no norm_vit
+        sd.update({f"extra_vit.{k}": v for k, v in enc.residual.state_dict().items()})
+        n = enc.residual_channels + 32  # the official (unused) LayerNorm(output_dim + embed_dim=32)
+        dev = enc.decoder.conv_out.weight.device
+        sd["norm_vit.weight"], sd["norm_vit.bias"] = torch.ones(n, device=dev), torch.zeros(n, device=dev)
     sd.update({f"decoder.{k}": v for k, v in enc.decoder.state_dict().items()})
     return {k: v.detach() if v.is_meta else v.detach().cpu().contiguous() for k, v in sd.items()}
 
@@ -287,12 +303,19 @@ def export_official(enc: SVGEncoder, path, include_encoder: bool = True) -> tupl
     torch.save(ckpt, p)
     variant = enc.config["dino"]["variant"]
     hub = {v: k for k, v in HUB_NAMES.items()}.get(variant, variant)
-    cfg = {"model": {"base_learning_rate": 1e-4, "target": "ldm.models.dino_decoder.DinoDecoder", "params": {
+    evc = None
+    if enc.residual is not None:
+        evc = {"output_dim": enc.residual_channels, "mask_ratio": max(enc.mask_ratio, 0.0) if enc.family == "t2i-r"
+               else enc.mask_ratio, "use_outnorm": True, "num_heads": enc.residual.config["heads"]}
+        if enc.family == "t2i-r":
+            evc["vit_type"] = "vit-rope-s"
+    target = ("ldm.models.dinov3_decoder_native_resolution.DinoDecoder" if enc.family in ("t2i-r", "t2i-p")
+              else "ldm.models.dino_decoder.DinoDecoder")
+    cfg = {"model": {"base_learning_rate": 1e-4, "target": target, "params": {
         "embed_dim": 32,
         "ddconfig": dict(enc.decoder.config, double_z=True),
         "dinoconfig": {"model_name": hub},
-        "extra_vit_config": {"output_dim": enc.residual_channels, "mask_ratio": enc.mask_ratio, "use_outnorm": True,
-                             "num_heads": enc.residual.config["heads"]},
+        "extra_vit_config": evc,
     }}}
     yp = p.with_suffix(".yaml")
     yp.write_text(yaml.safe_dump(cfg, sort_keys=False))

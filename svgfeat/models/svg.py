@@ -268,9 +268,10 @@ def svg_vitl16(**overrides) -> SVGEncoder:
     return SVGEncoder(_svg_config("svg_vitl16", "vit_large", 1024, **overrides))
 
 
-def _t2i_config(name: str, residual: bool, stage: int | None, **overrides) -> dict:
+def _t2i_config(name: str, has_residual: bool, stage: int | None, **overrides) -> dict:
     if stage is not None and stage not in T2I_STAGES:
         raise ValueError(f"SVG-T2I stage {stage!r}: expected one of {sorted(T2I_STAGES)} (256/512/1024 px)")
+    residual = has_residual
     cfg = {"name": name, "family": "t2i-r" if residual else "t2i-p", "stage": stage,
            "dino": {"variant": "vit_small_plus", "overrides": {}},
            "residual": dict(arch="rope_mixed", image_size=1024, patch_size=16, depth=12, dim=384, heads=6,
