@@ -77,6 +77,7 @@ R_ARRAYS = ("dino_features", "residual_raw", "residual_aligned", "latent", "deco
 
 def _compare(ours, ref, names):
     errs = {k: float((ours[k] - torch.from_numpy(ref[k])).abs().max()) for k in names}
+    print("max abs errors:", {k: f"{e:.2e}" for k, e in errs.items()})  # shown with pytest -s
     bad = {k: e for k, e in errs.items() if not e <= TOL}
     assert not bad, f"max abs error above {TOL}: {bad} (all: {errs})"
 
