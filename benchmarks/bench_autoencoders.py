@@ -99,6 +99,11 @@ def main():
         lp = "n/a" if r["lpips"] is None else f"{r['lpips']:.4f}"
         print(f"| {r['family']} | {r['size']} | {r['channels']} | {r['img_s']:.2f} | {r['img_s'] / base:.2f}x | "
               f"{r['psnr']:.2f} | {r['ssim']:.4f} | {lp} |")
+    if any(r["lpips"] is None for r in rows):
+        print("LPIPS n/a: no LPIPS/VGG weights found (eval-recon --lpips auto skips it; --lpips random only checks "
+              "the plumbing)")
+    if 256 not in sizes or len(sizes) > 1:
+        print("svg at sizes other than 256: residual position embedding bicubically interpolated (untrained setting)")
 
 
 if __name__ == "__main__":
