@@ -185,8 +185,11 @@ def split_svg_state(sd: dict, source: str = "") -> dict:
 
 def svg_config_from_yaml(cfg: dict) -> dict:
     """Pick the parts of an official AE YAML that define the model (ddconfig, extra_vit_config, dino name)."""
-    params = cfg.get("model", {}).get("params", cfg.get("params", cfg))
+    model = cfg.get("model", {}) if isinstance(cfg.get("model"), dict) else {}
+    params = model.get("params", cfg.get("params", cfg))
     out = {}
+    if model.get("target"):
+        out["target"] = str(model["target"])
     if params.get("ddconfig"):
         out["ddconfig"] = dict(params["ddconfig"])
     if params.get("extra_vit_config"):
@@ -194,9 +197,41 @@ def svg_config_from_yaml(cfg: dict) -> dict:
     dc = params.get("dinoconfig") or {}
     if dc.get("model_name"):
         out["dino_model_name"] = dc["model_name"]
-    if not out:
+    if not (set(out) & {"ddconfig", "extra_vit_config"}):
         raise ConfigError("YAML has no model.params.ddconfig / extra_vit_config: not an official SVG AE config")
     return out
+
+
+# ----------------------------------------------------------------------------- SVG family detection
+T2I_TARGET = "dinov3_decoder"  # SVG-T2I model classes: ldm.models.dinov3_decoder_{native_resolution,imagenet}
+
+
+def svg_family_from_weights(parts: dict, source: str = "") -> str:
+    """'svg' | 't2i-r' | 't2i-p' from the keys of :func:`split_svg_state` parts.
+
+    SVG-T2I R: ``extra_vit.freqs`` (learnable RoPE); original SVG: ``extra_vit.class_token`` (torchvision
+    ViT); no ``extra_vit.*`` at all: SVG-T2I P (pixel decoder on the DINO channels alone).
+    """
+    ev = parts["extra_vit"]
+    if "freqs" in ev:
+        return "t2i-r"
+    if "class_token" in ev:
+        return "svg"
+    if ev:
+        raise CheckpointError(f"{source or 'file'}: residual encoder weights (extra_vit.*) are neither the SVG "
+                              f"torchvision ViT (class_token) nor the SVG-T2I RoPE ViT (freqs); found keys like "
+                              f"{_fmt_keys(list(ev)[:5], 5)}")
+    return "t2i-p"
+
+
+def svg_family_from_yaml(yaml_cfg: dict) -> str | None:
+    """Family an official AE YAML (parsed by :func:`svg_config_from_yaml`) declares, or None if it does not say."""
+    evc = yaml_cfg.get("extra_vit_config")
+    if evc:
+        return "t2i-r" if "rope" in str(evc.get("vit_type", "")).lower() else "svg"
+    if T2I_TARGET in yaml_cfg.get("target", "") or "ddconfig" in yaml_cfg:
+        return "t2i-p"  # extra_vit_config: null -> no residual branch
+    return None
 
 
 def infer_ddconfig(decoder_sd: dict) -> dict:

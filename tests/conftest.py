@@ -54,6 +54,11 @@ def require_extra(module: str, extra: str | None = None):
         missing(f"{module} is an optional extra: pip install 'svgfeat[{extra or module}]' ({e})")
 
 
+def golden_t2i(name: str) -> Path:
+    """A file of ../shared/golden-t2i (SVG-T2I fixtures), with golden_path's skip/fail rule."""
+    return golden_path(f"../golden-t2i/{name}")
+
+
 @pytest.fixture(scope="session")
 def golden():
     return golden_path

@@ -62,11 +62,21 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
 @click.option("--resume/--no-resume", default=True, show_default=True)
 @click.option("--device", default="cpu", show_default=True, type=DEVICE)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--family", type=click.Choice(["svg", "t2i-r", "t2i-p"]), default="svg", show_default=True,
+              help="Autoencoder family. Only svg (original SVG) trains; SVG-T2I R/P load and run but do not train yet.")
 def train_ae(data, out, dinov3, pretrained, backbone, model, size, steps, batch_size, lr, disc_lr, disc_start, disc_weight,
              perceptual_weight, reduction, mask_ratio, residual_dropout, rope_rescale, batch_stats, lpips_mode,
              lpips_weights, vgg_weights, amp, seed, workers, log_every, ckpt_every, sample_every, num_samples,
-             stats_images, export_official, resume, device, progress):
+             stats_images, export_official, resume, device, progress, family="svg"):
     """Train the SVG residual encoder + pixel decoder on DATA (dataset spec, folder or file list)."""
+    if family == "svg" and model and "t2i" in model:  # registered SVG-T2I encoders (svg_t2i_*, test_tiny_t2i_*)
+        family = "t2i-" + ("p" if "t2i_p" in model else "r")
+    if family != "svg":
+        from ..errors import ConfigError
+
+        raise ConfigError(f"train-ae --family {family}: training the SVG-T2I autoencoders is not implemented yet "
+                          "(svgfeat loads and runs the released ones: --svg svg_autoencoder-{R,P}-stage{1,2,3}.ckpt); "
+                          "--family svg trains the original SVG autoencoder")
     from ..training.ae_train import train_ae as run
 
     if pretrained and dinov3 is None:

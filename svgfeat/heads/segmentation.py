@@ -129,7 +129,7 @@ class LinearSegHead(BaseEstimator):
             raise ConfigError("this needs an encoder (LinearSegHead(encoder=svgfeat.load_encoder(...))): "
                               "online training and prediction from images run it")
         enc = self.encoder
-        if self.group == "latent" and enc.residual is None:
+        if self.group == "latent" and enc.residual is None and enc.decoder is None:  # SVG-T2I P: latent = DINO
             raise ConfigError("group='latent' needs an SVG encoder with residual channels; this encoder is "
                               "DINOv3-only: use group='dino' or load an SVG checkpoint")
         return enc

@@ -6,10 +6,14 @@ Importing this module registers both in mmseg's ``MODELS`` registry. From a conf
     model = dict(type="EncoderDecoder", backbone=dict(type="SVGBackbone", dinov3="...pth", svg="...ckpt"), ...)
 
 Ready configs (ADE20K 512x512): ``config_path("linear")`` (BN + 1x1 conv on the last layer, DINOv3's
-frozen linear protocol) and ``config_path("upernet")`` (4 layers -> simple feature pyramid -> UPerNet).
+frozen linear protocol) and ``config_path("upernet")`` (4 layers -> simple feature pyramid -> UPerNet), with
+the original SVG autoencoder; ``"linear-t2i-r"``, ``"linear-t2i-p"``, ``"upernet-t2i-r"``, ``"upernet-t2i-p"``:
+the same protocols with the SVG-T2I Autoencoder-R / -P of the 512-px stage (native 512-px features).
 
 Design choices:
 - Outputs are the *normed* intermediate patch maps of the requested blocks (``enc.encode(x, layers=...)``).
+- Any SVG family works (``svg``: original SVG; SVG-T2I Autoencoder-R or -P, e.g. at 512 px). The latent of
+  SVG-T2I P has no residual channels: ``group="latent"`` then gives the C DINO channels.
 - The residual channels exist only for the last block. With ``group="latent"`` and ``residual_at="all"``
   (default) they are appended to *every* output, so all levels have C + r channels (uniform ``in_channels``
   and the detail channels reach the high-resolution pyramid levels, where they matter most);
@@ -47,7 +51,12 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 GROUPS = ("dino", "latent")
 PYRAMID_SCALES = (4, 2, 1, 0.5)
-CONFIGS = {"linear": "svg_linear_ade20k_512x512_40k.py", "upernet": "svg_upernet_ade20k_512x512_80k.py"}
+CONFIGS = {"linear": "svg_linear_ade20k_512x512_40k.py", "upernet": "svg_upernet_ade20k_512x512_80k.py",
+           # SVG-T2I autoencoders at 512 px (stage 2): R = 392 ch, P = 384 ch (no residual)
+           "linear-t2i-r": "svg_t2i_r_linear_ade20k_512x512_40k.py",
+           "linear-t2i-p": "svg_t2i_p_linear_ade20k_512x512_40k.py",
+           "upernet-t2i-r": "svg_t2i_r_upernet_ade20k_512x512_80k.py",
+           "upernet-t2i-p": "svg_t2i_p_upernet_ade20k_512x512_80k.py"}
 
 
 def config_path(name: str) -> str:
@@ -124,9 +133,9 @@ class SVGBackbone(BaseModule):
             raise ConfigError(f"residual_at={residual_at!r}: expected 'all' or 'last'")
         self.encoder = load_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model,
                                     alignment=alignment, fixed_stats=fixed_stats)
-        if group == "latent" and self.encoder.residual is None:
-            raise ConfigError("group='latent' needs an SVG encoder with residual channels (pass svg=... or an "
-                              "SVG model name); this encoder is DINOv3-only: use group='dino'")
+        if group == "latent" and self.encoder.residual is None and self.encoder.decoder is None:
+            raise ConfigError("group='latent' needs an SVG / SVG-T2I autoencoder (pass svg=... or an SVG model "
+                              "name); this encoder is DINOv3-only: use group='dino'")
         self.group, self.residual_at, self.frozen = group, residual_at, bool(frozen)
         self.depth = self.encoder.backbone.depth
         self.out_indices = resolve_out_indices(out_indices, self.depth)
@@ -159,7 +168,7 @@ class SVGBackbone(BaseModule):
     def _features(self, x: torch.Tensor) -> tuple[dict, torch.Tensor | None]:
         """{block: patch map [B, C, h, w]} for the requested blocks, and the aligned residual (or None)."""
         layers = sorted(set(self.out_indices))
-        need_res = self.group == "latent"
+        need_res = self.group == "latent" and self.encoder.residual is not None  # SVG-T2I P: latent = DINO
         if self.frozen:
             f = self.encoder.encode(x, layers=layers)
             return {i: f.layers[i][1] for i in layers}, (f.residual if need_res else None)

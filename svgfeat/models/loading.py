@@ -7,6 +7,8 @@ svgfeat ``.safetensors`` (config in the metadata).
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,8 +16,10 @@ import torch
 from .. import checkpoints as ck
 from ..errors import CheckpointError, ConfigError
 from .align import MODES
+from .decoder import official_ddconfig
 from .dinov3 import timm_to_meta
-from .svg import SVGEncoder, _svg_config
+from .residual_rope import infer_rope_config
+from .svg import T2I_STAGES, SVGEncoder, _svg_config, _t2i_config
 
 # official DINOv3 hub names -> svgfeat variants
 HUB_NAMES = {"dinov3_vits16": "vit_small", "dinov3_vits16plus": "vit_small_plus", "dinov3_vitb16": "vit_base",
@@ -79,8 +83,90 @@ def _load_dino(enc: SVGEncoder, sd: dict, source: str) -> None:
     ck.load_strict(bb.model, bb.load_meta_or_timm_state(sd), "DINOv3", source)
 
 
+def _stage_from_names(*paths) -> int | None:
+    """SVG-T2I stage from a released file name (``...-stage2.ckpt``, ``..._stage2_512.yaml``), else None."""
+    for p in paths:
+        m = re.search(r"stage[_-]?([123])(?![0-9])", Path(str(p)).name) if p else None
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def resolve_family(parts: dict, yaml_cfg: dict, source: str, yaml_source: str = "") -> str:
+    """The autoencoder family to build: the weights decide; a disagreeing YAML warns or is refused.
+
+    The released ``svg_autoencoder_R_stage*.yaml`` files are copies of the P ones (``extra_vit_config:
+    null``, ``z_channels: 384``). With an R checkpoint (``extra_vit.freqs``, 392-channel ``conv_in``) the
+    weights are trusted and a warning is issued. A YAML that declares a residual encoder the checkpoint
+    lacks is refused: its weights cannot be invented.
+    """
+    fam_w = ck.svg_family_from_weights(parts, source)
+    fam_y = ck.svg_family_from_yaml(yaml_cfg) if yaml_cfg else None
+    if fam_w == "t2i-p":
+        dec = parts["decoder"]
+        if not dec:
+            raise CheckpointError(f"{source}: no decoder.* keys; not an SVG / SVG-T2I autoencoder checkpoint")
+        if fam_y in ("svg", "t2i-r"):
+            raise CheckpointError(f"{yaml_source or 'the YAML'} describes an autoencoder with a residual encoder "
+                                  f"({fam_y}) but {source} has no extra_vit.* weights (an SVG-T2I P checkpoint?); "
+                                  "pass the matching YAML or none")
+    if fam_y is not None and fam_y != fam_w:
+        warnings.warn(f"{yaml_source or 'the YAML'} describes a {fam_y} autoencoder but the weights of {source} are "
+                      f"{fam_w} (extra_vit.* / decoder.conv_in shapes); building {fam_w} from the weights "
+                      "(the released SVG-T2I R configs are copies of the P ones)", UserWarning, stacklevel=3)
+    return fam_w
+
+
+def _autoencoder_config(parts: dict, yaml_cfg: dict, family: str, variant: str, dino_over: dict,
+                        stage, svg_path, yaml_path) -> dict:
+    """SVGEncoder config of an official SVG / SVG-T2I checkpoint (+ YAML) of the given family."""
+    evc = yaml_cfg.get("extra_vit_config") or {}
+    dec_sd = parts["decoder"]
+    if yaml_cfg.get("ddconfig"):
+        dd = official_ddconfig(yaml_cfg["ddconfig"])  # official attention placement: lowest level only
+        if "conv_in.weight" in dec_sd:  # the weights decide the latent width (released R yaml says 384)
+            dd["z_channels"] = int(dec_sd["conv_in.weight"].shape[1])
+        n = len(dd["ch_mult"])  # ... and where attention blocks are (svgfeat-trained decoders may have none)
+        levels = sorted({int(k.split(".")[1]) for k in dec_sd if k.startswith("up.") and ".attn." in k})
+        dd["attn_resolutions"] = [int(dd["resolution"]) // 2 ** (n - 1) * 2 ** (n - 1 - i) for i in levels]
+    else:
+        dd = ck.infer_ddconfig(dec_sd)
+    if family == "svg":
+        res = ck.infer_residual_config(parts["extra_vit"])
+        res["heads"] = int(evc.get("num_heads", 8))
+        mask_ratio = float(evc.get("mask_ratio", 0.1)) if parts["mask_token"] is not None else -1
+        if parts["mask_token"] is not None and mask_ratio <= 0:
+            mask_ratio = 0.1
+        name = _VARIANT_MODEL.get(variant, f"svg_{variant}") if not dino_over else "svg_custom"
+        config = _svg_config(name, variant, 0, dino_overrides=dino_over, residual=True, decoder=True,
+                             mask_ratio=mask_ratio)
+        config["residual"] = {**config["residual"], **res}
+        config["decoder"] = dd
+        return config
+    if stage is None:
+        stage = _stage_from_names(svg_path, yaml_path)
+    if stage is not None and int(stage) not in T2I_STAGES:
+        raise ConfigError(f"stage={stage!r}: SVG-T2I stages are {sorted(T2I_STAGES)} (256/512/1024 px)")
+    residual = family == "t2i-r"
+    std = variant == "vit_small_plus" and not dino_over
+    name = f"svg_t2i_{family[-1]}_vits16plus" if std else f"svg_t2i_{family[-1]}_custom"
+    config = _t2i_config(name, residual, None if stage is None else int(stage),
+                         dino={"variant": variant, "overrides": dict(dino_over)})
+    if residual:
+        try:
+            config["residual"] = infer_rope_config(parts["extra_vit"], heads=int(evc.get("num_heads", 6)))
+        except KeyError as e:
+            raise CheckpointError(f"SVG-T2I residual encoder weights lack {e}") from None
+        dim, heads = config["residual"]["dim"], config["residual"]["heads"]
+        if dim % heads or (dim // heads) % 4:  # the head count is not in the weights (released: 6 heads of 64)
+            raise CheckpointError(f"{Path(str(svg_path)).name}: a {dim}-wide RoPE residual ViT cannot have {heads} "
+                                  "heads; pass the YAML with extra_vit_config.num_heads")
+    config["decoder"] = dd
+    return config
+
+
 def build_encoder(dinov3=None, svg=None, svg_config=None, alignment="batch", device="cpu", model=None,
-                  fixed_stats=None, dtype=torch.float32) -> SVGEncoder:
+                  fixed_stats=None, dtype=torch.float32, stage=None) -> SVGEncoder:
     if alignment not in MODES:
         raise ConfigError(f"alignment={alignment!r}: expected one of {MODES}")
     prov = {}
@@ -118,18 +204,8 @@ def build_encoder(dinov3=None, svg=None, svg_config=None, alignment="batch", dev
         if parts is None:
             config = _svg_config(f"dinov3_{variant}", variant, 0, dino_overrides=dino_over, residual=False)
         else:
-            evc = yaml_cfg.get("extra_vit_config", {})
-            res = ck.infer_residual_config(parts["extra_vit"])
-            res["heads"] = int(evc.get("num_heads", 8))
-            dd = yaml_cfg.get("ddconfig") or ck.infer_ddconfig(parts["decoder"])
-            mask_ratio = float(evc.get("mask_ratio", 0.1)) if parts["mask_token"] is not None else -1
-            if parts["mask_token"] is not None and mask_ratio <= 0:
-                mask_ratio = 0.1
-            name = _VARIANT_MODEL.get(variant, f"svg_{variant}") if not dino_over else "svg_custom"
-            config = _svg_config(name, variant, 0, dino_overrides=dino_over, residual=True, decoder=True,
-                                 mask_ratio=mask_ratio)
-            config["residual"] = {**config["residual"], **res}
-            config["decoder"] = {k: dd[k] for k in DD_KEYS if k in dd}
+            family = resolve_family(parts, yaml_cfg, Path(svg).name, Path(svg_config).name if svg_config else "")
+            config = _autoencoder_config(parts, yaml_cfg, family, variant, dino_over, stage, svg, svg_config)
     if model is not None and own_sd is None:
         from .registry import create_model
 
@@ -137,6 +213,13 @@ def build_encoder(dinov3=None, svg=None, svg_config=None, alignment="batch", dev
         if enc.align is not None:
             enc.set_alignment(alignment)
     else:
+        if parts is not None and config.get("family") == "t2i-p" and dino_sd is not None:
+            width = dino_sd["cls_token"].shape[-1] if "cls_token" in dino_sd else None
+            z = config["decoder"].get("z_channels")
+            if width is not None and z != width:
+                raise CheckpointError(f"{Path(svg).name}: the decoder takes {z} input channels but there is no "
+                                      f"residual encoder (extra_vit.*) and DINOv3 gives {width} DINO channels; "
+                                      "an SVG / SVG-T2I R checkpoint without its residual weights?")
         enc = SVGEncoder(dict(config, alignment=alignment))
 
     # ---- weights
@@ -151,7 +234,13 @@ def build_encoder(dinov3=None, svg=None, svg_config=None, alignment="batch", dev
         if "fixed_stats" in own_cfg and enc.align is not None:
             enc.align.set_fixed_stats(own_cfg["fixed_stats"])
     elif parts is not None:
-        ck.load_strict(enc.residual, parts["extra_vit"], "residual encoder (extra_vit.*)", Path(svg).name)
+        ev = parts["extra_vit"]
+        if enc.residual is None and ev:
+            raise CheckpointError(f"{Path(svg).name} has a residual encoder (extra_vit.*) but model {model!r} has none")
+        if enc.residual is not None:
+            if getattr(enc.residual, "arch", "vit") == "rope_mixed":  # the unused classifier is not built
+                ev = {k: v for k, v in ev.items() if not k.startswith("head.")}
+            ck.load_strict(enc.residual, ev, "residual encoder (extra_vit.*)", Path(svg).name)
         ck.load_strict(enc.decoder, parts["decoder"], "decoder (decoder.*)", Path(svg).name)
         if parts["mask_token"] is not None:
             enc.mask_token.data.copy_(parts["mask_token"].float())
@@ -167,6 +256,10 @@ def build_encoder(dinov3=None, svg=None, svg_config=None, alignment="batch", dev
         enc.align.set_fixed_stats(fixed_stats)
     if alignment == "fixed" and enc.align is not None and not enc.align.has_fixed_stats:
         pass  # statistics may be set later (extract computes them in a first pass)
+    if stage is not None and enc.family in ("t2i-r", "t2i-p"):
+        if int(stage) not in T2I_STAGES:
+            raise ConfigError(f"stage={stage!r}: SVG-T2I stages are {sorted(T2I_STAGES)} (256/512/1024 px)")
+        enc.config["stage"] = int(stage)
     enc.provenance = {"model": enc.config.get("name", "custom"), **prov}
     return enc.to(device=device, dtype=dtype).eval()
 
@@ -181,18 +274,20 @@ def save_encoder(enc: SVGEncoder, path, include_backbone: bool = False) -> Path:
 
 def official_state_dict(enc: SVGEncoder, include_encoder: bool = True) -> dict:
     """The encoder's weights in the official SVG Lightning key layout (``encoder.*`` in Meta layout)."""
-    if enc.residual is None or enc.decoder is None:
-        raise ConfigError("only a full SVG autoencoder (residual + decoder) can be exported to the official layout")
+    if enc.decoder is None or (enc.residual is None and enc.family != "t2i-p"):
+        raise ConfigError("only a full SVG / SVG-T2I autoencoder (residual or SVG-T2I P, + decoder) can be exported "
+                          "to the official layout")
     sd = {}
     if hasattr(enc, "mask_token"):
         sd["mask_token"] = enc.mask_token.detach()
     if include_encoder:
         heads = enc.backbone.model.blocks[0].attn.num_heads
         sd.update({f"encoder.{k}": v for k, v in timm_to_meta(enc.backbone.model.state_dict(), heads).items()})
-    sd.update({f"extra_vit.{k}": v for k, v in enc.residual.state_dict().items()})
-    n = enc.residual_channels + 32  # the official (unused) LayerNorm(output_dim + embed_dim=32)
-    dev = enc.decoder.conv_out.weight.device
-    sd["norm_vit.weight"], sd["norm_vit.bias"] = torch.ones(n, device=dev), torch.zeros(n, device=dev)
+    if enc.residual is not None:  # SVG-T2I P has no residual branch and no norm_vit
+        sd.update({f"extra_vit.{k}": v for k, v in enc.residual.state_dict().items()})
+        n = enc.residual_channels + 32  # the official (unused) LayerNorm(output_dim + embed_dim=32)
+        dev = enc.decoder.conv_out.weight.device
+        sd["norm_vit.weight"], sd["norm_vit.bias"] = torch.ones(n, device=dev), torch.zeros(n, device=dev)
     sd.update({f"decoder.{k}": v for k, v in enc.decoder.state_dict().items()})
     return {k: v.detach() if v.is_meta else v.detach().cpu().contiguous() for k, v in sd.items()}
 
@@ -208,12 +303,19 @@ def export_official(enc: SVGEncoder, path, include_encoder: bool = True) -> tupl
     torch.save(ckpt, p)
     variant = enc.config["dino"]["variant"]
     hub = {v: k for k, v in HUB_NAMES.items()}.get(variant, variant)
-    cfg = {"model": {"base_learning_rate": 1e-4, "target": "ldm.models.dino_decoder.DinoDecoder", "params": {
+    evc = None
+    if enc.residual is not None:
+        evc = {"output_dim": enc.residual_channels, "mask_ratio": max(enc.mask_ratio, 0.0) if enc.family == "t2i-r"
+               else enc.mask_ratio, "use_outnorm": True, "num_heads": enc.residual.config["heads"]}
+        if enc.family == "t2i-r":
+            evc["vit_type"] = "vit-rope-s"
+    target = ("ldm.models.dinov3_decoder_native_resolution.DinoDecoder" if enc.family in ("t2i-r", "t2i-p")
+              else "ldm.models.dino_decoder.DinoDecoder")
+    cfg = {"model": {"base_learning_rate": 1e-4, "target": target, "params": {
         "embed_dim": 32,
         "ddconfig": dict(enc.decoder.config, double_z=True),
         "dinoconfig": {"model_name": hub},
-        "extra_vit_config": {"output_dim": enc.residual_channels, "mask_ratio": enc.mask_ratio, "use_outnorm": True,
-                             "num_heads": enc.residual.config["heads"]},
+        "extra_vit_config": evc,
     }}}
     yp = p.with_suffix(".yaml")
     yp.write_text(yaml.safe_dump(cfg, sort_keys=False))

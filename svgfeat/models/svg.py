@@ -18,6 +18,10 @@ from .decoder import DEFAULT_DDCONFIG, Decoder
 from .dinov3 import DinoV3Backbone
 from .registry import register_model
 from .residual import ResidualEncoder
+from .residual_rope import ResidualRoPEEncoder
+
+FAMILIES = ("svg", "t2i-r", "t2i-p")
+T2I_STAGES = {1: 256, 2: 512, 3: 1024}  # SVG-T2I training stages -> image size
 
 BASE_GROUPS = ("dino", "residual", "latent", "cls", "registers", "pooled")
 
@@ -50,7 +54,8 @@ class SVGFeatures:
             return self.latent
         if name == "residual":
             if self.residual is None:
-                raise ValueError("group 'residual' needs an SVG checkpoint; this encoder is DINOv3-only")
+                raise ValueError("group 'residual' needs an encoder with residual channels (SVG or SVG-T2I R); "
+                                 "this one has none (SVG-T2I P or DINOv3-only): its latent is the DINO channels")
             return self.residual
         for prefix, idx in (("cls_l", 0), ("pooled_l", 2), ("dino_l", 1)):
             if name.startswith(prefix) and name[len(prefix):].isdigit():
@@ -76,7 +81,9 @@ class SVGEncoder(nn.Module):
     """DINOv3 backbone (+ residual encoder, alignment and decoder when an SVG model is loaded).
 
     ``config``: {"dino": {"variant": str, "overrides": {...}}, "residual": ResidualEncoder kwargs or
-    None, "decoder": ddconfig or None, "alignment": "batch"|"fixed", "mask_ratio": float, "name": str}.
+    None, "decoder": ddconfig or None, "alignment": "batch"|"fixed", "mask_ratio": float, "name": str,
+    "family": "svg"|"t2i-r"|"t2i-p" (optional), "stage": 1|2|3 (optional, SVG-T2I)}. A residual config with
+    ``arch="rope_mixed"`` builds the SVG-T2I residual encoder, otherwise the original SVG one.
     """
 
     def __init__(self, config: dict):
@@ -87,7 +94,13 @@ class SVGEncoder(nn.Module):
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         res_cfg = self.config.get("residual")
-        self.residual = ResidualEncoder(**res_cfg) if res_cfg else None
+        if res_cfg:
+            arch = res_cfg.get("arch", "vit")
+            if arch not in ("vit", "rope_mixed"):
+                raise ValueError(f"residual arch {arch!r}: expected 'vit' (SVG) or 'rope_mixed' (SVG-T2I R)")
+            self.residual = (ResidualRoPEEncoder if arch == "rope_mixed" else ResidualEncoder)(**res_cfg)
+        else:
+            self.residual = None
         self.align = DistributionAlign(self.config.get("alignment", "batch")) if res_cfg else None
         mask_ratio = float(self.config.get("mask_ratio", -1) or -1)
         if res_cfg and mask_ratio > 0:
@@ -112,6 +125,22 @@ class SVGEncoder(nn.Module):
     @property
     def latent_channels(self) -> int:
         return self.embed_dim + self.residual_channels
+
+    @property
+    def family(self) -> str:
+        """'svg' (original SVG), 't2i-r' / 't2i-p' (SVG-T2I Autoencoder-R / -P) or 'dinov3' (backbone only)."""
+        fam = self.config.get("family")
+        if fam:
+            return fam
+        if self.residual is not None:
+            return "t2i-r" if getattr(self.residual, "arch", "vit") == "rope_mixed" else "svg"
+        return "t2i-p" if self.decoder is not None else "dinov3"
+
+    @property
+    def stage(self) -> int | None:
+        """SVG-T2I training stage (1 = 256, 2 = 512, 3 = 1024 px) when known, else None."""
+        st = self.config.get("stage")
+        return int(st) if st is not None else None
 
     @property
     def patch_size(self) -> int:
@@ -248,6 +277,73 @@ def svg_vitl16(**overrides) -> SVGEncoder:
     return SVGEncoder(_svg_config("svg_vitl16", "vit_large", 1024, **overrides))
 
 
+def _t2i_config(name: str, has_residual: bool, stage: int | None, **overrides) -> dict:
+    if stage is not None and stage not in T2I_STAGES:
+        raise ValueError(f"SVG-T2I stage {stage!r}: expected one of {sorted(T2I_STAGES)} (256/512/1024 px)")
+    residual = has_residual
+    cfg = {"name": name, "family": "t2i-r" if residual else "t2i-p", "stage": stage,
+           "dino": {"variant": "vit_small_plus", "overrides": {}},
+           "residual": dict(arch="rope_mixed", image_size=1024, patch_size=16, depth=12, dim=384, heads=6,
+                            mlp_dim=1536, out_dim=8) if residual else None,
+           "decoder": dict(DEFAULT_DDCONFIG, z_channels=392 if residual else 384),
+           "alignment": "batch", "mask_ratio": -1}
+    for k, v in overrides.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    return cfg
+
+
+@register_model("encoder")
+def svg_t2i_r_vits16plus(stage: int | None = None, **overrides) -> SVGEncoder:
+    """SVG-T2I Autoencoder-R: DINOv3 ViT-S/16+ + 12-layer RoPE residual ViT (8 ch) = 392; stage 1/2/3 = 256/512/1024."""
+    return SVGEncoder(_t2i_config("svg_t2i_r_vits16plus", True, stage, **overrides))
+
+
+@register_model("encoder")
+def svg_t2i_p_vits16plus(stage: int | None = None, **overrides) -> SVGEncoder:
+    """SVG-T2I Autoencoder-P: DINOv3 ViT-S/16+ + pixel decoder, no residual (384 ch); stage 1/2/3 = 256/512/1024."""
+    return SVGEncoder(_t2i_config("svg_t2i_p_vits16plus", False, stage, **overrides))
+
+
+def _register_t2i_stages():
+    """svg_t2i_{r,p}_vits16plus_stage{1,2,3}: the released SVG-T2I autoencoders, one name per stage (256/512/1024)."""
+    for fam in ("r", "p"):
+        for st, px in T2I_STAGES.items():
+            def factory(_fam=fam, _st=st, **overrides) -> SVGEncoder:
+                return SVGEncoder(_t2i_config(f"svg_t2i_{_fam}_vits16plus_stage{_st}", _fam == "r", _st, **overrides))
+
+            factory.__name__ = f"svg_t2i_{fam}_vits16plus_stage{st}"
+            factory.__doc__ = (f"SVG-T2I Autoencoder-{fam.upper()}, stage {st} ({px} px): "
+                               + ("392 ch (384 DINOv3 + 8 residual)." if fam == "r" else "384 ch (DINOv3 only)."))
+            register_model("encoder")(factory)
+
+
+_register_t2i_stages()
+
+
+def _register_t2i_pretrained():
+    """Hub files of the released SVG-T2I autoencoders (KlingTeam/SVG-T2I, ``pre-trained/autoencoder/``).
+
+    DINOv3 comes from timm's Hub copy (the same weights as Meta's ``dinov3_vits16plus_pretrain_lvd1689m``).
+    The P YAMLs are registered as optional (the architecture is read from the weights anyway); the R YAMLs are
+    not registered: the released ones are copies of the P configs (``extra_vit_config: null``).
+    """
+    from ..hub import HubFile, register_pretrained
+
+    repo, root = "KlingTeam/SVG-T2I", "pre-trained/autoencoder"
+    dino = HubFile("timm/vit_small_plus_patch16_dinov3_qkvb.lvd1689m", "model.safetensors",
+                   hint="or Meta's dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth (also in KlingTeam/SVG-T2I "
+                        "pre-trained/)")
+    for fam in ("R", "P"):
+        for st, px in T2I_STAGES.items():
+            files = {"dinov3": dino, "svg": HubFile(repo, f"{root}/svg_autoencoder-{fam}-stage{st}.ckpt")}
+            if fam == "P":
+                files["svg_config"] = HubFile(repo, f"{root}/svg_autoencoder_P_stage{st}_{px}.yaml", optional=True)
+            register_pretrained(f"svg_t2i_{fam.lower()}_vits16plus_stage{st}", **files)
+
+
+_register_t2i_pretrained()
+
+
 @register_model("encoder")
 def dinov3_vits16plus(**overrides) -> SVGEncoder:
     """DINOv3 ViT-S/16+ alone (no residual, no decoder)."""
@@ -288,6 +384,23 @@ def test_tiny(**overrides) -> SVGEncoder:
 
 
 @register_model("encoder")
+def test_tiny_t2i_r(**overrides) -> SVGEncoder:
+    """Tiny SVG-T2I R for tests: tiny DINOv3-style ViT (64) + 1-layer RoPE residual ViT (8 ch) + tiny decoder."""
+    torch.manual_seed(overrides.pop("seed", 0))
+    return SVGEncoder(_t2i_config("test_tiny_t2i_r", True, None, dino={"overrides": dict(TINY_DINO)},
+                                  residual=dict(image_size=64, depth=1, dim=32, heads=2, mlp_dim=64),
+                                  decoder=dict(TINY_DECODER), **overrides))
+
+
+@register_model("encoder")
+def test_tiny_t2i_p(**overrides) -> SVGEncoder:
+    """Tiny SVG-T2I P for tests: tiny DINOv3-style ViT (64 ch) + tiny decoder, no residual."""
+    torch.manual_seed(overrides.pop("seed", 0))
+    return SVGEncoder(_t2i_config("test_tiny_t2i_p", False, None, dino={"overrides": dict(TINY_DINO)},
+                                  decoder=dict(TINY_DECODER, z_channels=64), **overrides))
+
+
+@register_model("encoder")
 def test_tiny_dino(**overrides) -> SVGEncoder:
     """Tiny DINOv3-only encoder for tests."""
     torch.manual_seed(overrides.pop("seed", 0))
@@ -297,7 +410,8 @@ def test_tiny_dino(**overrides) -> SVGEncoder:
 
 def load_encoder(dinov3=None, svg=None, svg_config=None, alignment: str = "batch", device="cpu",
                  model: str | None = None, fixed_stats: dict | None = None, dtype=torch.float32,
-                 pretrained: bool = False, pretrained_cfg_overlay: dict | None = None) -> SVGEncoder:
+                 pretrained: bool = False, pretrained_cfg_overlay: dict | None = None,
+                 stage: int | None = None) -> SVGEncoder:
     """Build an :class:`SVGEncoder` from weight files (see :mod:`svgfeat.models.loading`).
 
     ``pretrained=True``: the released files of ``model`` (default ``svg_vits16plus``: DINOv3 ViT-S/16+ from
@@ -305,22 +419,29 @@ def load_encoder(dinov3=None, svg=None, svg_config=None, alignment: str = "batch
     every file not given explicitly. Any weight argument may also be a Hub spec: ``"hf"`` (that model's
     registered file) or ``"hf://ORG/NAME/path[@revision]"``. ``pretrained_cfg_overlay`` replaces registered
     files by role (``dinov3``, ``svg``, ``svg_config``). Provenance of Hub files: repo, revision, sha256.
+
+    ``svg`` may be an original SVG checkpoint or an SVG-T2I Autoencoder-R / -P one (the family is read from
+    the weights and the YAML); ``stage`` records the SVG-T2I stage (else taken from a ``stage{n}`` file or
+    model name, e.g. ``svg_t2i_p_vits16plus_stage3``).
     """
     from ..hub import is_hub_spec, pretrained_cfg, resolve
-    from .loading import build_encoder
+    from .loading import _stage_from_names, build_encoder
 
     specs = {"dinov3": dinov3, "svg": svg, "svg_config": svg_config}
     hub_model = model or "svg_vits16plus"
     if pretrained:
         cfg = pretrained_cfg(hub_model, pretrained_cfg_overlay)
         specs = {role: v if v is not None else ("hf" if role in cfg else None) for role, v in specs.items()}
+    if stage is None and model and "t2i" in model:
+        stage = _stage_from_names(model)
     hub_prov = {}
     if any(is_hub_spec(v) for v in specs.values()):
         for role, v in specs.items():
             specs[role], hub_prov[role] = resolve(v, hub_model, role, pretrained_cfg_overlay)
         model = None  # the architecture is read from the files, exactly as for the same files given by path
     enc = build_encoder(dinov3=specs["dinov3"], svg=specs["svg"], svg_config=specs["svg_config"],
-                        alignment=alignment, device=device, model=model, fixed_stats=fixed_stats, dtype=dtype)
+                        alignment=alignment, device=device, model=model, fixed_stats=fixed_stats, dtype=dtype,
+                        stage=stage)
     for role, prov in hub_prov.items():
         if prov:
             enc.provenance[role] = {**enc.provenance.get(role, {}), **prov}
