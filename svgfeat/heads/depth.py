@@ -37,7 +37,15 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ._dense import _encoder_spec, _is_cache, _is_feature_array, _online_loader, _upsample, lr_factor, slide_inference
+from ._dense import (
+    _encoder_spec,
+    _is_cache,
+    _is_feature_array,
+    _online_loader,
+    _upsample,
+    lr_factor,
+    slide_inference,
+)
 from .depth_metrics import DepthMetric
 
 GROUPS = ("dino", "latent")
