@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import golden_path
 from PIL import Image
 
+from conftest import golden_path
 from svgfeat.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from svgfeat.errors import DataError
-from svgfeat.heads.depth_metrics import METRICS, DepthMetric, constant_baseline, depth_errors, eigen_crop_mask, mean_depth
+from svgfeat.heads.depth_metrics import (
+    METRICS,
+    DepthMetric,
+    constant_baseline,
+    depth_errors,
+    eigen_crop_mask,
+    mean_depth,
+)
 
 
 def test_hand_computed_reference():
@@ -58,7 +65,7 @@ def test_agrees_with_an_independent_implementation_on_random_arrays():
     rng = np.random.default_rng(1)
     metric = DepthMetric(1e-3, 10.0)
     per_image = []
-    for k in range(6):
+    for _ in range(6):
         gt = rng.uniform(0.0, 12.0, (37, 53))
         gt[rng.random(gt.shape) < 0.1] = 0  # holes
         pred = np.clip(gt * np.exp(rng.normal(0, 0.3, gt.shape)) + rng.normal(0, 0.2, gt.shape), 0.05, None)

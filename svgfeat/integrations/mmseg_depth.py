@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import mmseg as _svg_mmseg  # noqa: F401  (registers SVGBackbone, BNHead, SVGPlainCheckpointHook)
-from .mmseg import BaseDecodeHead, MODELS, build_norm_layer
+from .mmseg import MODELS, BaseDecodeHead, build_norm_layer
 
 DEPTH_CONFIG = "svg_linear_nyu_416x544_38k.py"
 
