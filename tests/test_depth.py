@@ -190,3 +190,14 @@ def test_validation_errors(tiny):
     fitted = LinearDepthHead(max_iters=1, warmup_iters=0).fit(torch.randn(2, 64, 2, 2), depths)
     with pytest.raises(ConfigError, match="64-channel"):
         fitted.set_params(encoder=tiny).predict(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_nyu_layout_is_evaluated_on_the_eigen_crop(tmp_path, tiny, sample):
+    write_depth_folder(sample[1].subset(range(2)), tmp_path / "nyu", layout="nyu-mmseg", split="test")
+    nyu = open_depth_dataset(tmp_path / "nyu", split="val")
+    head = LinearDepthHead(tiny, max_iters=1, warmup_iters=0).fit(torch.randn(2, 72, 2, 2), np.ones((2, 8, 8)))
+    r = head.evaluate(nyu)
+    assert r["eval_crop"] == "eigen" and r["images"] == 2 and r["tta"]
+    # the Eigen box of a 96 x 96 image drops the borders: fewer pixels than the whole image
+    assert r["pixels"] < 2 * 96 * 96
+    assert head.set_params(eval_crop="none", tta=False).evaluate(nyu)["pixels"] == 2 * 96 * 96
