@@ -21,9 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingDependencyError
 from . import mmseg as _svg_mmseg  # noqa: F401  (registers SVGBackbone, BNHead, SVGPlainCheckpointHook)
-from .mmseg import MODELS, BaseDecodeHead, build_norm_layer
+
+try:
+    from mmcv.cnn import build_norm_layer
+    from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+    from mmseg.registry import MODELS
+except ImportError as e:  # pragma: no cover - the import above already raised without the extra
+    raise MissingDependencyError("onedl-mmsegmentation", "mmseg", "svgfeat.integrations.mmseg_depth") from e
 
 DEPTH_CONFIG = "svg_linear_nyu_416x544_38k.py"
 
