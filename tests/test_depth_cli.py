@@ -86,7 +86,7 @@ def test_errors_are_one_line(capsys, tmp_path):
 
 
 def test_full_size_architecture_train_and_predict(capsys, tmp_path):
-    """Golden full-size SVG (DINOv3-S+/16 + residual, 392 channels): online train, eval, predict."""
+    """Golden full-size SVG (DINOv3-S+/16 + residual, 392 channels): online train, eval and predict."""
     weights = ["--dinov3", str(golden_path("dinov3_vits16plus_random.pth")), "--svg",
                str(golden_path("svg_ae_shared.ckpt")), "--svg-config", str(golden_path("svg_ae_shared.yaml"))]
     out = tmp_path / "full"
@@ -97,6 +97,11 @@ def test_full_size_architecture_train_and_predict(capsys, tmp_path):
     assert m["train"]["mode"] == "online" and m["val"]["images"] == 2
     assert all(np.isfinite(m[k]) for k in ("rmse", "abs_rel", "delta1", "baseline_rmse"))
     assert json.loads((out / "head.json").read_text())["in_channels"] == 392
+    code, stdout, err = run(["depth", "eval", "--data", "sample:depth", "--head", str(out / "head.safetensors"),
+                             *weights, "--limit", "2", "--json", str(tmp_path / "e.json")], capsys)
+    assert code == 0, err
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert e["metrics"]["images"] == 2 and e["metrics"]["tta"] and np.isfinite(e["baseline"]["rmse"])
     Image.fromarray(np.full((40, 56, 3), 120, np.uint8)).save(tmp_path / "grey.png")
     code, _, err = run(["depth", "predict", str(tmp_path / "grey.png"), "--head", str(out / "head.safetensors"),
                         *weights, "-o", str(tmp_path / "pred")], capsys)
