@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "search": "search:search",
     "serve": "serve:serve",
     "seg": "seg:seg",
+    "depth": "depth:depth",
     "pca": "pca:pca",
     "train-dit": "train_dit:train_dit",
     "generate": "generate:generate",

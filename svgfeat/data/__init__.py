@@ -43,8 +43,12 @@ def open_dataset(spec, labels=None, classes=None) -> ImageDataset:
             from .segmentation import open_seg_dataset
 
             return open_seg_dataset(s)
+        if name.startswith("depth"):
+            from .depth import open_depth_dataset
+
+            return open_depth_dataset(s)
         raise DataError(f"unknown sample dataset {s!r}; expected sample:digits/train, sample:digits/val, "
-                        "sample:photos or sample:digitseg/train|val")
+                        "sample:photos, sample:digitseg/train|val or sample:depth/train|val")
     p = Path(s)
     if not p.exists():
         raise DataError(f"dataset not found: {s} (expected a folder, a .txt file list or sample:...)")

@@ -3,6 +3,7 @@
 - ``sample:digits/train`` / ``sample:digits/val``: scikit-learn's 1797 real handwritten digits (8x8, 10
   classes), rendered as 32x32 RGB (white strokes on black), split 80/20 with a fixed seed.
 - ``sample:photos``: scikit-image's bundled sample photographs (unlabelled).
+- ``sample:depth/train`` / ``sample:depth/val``: rendered rooms with exact metric depth (``svgfeat.data.depth``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ VAL_FRACTION = 0.2
 PHOTO_NAMES = ("astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
                "retina", "coins", "horse", "moon", "page", "text", "brick", "grass", "gravel", "clock", "cell",
                "colorwheel", "logo", "motorcycle_left", "motorcycle_right")
-SPECS = ("sample:digits/train", "sample:digits/val", "sample:photos")
+SPECS = ("sample:digits/train", "sample:digits/val", "sample:photos", "sample:depth/train", "sample:depth/val")
 
 
 def digits_split(split: str) -> np.ndarray:
