@@ -117,7 +117,9 @@ new = seen / (time.perf_counter() - t)
 perm = torch.randperm(len(c), generator=torch.Generator().manual_seed(0)).numpy()
 t = time.perf_counter()
 for s in range(steps):
-    rows = np.sort(perm[s * B:(s + 1) * B]); z = torch.from_numpy(c.read("latent", rows)).float()
+    rows = perm[s * B:(s + 1) * B]; u, inv = np.unique(rows, return_inverse=True)
+    z = torch.from_numpy(c.read("latent", u)[inv]).float()  # then the same normalisation as LatentBatcher.batch
+    tok = (z.flatten(2).transpose(1, 2) - d.mean) / d.std
 old = steps * B / (time.perf_counter() - t)
 print(f"dit-data: {seen} rows in {steps} batches: streamed {new:.0f} rows/s, synchronous random reads "
       f"{old:.0f} rows/s, ratio {new / old:.2f}")
