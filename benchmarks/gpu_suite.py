@@ -151,7 +151,7 @@ def bench_extract(args, cfg, tmp: Path) -> dict:
     ok = [v["img_s"] for v in res.values() if "img_s" in v]
     base = res.get("pil fp32", {}).get("img_s")
     if base:
-        for k, v in res.items():
+        for v in res.values():
             if "img_s" in v:
                 v["ratio_vs_pil_fp32"] = round(v["img_s"] / base, 2)
     best = max(ok) if ok else None
@@ -282,7 +282,7 @@ def bench_dit(args, cfg, tmp: Path) -> tuple[dict, object]:
     for mode, limit in (("streamed", 0), ("device-resident", 1 << 62)):
         data = LatentBatcher(cache, B, 0, stats, model.num_classes, dev, preload_limit=limit)
 
-        def step(s):
+        def step(s, data=data):
             t, x0, drop, _ = step_noise(s, 0, B, 256, 392, 0.4, model.y_embedder.dropout_prob, dev)
             x1, y = data.batch(s, 0, B)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
@@ -301,7 +301,6 @@ def bench_dit(args, cfg, tmp: Path) -> tuple[dict, object]:
         print(f"  DiT {mode}: {out[f'{mode}_steps_s']} steps/s", flush=True)
     out["streamed_vs_resident"] = round(out["streamed_steps_s"] / out["device-resident_steps_s"], 3)
     out["peak_gpu_gib"] = peak_gpu_gib(dev)
-    del opt
     return out, model.eval()
 
 
