@@ -272,12 +272,15 @@ class FeatureCache:
         if rows is None:
             for i in range(0, len(self), batch_size):
                 j = min(len(self), i + batch_size)
-                yield np.arange(i, j), {g: self.read(g, slice(i, j), dtype=dtype) for g in groups}
+                yield np.arange(i, j), {g: self._read_kw(g, slice(i, j), dtype) for g in groups}
             return
         r = self._rows(rows)
         for i in range(0, len(r), batch_size):
             b = r[i:i + batch_size]
-            yield b, {g: self.read(g, b, dtype=dtype) for g in groups}
+            yield b, {g: self._read_kw(g, b, dtype) for g in groups}
+
+    def _read_kw(self, group, rows, dtype):
+        return self.read(group, rows) if dtype is None else self.read(group, rows, dtype=dtype)
 
     def to(self, device="cpu", groups=("latent",), dtype=None) -> dict[str, torch.Tensor]:
         """Device-resident tensors {group: [n, ...]}; the same (cache, group, device, dtype) is shared in-process.
