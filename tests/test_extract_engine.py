@@ -235,3 +235,20 @@ def test_device_decode_leaves_rotated_and_cmyk_jpegs_to_pil(tmp_path, photos):
     im.convert("L").save(tmp_path / "gray.jpg")
     ok = {p.name: device_decodable(read_bytes(p)) for p in tmp_path.glob("*.jpg")}
     assert ok == {"rot.jpg": False, "up.jpg": True, "cmyk.jpg": False, "gray.jpg": True}
+
+
+def test_preset_none_takes_the_first_image_size_and_refuses_other_sizes(tmp_path, photos):
+    """preset 'none' keeps image sizes: the cache holds the first decodable image's size (not a 64x64 guess),
+    and an image of another size is a recorded failure, never a wrongly shaped row."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(photos[0][:96, :128]).save(d / "a.png")
+    Image.fromarray(photos[1][:96, :128]).save(d / "b.png")
+    Image.fromarray(photos[2][:64, :64]).save(d / "c.png")
+    c = svgfeat.extract(str(d), tmp_path / "c", model="test_tiny", preset="none", groups=["latent", "cls"],
+                        progress=False)
+    assert len(c) == 2 and c.groups["latent"]["shape"][1:] == [6, 8]
+    assert c.read("latent").shape == (2, c.groups["latent"]["shape"][0], 6, 8)
+    assert c.manifest["transform"]["hw"] == [96, 128]
+    (fail,) = c.failures
+    assert fail[0].endswith("c.png") and fail[1].startswith("size-mismatch: 64x64")

@@ -12,6 +12,7 @@ whole run (:mod:`.output`); resume re-hashes the shards it reuses (:mod:`.resume
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -28,7 +29,7 @@ from ..cache.reader import open_cache
 from ..errors import CacheError, ConfigError
 from . import output
 from .encode import Encoding, fixed_stats_pass
-from .loader import ShardPlan, make_loader
+from .loader import ShardPlan, first_decodable_hw, make_loader
 from .request import (
     DEFAULT_GROUPS,
     Options,
@@ -144,13 +145,17 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
         existing = None
     D.barrier(info)
     transform = opts.transform
+    hw = (transform.size, transform.size)
+    if transform.preset == "none":  # the first decodable image fixes the size; others of another size fail
+        hw = first_decodable_hw(ds, n_items, transform) or (64, 64)
+        request = dict(request, transform=dict(request["transform"], hw=list(hw)))
+        opts = dataclasses.replace(opts, expect_hw=tuple(hw))
     if enc.alignment == "fixed" and not enc.align.has_fixed_stats:
         if existing is not None and (existing.get("encoder") or {}).get("fixed_stats"):
             enc.align.set_fixed_stats(existing["encoder"]["fixed_stats"])
         else:
             enc.align.set_fixed_stats(_fixed_stats(enc, ds, n_items, opts, dev, progress and info.is_main))
     encode = Encoding(enc, groups, opts.dtype, dev, opts.precision)
-    hw = (transform.size, transform.size) if transform.preset != "none" else (64, 64)
     request = dict(request, groups=encode.probe_groups(hw), encoder=encoder_spec(enc))
     if existing is not None:
         refuse_mismatch(out, existing, request)
@@ -191,7 +196,7 @@ def _fixed_stats(enc, ds, n_items, opts, dev, progress) -> dict:
     """Alignment statistics over the first ``fixed_stats_limit`` items (view 0), batch-size independent."""
     n = min(n_items, opts.fixed_stats_limit or n_items)
     plan = ShardPlan([(0, 0, n)], opts.batch_size)
-    loader = make_loader(ds, plan, opts.transform, 1, 0, opts.workers, dev)
+    loader = make_loader(ds, plan, opts.transform, 1, 0, opts.workers, dev, expect_hw=opts.expect_hw)
     bar = _bar(n, "alignment stats", progress)
 
     def batches():
@@ -242,7 +247,8 @@ def run_shards(out, ds, todo, encode, opts: Options, progress: bool) -> None:
         return
     dev = encode.device
     plan = ShardPlan(todo, max(1, opts.batch_size // opts.views))
-    loader = make_loader(ds, plan, opts.transform, opts.views, opts.view_seed, opts.workers, dev, opts.draft)
+    loader = make_loader(ds, plan, opts.transform, opts.views, opts.view_seed, opts.workers, dev, opts.draft,
+                         expect_hw=opts.expect_hw)
     bounds = {s: (a, b) for s, a, b in todo}
     bar = _bar(sum(b - a for _, a, b in todo), "extract", progress)
     threads = torch.get_num_threads()

@@ -17,8 +17,9 @@ from ..data.views import make_view
 class Items(torch.utils.data.Dataset):
     """Item i of a dataset -> (i, views [K,3,S,S] or JPEG bytes or None, failure reason or None)."""
 
-    def __init__(self, ds, transform, views, view_seed, draft=None):
+    def __init__(self, ds, transform, views, view_seed, draft=None, expect_hw=None):
         self.ds, self.transform, self.views, self.view_seed, self.draft = ds, transform, views, view_seed, draft
+        self.expect_hw = tuple(expect_hw) if expect_hw else None  # preset 'none': every row must have this size
 
     def __len__(self):
         return len(self.ds)
@@ -42,6 +43,10 @@ class Items(torch.utils.data.Dataset):
         try:
             img = self.ds.load(i, draft=draft) if draft else self.ds.load(i)
             x = torch.stack([make_view(img, self.transform, v, self.view_seed, i) for v in range(self.views)])
+            if self.expect_hw and tuple(x.shape[-2:]) != self.expect_hw:
+                return i, None, (f"size-mismatch: {x.shape[-2]}x{x.shape[-1]}, but this cache holds "
+                                 f"{self.expect_hw[0]}x{self.expect_hw[1]} images (preset 'none' keeps every "
+                                 "image's size; use --preset resize for mixed sizes)")
             return i, x, None
         except DecodeError as e:
             return i, None, e.reason + (f": {e.detail}" if e.detail else "")
@@ -78,9 +83,20 @@ class ShardPlan:
         return sum((e - a + self.per_batch - 1) // self.per_batch for _, a, e in self.shards)
 
 
-def make_loader(ds, plan: ShardPlan, transform, views: int, view_seed: int, workers: int, device, draft=None):
+def first_decodable_hw(ds, n_items: int, transform, tries: int = 256) -> tuple[int, int] | None:
+    """(H, W) of the first item that decodes (preset 'none' keeps image sizes: the cache takes this one)."""
+    items = Items(ds, transform, 1, 0)
+    for i in range(min(n_items, tries)):
+        _, x, err = items._decode(i)
+        if err is None:
+            return tuple(int(v) for v in x.shape[-2:])
+    return None
+
+
+def make_loader(ds, plan: ShardPlan, transform, views: int, view_seed: int, workers: int, device, draft=None,
+                expect_hw=None):
     cuda = torch.device(device).type == "cuda"
     return torch.utils.data.DataLoader(
-        Items(ds, transform, views, view_seed, draft), batch_sampler=plan, num_workers=workers,
+        Items(ds, transform, views, view_seed, draft, expect_hw), batch_sampler=plan, num_workers=workers,
         collate_fn=collate, pin_memory=cuda, persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None)
