@@ -326,3 +326,16 @@ def test_knn_probe_refuse_caches_of_different_sizes(capsys, tmp_path, digit_cach
     line = one_line_error(capsys, cmd, *args, *(["-k", "5"] if cmd == "knn" else ["--epochs", "1"]))
     assert "size: train 64, val 80" in line and "--size" in line
     assert not (tmp_path / "r.json").exists()
+
+
+def test_protocol_train_and_val_presets_may_differ_at_the_same_size():
+    """dinov3/svg protocols: random-resized-crop train views and centre-crop val at 224 are one resolution."""
+    from types import SimpleNamespace
+
+    from svgfeat.errors import CacheError
+    from svgfeat.heads._features import check_same_transform
+
+    tr = SimpleNamespace(root="tr", transform={"preset": "rrc", "size": 224})
+    check_same_transform(tr, SimpleNamespace(root="va", transform={"preset": "center-crop", "size": 224}))
+    with pytest.raises(CacheError, match="size: train 224, val 256"):
+        check_same_transform(tr, SimpleNamespace(root="va", transform={"preset": "center-crop", "size": 256}))

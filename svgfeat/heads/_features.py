@@ -280,13 +280,14 @@ UNKNOWN_CLASS = -2
 
 
 def check_same_transform(train, val) -> None:
-    """CacheError naming both values when caches ``train`` and ``val`` were extracted with a different image
-    transform (preset or size): features of different resolutions must not be mixed in one head."""
+    """CacheError naming both values when caches ``train`` and ``val`` hold features of different input
+    resolutions (``--size``, or the image size of preset 'none'): those must not be mixed in one head. Presets
+    may differ (a protocol's random-resized-crop train views with centre-crop val images at the same size)."""
     ta, tb = getattr(train, "transform", None) or {}, getattr(val, "transform", None) or {}
-    diffs = [f"{k}: train {ta.get(k)!r}, val {tb.get(k)!r}" for k in ("preset", "size") if ta.get(k) != tb.get(k)]
+    diffs = [f"{k}: train {ta.get(k)!r}, val {tb.get(k)!r}" for k in ("size", "hw") if ta.get(k) != tb.get(k)]
     if diffs:
-        raise CacheError(f"train cache {train.root} and val cache {val.root} were extracted with different "
-                         f"transforms ({'; '.join(diffs)}); extract both with the same --preset and --size")
+        raise CacheError(f"train cache {train.root} and val cache {val.root} were extracted at different input "
+                         f"sizes ({'; '.join(diffs)}); extract both with the same --size")
 
 
 def aligned_labels(train, val) -> np.ndarray:
