@@ -17,7 +17,10 @@ from ._types import LIMIT, POSITIVE, SIZE, WORKERS
                    "pooled_l<i>,dino_l<i>.")
 @click.option("--size", default=256, show_default=True, type=SIZE)
 @click.option("--preset", default="svg", show_default=True,
-              type=click.Choice(["svg", "center-crop", "resize", "none"]))
+              type=click.Choice(["svg", "center-crop", "resize", "none", "rrc"]),
+              help="svg: ADM centre crop; center-crop: resize + centre crop (crop_pct 0.875); resize: squash to "
+                   "the size; none: keep each image's size (first image's size for all); rrc: seeded "
+                   "random-resized crops (one per view, for --views > 1).")
 @click.option("--dtype", default="fp16", show_default=True, type=click.Choice(["fp16", "bf16", "fp32"]))
 @click.option("--batch-size", default=64, show_default=True, type=POSITIVE)
 @click.option("--shard-size", default=1024, show_default=True, type=POSITIVE, help="Images per shard.")

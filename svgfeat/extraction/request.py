@@ -67,6 +67,9 @@ class Options:
             whole("fixed_stats_limit", self.fixed_stats_limit, 1)
         if self.gpu_decode and self.views != 1:
             raise ConfigError(f"gpu_decode supports views=1 only, got views={self.views}")
+        if self.gpu_decode and self.preset not in ("svg", "center-crop", "resize"):
+            raise ConfigError(f"gpu_decode reproduces the deterministic presets svg, center-crop and resize; "
+                              f"got preset {self.preset!r} (decode it on the workers instead)")
         if self.gpu_decode and self.fast_jpeg:
             raise ConfigError("fast_jpeg (reduced-DCT PIL decoding) and gpu_decode exclude each other; pick one")
         try:
