@@ -33,6 +33,7 @@ TOKENS = {
     "dinov3_sp_stats.pt": "{R}/dinov3_sp_stats.pt",
     "/data/imagenet": "{T}/imagenet",
     "/data/ADEChallengeData2016": "{T}/ade",
+    "/data/nyu": "{T}/nyu",
     "DATA": "sample:photos",
     "CACHE": "runs/cache",
     "IMG...": ["{T}/img1.png", "{T}/img2.png"],
@@ -84,6 +85,12 @@ RULES = {
     "train-ae": {"set": {"--size": "64"}, "append": ["--steps", "1", "--batch-size", "2", "--num-samples", "2",
                                                       "--stats-images", "2", "--no-progress"],
                  "expect": ["encoder.safetensors"], "in_out": True},
+    # depth: the sample and a 4+4-image NYUv2 tree (mmseg layout) of sample:depth images, a few iterations
+    "depth train": {"append": ["--iters", "2", "--warmup", "1", "--batch-size", "2", "--crop-size", "64,64",
+                               "--eval-limit", "2"],
+                    "expect": ["head.safetensors", "metrics.json"], "in_out": True},
+    "depth eval": {"append": ["--limit", "2"]},
+    "depth predict": {"expect": ["img1_depth.png", "img1_side.png"], "in_out": True},
     "eval-recon": {"set": {"--sheet": "recon.png"}, "append": ["--size", "64", "--limit", "2", "--batch-size", "2",
                                                                  "--lpips", "none", "--no-progress"],
                    "expect": ["recon.png"]},
@@ -162,7 +169,7 @@ def map_token(tok: str, ctx: dict) -> list[str]:
     if tok in TOKENS:
         v = TOKENS[tok]
         return [fill(x) for x in v] if isinstance(v, list) else [fill(v)]
-    for k in ("/data/imagenet", "/data/ADEChallengeData2016", "CACHE"):
+    for k in ("/data/imagenet", "/data/ADEChallengeData2016", "/data/nyu", "CACHE"):
         if tok.startswith(k):
             return [fill(TOKENS[k]) + tok[len(k):]]
     return [tok]
@@ -200,6 +207,11 @@ def make_data(T: Path) -> None:
 
     write_folder_dataset(First4(), T / "ade", layout="ade20k", split="train")
     write_folder_dataset(First4(), T / "ade", layout="ade20k", split="val")
+    from svgfeat.data.depth import open_depth_dataset, write_depth_folder
+
+    rooms = open_depth_dataset("sample:depth/val").subset(range(4))  # 4 rendered rooms per NYUv2 split
+    for split in ("train", "test"):
+        write_depth_folder(rooms, T / "nyu", layout="nyu-mmseg", split=split)
     torch.save(build_fid_inception().state_dict(), T / "inception_random.pth")  # random weights: plumbing only
     np.savez(T / "ref_stats.npz", mu=np.zeros(2048), sigma=np.eye(2048))
 
