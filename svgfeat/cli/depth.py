@@ -14,6 +14,7 @@ import click
 
 from ..errors import ConfigError
 from ._common import build_encoder, encoder_options
+from ._types import LIMIT, POSITIVE, SIZE, WORKERS
 
 PROTOCOL = dict(crop=(416, 544), iters=38400, warmup=12800, lr=3e-4, batch_size=16)
 SAMPLE = dict(crop=(96, 96), iters=150, warmup=15, lr=1e-2, batch_size=8)
@@ -92,22 +93,22 @@ def depth():
 @click.option("--cached", is_flag=True, help="Train from a dense-feature cache (fast, no augmentation).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where the cache lives / is extracted (default OUT/cache).")
-@click.option("--cache-size", type=int, default=None,
+@click.option("--cache-size", type=SIZE, default=None,
               help="Square side the cache resizes images to (default: the sample's 96; 480 otherwise).")
-@click.option("--iters", type=int, default=None, help="Training iterations (38400; 150 for the sample).")
-@click.option("--batch-size", type=int, default=None, help="Batch size (16; 8 for the sample).")
+@click.option("--iters", type=POSITIVE, default=None, help="Training iterations (38400; 150 for the sample).")
+@click.option("--batch-size", type=POSITIVE, default=None, help="Batch size (16; 8 for the sample).")
 @click.option("--lr", type=float, default=None, help="AdamW learning rate (3e-4; 1e-2 for the sample).")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--grad-clip", type=float, default=35.0, show_default=True, help="Gradient-norm clip (0: off).")
-@click.option("--warmup", type=int, default=None, help="Warm-up iterations (12800; 15 for the sample).")
+@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Warm-up iterations (12800; 15 for the sample).")
 @click.option("--crop-size", default=None, help="Training crop H,W (416,544; 96,96 for the sample).")
-@click.option("--bins", "n_bins", type=int, default=256, show_default=True, help="Depth bins.")
+@click.option("--bins", "n_bins", type=click.IntRange(min=2), default=256, show_default=True, help="Depth bins.")
 @click.option("--min-depth", type=float, default=1e-3, show_default=True)
 @click.option("--max-depth", type=float, default=10.0, show_default=True)
 @click.option("--no-tta", is_flag=True, help="Evaluate without flip test-time augmentation.")
-@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers (online mode).")
+@click.option("--workers", type=WORKERS, default=0, show_default=True, help="DataLoader workers (online mode).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
+@click.option("--eval-limit", type=LIMIT, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation after training.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 def train(data, split, val_split, depth_scale, split_file, val_split_file, dinov3, svg, svg_config, model,
@@ -186,7 +187,7 @@ def _load_head(head_path, enc, device):
 @click.option("--eval-crop", type=click.Choice(["auto", "eigen", "none"]), default="auto", show_default=True,
               help="auto: Eigen crop for NYUv2, none otherwise.")
 @click.option("--no-tta", is_flag=True, help="No flip test-time augmentation.")
-@click.option("--limit", type=int, default=None, help="Evaluate the first N images only.")
+@click.option("--limit", type=LIMIT, default=None, help="Evaluate the first N images only.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write metrics here.")
 def eval_cmd(data, split, depth_scale, split_file, head_path, dinov3, svg, svg_config, model, alignment, device,
              inference, eval_crop, no_tta, limit, json_out):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
-from ._types import DEVICE, ENCODER, SIZE
+from ._types import DEVICE, ENCODER, SIZE, WORKERS
 
 BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_plus"]
 
@@ -50,7 +52,7 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
               help="auto = bf16 autocast on CUDA, fp32 elsewhere.")
 @click.option("--seed", default=23, show_default=True, type=int)
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=0))
+@click.option("--workers", default=min(4, os.cpu_count() or 1), show_default=True, type=WORKERS)
 @click.option("--log-every", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--ckpt-every", default=2000, show_default=True, type=click.IntRange(min=1))
 @click.option("--sample-every", default=1000, show_default=True, type=click.IntRange(min=1))
