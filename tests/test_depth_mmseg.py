@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("mmseg", reason="mmseg is an optional extra: pip install 'svgfeat[mmseg]' (CI installs it)")
+from conftest import require_extra  # noqa: E402
+
+require_extra("mmseg")  # skip locally without the [mmseg] extra, fail under CI=true
 
 from mmengine.config import Config  # noqa: E402
 from mmengine.structures import PixelData  # noqa: E402

@@ -209,7 +209,6 @@ def test_bf16_deviation_on_the_golden_model(golden_encoder, photos):
 # ------------------------------------------------------------------------------------- device decoding
 @pytest.mark.parametrize("preset", ["svg", "center-crop", "resize"])
 def test_device_decode_follows_the_preset_exactly_on_cpu(jpegs, preset):
-    pytest.importorskip("torchvision")
     from svgfeat.data.decode import load_image
     from svgfeat.data.gpu_decode import decode_transform, read_bytes
     from svgfeat.data.transforms import Transform

@@ -134,7 +134,9 @@ def test_reconstruct_and_interpolate_with_p(tmp_path, p_weights):
 
 
 def test_mmseg_t2i_configs_build_and_train_with_golden_weights():
-    pytest.importorskip("mmseg", reason="mmseg is an optional extra (CI installs it)")
+    from conftest import require_extra
+
+    require_extra("mmseg")  # skip locally, fail under CI=true
     from mmengine.config import Config
 
     from svgfeat.integrations import mmseg as integ

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("mmseg", reason="mmseg is an optional extra: pip install 'svgfeat[mmseg]' (CI installs it)")
+from conftest import require_extra  # noqa: E402
+
+require_extra("mmseg")  # skip locally without the [mmseg] extra, fail under CI=true
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
