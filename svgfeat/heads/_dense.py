@@ -7,12 +7,13 @@ online loader of augmented (image, target) crops (``ds.load_pair(i)`` + ``aug(im
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ._base import is_cache as _is_cache  # noqa: F401  (one home for the cache check)
 
 
@@ -102,3 +103,23 @@ def _online_loader(ds, aug, batch_size: int, iters: int, seed: int, workers: int
 
 def _collate(batch):
     return torch.stack([t[0] for t in batch]), torch.as_tensor(np.stack([t[1] for t in batch]))
+
+
+class DenseHeadMixin:
+    """What the dense linear heads (segmentation, depth) share: progress lines, the fitted check and saving.
+    Needs ``verbose``, ``max_iters``, ``history_``, ``module_`` and ``config()``."""
+
+    def _log(self, it: int, t0: float) -> None:
+        if self.verbose and (it % max(1, int(self.max_iters) // 20) == 0 or it + 1 == int(self.max_iters)):
+            print(f"  iter {it + 1}/{self.max_iters}  loss {self.history_[-1]:.4f}  ({time.time() - t0:.1f}s)")
+
+    def _check_fitted(self):
+        if not hasattr(self, "module_"):
+            name = type(self).__name__
+            raise ConfigError(f"this {name} is not fitted; call fit() or {name}.load()")
+
+    def save(self, path):
+        """Write safetensors weights + JSON config (``path`` and ``path`` with .json)."""
+        from ..checkpoints import save_safetensors
+
+        return save_safetensors(path, self.module_.state_dict(), self.config())

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ._dense import (
+    DenseHeadMixin,
     _encoder_spec,
     _is_cache,
     _is_feature_array,
@@ -83,7 +84,7 @@ def sig_loss(pred: torch.Tensor, gt: torch.Tensor, min_depth: float = 1e-3, max_
     return torch.sqrt(dg)
 
 
-class LinearDepthHead(BaseEstimator):
+class LinearDepthHead(DenseHeadMixin, BaseEstimator):
     """BN + linear (1x1 conv) depth head with bin classification-regression (see the module doc).
 
     Parameters: encoder (an SVGEncoder; needed for online training and for predicting from images);
@@ -273,10 +274,6 @@ class LinearDepthHead(BaseEstimator):
             self.step_times_.append(time.perf_counter() - tic)
             self._log(it, t0)
 
-    def _log(self, it: int, t0: float) -> None:
-        if self.verbose and (it % max(1, int(self.max_iters) // 20) == 0 or it + 1 == int(self.max_iters)):
-            print(f"  iter {it + 1}/{self.max_iters}  loss {self.history_[-1]:.4f}  ({time.time() - t0:.1f}s)")
-
     def _cached_inputs(self, X, y, stride: int):
         """-> (features [N, C, h, w], depth float32 [N, 16h/stride, 16w/stride] on CPU, encoder spec)."""
         if _is_cache(X):
@@ -290,10 +287,6 @@ class LinearDepthHead(BaseEstimator):
         return feats, depths.float(), None
 
     # ------------------------------------------------------------------ inference
-    def _check_fitted(self):
-        if not hasattr(self, "module_"):
-            raise ConfigError("this LinearDepthHead is not fitted; call fit() or LinearDepthHead.load()")
-
     @torch.no_grad()
     def predict_features(self, feats, size=None) -> torch.Tensor:
         """Features [N, C, h, w] -> depth float32 [N, H, W] on CPU (``size`` or 16h x 16w), in metres."""
@@ -395,12 +388,6 @@ class LinearDepthHead(BaseEstimator):
         return {"kind": "LinearDepthHead", "params": params, "in_channels": self.in_channels_, "mode": self.mode_,
                 "encoder": self.encoder_spec_, "n_iter": self.n_iter_,
                 "train_depth_mean": getattr(self, "train_depth_mean_", None)}
-
-    def save(self, path):
-        """Write safetensors weights + JSON config (``path`` and ``path`` with .json)."""
-        from ..checkpoints import save_safetensors
-
-        return save_safetensors(path, self.module_.state_dict(), self.config())
 
     @classmethod
     def load(cls, path, encoder=None, device="cpu") -> "LinearDepthHead":

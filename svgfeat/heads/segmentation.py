@@ -31,6 +31,7 @@ from torch import nn
 from .. import distributed as D
 from ..errors import ConfigError, DataError
 from ._dense import (  # noqa: F401  (shared with the depth head; re-exported for existing imports)
+    DenseHeadMixin,
     _collate,
     _encoder_spec,
     _is_cache,
@@ -47,7 +48,7 @@ GROUPS = ("dino", "latent")
 SCHEDULES = ("cosine", "poly")
 
 
-class LinearSegHead(BaseEstimator):
+class LinearSegHead(DenseHeadMixin, BaseEstimator):
     """BN + linear (1x1 conv) semantic-segmentation head on SVG / DINOv3 patch features.
 
     Parameters: encoder (an SVGEncoder; needed for online training and for predicting from images);
@@ -243,10 +244,6 @@ class LinearSegHead(BaseEstimator):
                             f"{self.ignore_index} (wrong num_classes, or ADE20K-style labels without "
                             "reduce_zero_label?)")
 
-    def _log(self, it: int, t0: float) -> None:
-        if self.verbose and (it % max(1, int(self.max_iters) // 20) == 0 or it + 1 == int(self.max_iters)):
-            print(f"  iter {it + 1}/{self.max_iters}  loss {self.history_[-1]:.4f}  ({time.time() - t0:.1f}s)")
-
     def _cached_inputs(self, X, y):
         """-> (features tensor [N, C, h, w], masks uint8 tensor [N, hm, wm], classes, encoder spec)."""
         if _is_cache(X):
@@ -260,10 +257,6 @@ class LinearSegHead(BaseEstimator):
         return feats, masks, [], None
 
     # ------------------------------------------------------------------ inference
-    def _check_fitted(self):
-        if not hasattr(self, "module_"):
-            raise ConfigError("this LinearSegHead is not fitted; call fit() or LinearSegHead.load()")
-
     @torch.no_grad()
     def logits_from_features(self, feats, size=None) -> torch.Tensor:
         """Features [N, C, h, w] -> logits [N, K, H, W] (H, W = ``size`` or 16h, 16w), float32 on CPU."""
@@ -375,12 +368,6 @@ class LinearSegHead(BaseEstimator):
         return {"kind": "LinearSegHead", "params": params, "classes": list(self.classes_),
                 "num_classes": self.num_classes_, "in_channels": self.in_channels_, "mode": self.mode_,
                 "encoder": self.encoder_spec_, "n_iter": self.n_iter_}
-
-    def save(self, path):
-        """Write safetensors weights + JSON config (``path`` and ``path`` with .json)."""
-        from ..checkpoints import save_safetensors
-
-        return save_safetensors(path, self.module_.state_dict(), self.config())
 
     @classmethod
     def load(cls, path, encoder=None, device="cpu") -> "LinearSegHead":
