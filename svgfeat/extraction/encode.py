@@ -1,32 +1,29 @@
 """The encoder step: device batches -> requested groups in the cache dtype, on the CPU, without stalling.
 
-``precision`` is part of the request: fp32 (default, no autocast anywhere) or bf16 autocast. On CUDA the
-device->host copy goes into pinned memory with ``non_blocking=True``; the returned :class:`Encoded` carries
-a CUDA event the shard writer waits on, so the GPU goes on with the next batch.
+``precision`` is part of the request: fp32 (default, no autocast anywhere) or bf16 autocast. Every device
+operation runs inside the :class:`~svgfeat.device_staging.DeviceStage` scope (explicit device AND stream):
+inputs arrive through its pinned host ring, outputs leave through it with ``non_blocking=True``, and the
+returned :class:`Staged` carries the event recorded on that stream, which the shard writer waits on (so the
+GPU goes on with the next batch). On CPU the stage is a no-op.
+
+Throughput knobs (recorded in the manifest, see ``request.throughput_record``): ``compile`` wraps the
+forward in ``torch.compile`` (fixed shapes, ``dynamic=False``); ``channels_last`` lays the input out NHWC
+for the patch-embedding convolution (default: on CUDA only); on CUDA ``cudnn.benchmark`` is switched on
+around each call and restored afterwards (batches have fixed shapes), never set globally.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 
 from ..cache.shards import DTYPES
+from ..device_staging import DeviceStage, Staged
 from ..models.align import AlignmentStats
 from ..models.svg import layers_needed
 
-
-@dataclass
-class Encoded:
-    groups: dict  # group -> CPU tensor [rows, ...] (pinned on CUDA, maybe still being copied)
-    event: object = None  # torch.cuda.Event to wait on before reading ``groups``
-
-    def wait(self) -> dict:
-        if self.event is not None:
-            self.event.synchronize()
-            self.event = None
-        return self.groups
+Encoded = Staged  # what the shard writer receives: ``.wait()`` -> {group: CPU tensor}
 
 
 def autocast_context(device, precision: str):
@@ -36,47 +33,69 @@ def autocast_context(device, precision: str):
     return contextlib.nullcontext()
 
 
-class Encoding:
-    """Runs the encoder on device batches x [B,3,S,S] and returns the requested groups (see module doc)."""
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool):
+    """``torch.backends.cudnn.benchmark = on`` for the duration of the block, then the caller's value back."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(on)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
 
-    def __init__(self, enc, groups, dtype, device, precision: str = "fp32"):
+
+class Encoding:
+    """Runs the encoder on batches x [B,3,S,S] (CPU or device) and returns the requested groups as
+    :class:`Staged` host results (see module doc)."""
+
+    def __init__(self, enc, groups, dtype, device, precision: str = "fp32", *, compile: bool = False,
+                 channels_last: bool | None = None, stage: DeviceStage | None = None):
         self.enc, self.groups, self.dtype = enc, list(groups), DTYPES[dtype]
-        self.device, self.precision = torch.device(device), precision
+        self.stage = stage if stage is not None else DeviceStage(device)
+        self.device, self.precision = self.stage.device, precision
         self.layers = layers_needed(self.groups)
         self.cuda = self.device.type == "cuda"
+        self.channels_last = self.cuda if channels_last is None else bool(channels_last)
+        self.cudnn_benchmark = self.cuda
+        self.compiled = bool(compile)
+        self._forward = torch.compile(self._eager, dynamic=False) if compile else self._eager
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> Encoded:
-        x = x.to(self.device, non_blocking=True)
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def _eager(self, x: torch.Tensor) -> dict:
         with autocast_context(self.device, self.precision):
             f = self.enc.encode(x, layers=self.layers or None)
             out = {g: (self.enc.raw_residual(x) if g == "residual_raw" else f.group(g)) for g in self.groups}
-        out = {g: v.float().to(self.dtype) for g, v in out.items()}
-        if not self.cuda:
-            return Encoded({g: v.cpu() for g, v in out.items()})
-        host = {g: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for g, v in out.items()}
-        for g, v in out.items():
-            host[g].copy_(v, non_blocking=True)
-        ev = torch.cuda.Event()
-        ev.record()
-        return Encoded(host, ev)
+        return {g: v.float().to(self.dtype) for g, v in out.items()}
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> Staged:
+        with self.stage.scope(), cudnn_benchmark(self.cudnn_benchmark) if self.cuda else contextlib.nullcontext():
+            x = self.stage.to_device(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.stage.to_host(self._forward(x))
 
     def probe_groups(self, hw) -> dict:
-        """{group: {"shape", "dtype"}} of one row, from a zero image of size ``hw``."""
-        out = self(torch.zeros(1, 3, *hw)).wait()
+        """{group: {"shape", "dtype"}} of one row, from a zero image of size ``hw`` (eager: no compile)."""
+        with torch.no_grad(), self.stage.scope():
+            out = self.stage.to_host(self._eager(self.stage.to_device(torch.zeros(1, 3, *hw)))).wait()
         return {g: {"shape": list(v.shape[1:]), "dtype": str(v.dtype).replace("torch.", "")} for g, v in out.items()}
+
+    def close(self) -> None:
+        self.stage.close()
 
 
 @torch.no_grad()
 def fixed_stats_pass(enc, batches, device, precision: str = "fp32") -> dict:
     """Fixed alignment statistics (:class:`AlignmentStats`) over normalised image batches (view 0)."""
     acc = AlignmentStats()
-    dev = torch.device(device)
-    for x in batches:
-        x = x.to(dev, non_blocking=True)
-        with autocast_context(dev, precision):
-            dino, res = enc.backbone(x).patch, enc.raw_residual(x)
-        acc.update(dino.float(), res.float())
-    return acc.compute()
+    stage = DeviceStage(device, slots=2)
+    try:
+        with stage.scope():
+            for x in batches:
+                x = stage.to_device(x)
+                with autocast_context(stage.device, precision):
+                    dino, res = enc.backbone(x).patch, enc.raw_residual(x)
+                acc.update(dino.float(), res.float())
+            return acc.compute()
+    finally:
+        stage.close()

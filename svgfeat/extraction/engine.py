@@ -38,6 +38,7 @@ from .request import (
     light_match,
     numerics,
     refuse_mismatch,
+    throughput_record,
     validate_groups,
 )
 from .resume import finalize, shard_reusable
@@ -50,7 +51,8 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
             device="cpu", limit: int | None = None, views: int = 1, view_seed: int = 0,
             fixed_stats_limit: int | None = None, overwrite: bool = False, progress: bool = True,
             fast_jpeg: bool = False, gpu_decode: bool = False, precision: str = "fp32",
-            allow_inside_input: bool = False, protocol: str | None = None):
+            allow_inside_input: bool = False, protocol: str | None = None, compile: bool = False,
+            channels_last: bool | None = None, prefetch: int = 4):
     """Extract features of ``data`` (a dataset spec or Dataset) into the cache directory ``out``.
 
     Returns the opened :class:`~svgfeat.cache.FeatureCache`. A complete cache made with the same request
@@ -61,13 +63,16 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
     at reduced DCT scale (approximate). ``gpu_decode`` decodes JPEG batches on ``device`` (nvJPEG on CUDA)
     with the geometry of the requested preset; views must then be 1. ``out`` equal to or inside the input
     folder is refused unless ``allow_inside_input``. ``protocol``: the evaluation protocol that created the
-    cache (recorded in the manifest; not compared on reuse).
+    cache (recorded in the manifest; not compared on reuse). Throughput knobs, recorded in the manifest's
+    ``throughput`` block and not compared on reuse: ``compile`` (torch.compile of the encoder forward, equal
+    to eager within 1e-5 in fp32), ``channels_last`` (None: on CUDA only), ``prefetch`` (batches decoded
+    ahead per loader worker).
     """
     opts = Options(groups=tuple(validate_groups(groups)), size=size, preset=preset, dtype=dtype,
                    alignment=alignment, batch_size=batch_size, shard_size=shard_size, workers=workers,
                    device=str(device), limit=limit, views=views, view_seed=view_seed,
                    fixed_stats_limit=fixed_stats_limit, precision=precision, fast_jpeg=fast_jpeg,
-                   gpu_decode=gpu_decode)
+                   gpu_decode=gpu_decode, compile=compile, channels_last=channels_last, prefetch=prefetch)
     from ..data import open_dataset
 
     out = Path(out)
@@ -155,7 +160,8 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
             enc.align.set_fixed_stats(existing["encoder"]["fixed_stats"])
         else:
             enc.align.set_fixed_stats(_fixed_stats(enc, ds, n_items, opts, dev, progress and info.is_main))
-    encode = Encoding(enc, groups, opts.dtype, dev, opts.precision)
+    encode = Encoding(enc, groups, opts.dtype, dev, opts.precision, compile=opts.compile,
+                      channels_last=opts.channels_last)
     request = dict(request, groups=encode.probe_groups(hw), encoder=encoder_spec(enc))
     if existing is not None:
         refuse_mismatch(out, existing, request)
@@ -168,6 +174,7 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
         manifest = {"format": "svgfeat-cache", "format_version": 1, "svgfeat_version": _version.__version__,
                     "created": (existing or {}).get("created") or datetime.now(timezone.utc).isoformat(),
                     **request, "numerics": numerics(dev, opts.precision),
+                    "throughput": throughput_record(opts, encode),
                     "provenance": _json_safe(enc.provenance), "view_seed": opts.view_seed,
                     "dataset": {**ds.describe(), "num_items": n_items}, "num_shards": num_shards,
                     "complete": False}
@@ -196,7 +203,8 @@ def _fixed_stats(enc, ds, n_items, opts, dev, progress) -> dict:
     """Alignment statistics over the first ``fixed_stats_limit`` items (view 0), batch-size independent."""
     n = min(n_items, opts.fixed_stats_limit or n_items)
     plan = ShardPlan([(0, 0, n)], opts.batch_size)
-    loader = make_loader(ds, plan, opts.transform, 1, 0, opts.workers, dev, expect_hw=opts.expect_hw)
+    loader = make_loader(ds, plan, opts.transform, 1, 0, opts.workers, expect_hw=opts.expect_hw,
+                         prefetch=opts.prefetch)
     bar = _bar(n, "alignment stats", progress)
 
     def batches():
@@ -236,7 +244,8 @@ class _ShardAssembly:
 
     def finish(self) -> ShardJob:
         if self.pending and sum(len(p) for p in self.pending):
-            self.job.chunks.append(self.encode(torch.cat(self.pending)))
+            with self.encode.stage.scope():
+                self.job.chunks.append(self.encode(torch.cat(self.pending)))
         self.pending = []
         return self.job
 
@@ -247,8 +256,8 @@ def run_shards(out, ds, todo, encode, opts: Options, progress: bool) -> None:
         return
     dev = encode.device
     plan = ShardPlan(todo, max(1, opts.batch_size // opts.views))
-    loader = make_loader(ds, plan, opts.transform, opts.views, opts.view_seed, opts.workers, dev, opts.draft,
-                         expect_hw=opts.expect_hw)
+    loader = make_loader(ds, plan, opts.transform, opts.views, opts.view_seed, opts.workers, opts.draft,
+                         expect_hw=opts.expect_hw, prefetch=opts.prefetch)
     bounds = {s: (a, b) for s, a, b in todo}
     bar = _bar(sum(b - a for _, a, b in todo), "extract", progress)
     threads = torch.get_num_threads()
@@ -258,14 +267,15 @@ def run_shards(out, ds, todo, encode, opts: Options, progress: bool) -> None:
     writer = ShardWriter(out)
     ok = False
     try:
-        shard = None
+        shard, stage = None, encode.stage
         for (s, _, last), (ids, x, blobs, fails, n) in zip(plan.steps(), loader):
             if shard is None:
                 shard = _ShardAssembly(s, *bounds[s], ds, encode, opts.batch_size, opts.views)
-            rows = dict(zip(ids, x.to(dev, non_blocking=True).split(opts.views))) if x is not None else {}
-            if blobs:
-                rows.update(_device_decode(blobs, fails, opts.transform, dev))
-            shard.add(rows, fails)
+            with stage.scope():  # every device op of this step: the stage's device and stream
+                rows = dict(zip(ids, stage.to_device(x).split(opts.views))) if x is not None else {}
+                if blobs:
+                    rows.update(_device_decode(blobs, fails, opts.transform, dev))
+                shard.add(rows, fails)
             bar.update(n)
             if last:
                 writer.submit(shard.finish())
@@ -273,8 +283,11 @@ def run_shards(out, ds, todo, encode, opts: Options, progress: bool) -> None:
         ok = True
     finally:
         torch.set_num_threads(threads)
-        writer.close(raise_errors=ok)
-        bar.close()
+        try:
+            encode.close()  # every staged result copied out of the ring, the stream drained
+        finally:
+            writer.close(raise_errors=ok)
+            bar.close()
 
 
 def _device_decode(blobs, fails, transform, dev) -> dict:

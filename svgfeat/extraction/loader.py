@@ -3,7 +3,9 @@
 Workers decode (PIL) or, with device decoding, only read JPEG bytes; they live for the whole run (one
 loader, so no restart and no pipeline drain between shards). Every loader batch lies inside one shard:
 :class:`ShardPlan` yields (shard, items, last-batch-of-shard) in the same order the loader returns batches.
-On CUDA batches arrive in pinned memory and are copied with ``non_blocking=True``.
+The loader never pins memory (no per-batch or per-blob ``pin_memory``): host -> device copies go through the
+reused pinned ring of the encoder's :class:`~svgfeat.device_staging.DeviceStage`. ``prefetch`` is the
+DataLoader's ``prefetch_factor`` (batches decoded ahead per worker).
 """
 
 from __future__ import annotations
@@ -93,10 +95,9 @@ def first_decodable_hw(ds, n_items: int, transform, tries: int = 256) -> tuple[i
     return None
 
 
-def make_loader(ds, plan: ShardPlan, transform, views: int, view_seed: int, workers: int, device, draft=None,
-                expect_hw=None):
-    cuda = torch.device(device).type == "cuda"
+def make_loader(ds, plan: ShardPlan, transform, views: int, view_seed: int, workers: int, draft=None,
+                expect_hw=None, prefetch: int = 4):
     return torch.utils.data.DataLoader(
         Items(ds, transform, views, view_seed, draft, expect_hw), batch_sampler=plan, num_workers=workers,
-        collate_fn=collate, pin_memory=cuda, persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None)
+        collate_fn=collate, pin_memory=False, persistent_workers=workers > 0,
+        prefetch_factor=prefetch if workers > 0 else None)

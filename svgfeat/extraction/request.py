@@ -44,6 +44,9 @@ class Options:
     precision: str = "fp32"
     fast_jpeg: bool = False
     gpu_decode: bool = False
+    compile: bool = False  # throughput knobs: recorded (throughput_record), never compared on reuse
+    channels_last: bool | None = None  # None: on CUDA only
+    prefetch: int = 4
     expect_hw: tuple | None = None  # set by the engine for preset 'none' (the first image's size)
 
     def __post_init__(self):
@@ -60,6 +63,7 @@ class Options:
         for name in ("batch_size", "shard_size", "views"):
             whole(name, getattr(self, name), 1)
         whole("workers", self.workers, 0)
+        whole("prefetch", self.prefetch, 1)
         whole("view_seed", self.view_seed, 0)
         if self.limit is not None:
             whole("limit", self.limit, 1)
@@ -125,6 +129,14 @@ def numerics(device, precision: str) -> dict:
 
     return {"precision": precision, "device_type": torch.device(device).type, "torch": torch.__version__,
             "timm": timm.__version__}
+
+
+def throughput_record(opts: Options, encoding) -> dict:
+    """The manifest's ``throughput`` block: knobs that change speed, not the request (fp32 compile and
+    eager agree within 1e-5; they are recorded so a reader knows what ran)."""
+    return {"compile": encoding.compiled, "channels_last": encoding.channels_last,
+            "cudnn_benchmark": encoding.cudnn_benchmark, "prefetch": opts.prefetch, "workers": opts.workers,
+            "staging": "pinned ring" if encoding.cuda else "none (cpu)"}
 
 
 def base_request(ds, n_items: int, opts: Options) -> dict:
