@@ -5,8 +5,11 @@ Used by ``extract(..., gpu_decode=True)``: workers only read file bytes; decodin
 (``svg``: BOX halving + bicubic short side + centre crop; ``center-crop``: bicubic to floor(S/crop_pct) +
 centre crop; ``resize``: bicubic to S x S; ``none``) and the normalisation run on the device. Resampling
 reproduces Pillow's separable filters bit for bit: the same filter weights quantised to Pillow's 22-bit
-fixed point, applied as float64 matrix products (exact for these integers) with Pillow's rounding after the
-horizontal and the vertical pass. So on CPU the result equals the PIL pipeline; on CUDA the only
+fixed point, applied as BANDED int32 filters (per (in, out, filter): a window start per output pixel and
+K = 2*ceil(support)+1 weights, computed once and kept on each device) with Pillow's int32 sums and its
+rounding after the horizontal and the vertical pass. A batch's images are grouped by size and each group is
+resized as one tensor. Cost per pass: K multiply-adds per output pixel (v1 used dense float64 [out, in]
+matrices: ``in`` multiply-adds per output pixel, re-uploaded on every call). So on CPU the result equals the PIL pipeline; on CUDA the only
 difference left is the JPEG decoder (nvJPEG's IDCT/upsampling). JPEGs that Pillow would treat differently
 (EXIF rotation, CMYK) are decoded by the workers with PIL instead (:func:`device_decodable`). The
 manifest records ``decoder: "device"`` and ``resample`` in the transform.
@@ -15,6 +18,7 @@ manifest records ``decoder: "device"`` and ``resample`` in the transform.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -23,6 +27,7 @@ import torch
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's 8-bit resampling fixed point
+RESAMPLE_TAG = "pil-banded-int32-v2"  # recorded in the manifest's transform: bump when the arithmetic changes
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -101,8 +106,9 @@ FILTERS = {"box": (_box, 0.5), "bicubic": (_bicubic, 2.0)}
 
 
 @lru_cache(maxsize=512)
-def _weights(in_size: int, out_size: int, name: str) -> np.ndarray:
-    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` as a dense [out, in] matrix of integers."""
+def _band(in_size: int, out_size: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` as a band: (first input index int64 [out],
+    fixed-point weights int32 [out, K]) with K = the filter's window (zero weights past each row's end)."""
     filt, base_support = FILTERS[name]
     scale = in_size / out_size
     fscale = max(scale, 1.0)
@@ -112,39 +118,78 @@ def _weights(in_size: int, out_size: int, name: str) -> np.ndarray:
     xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C (int) truncation, then clamp
     xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
     k = np.arange(ksize)[None, :]
-    x = xmin[:, None] + k
-    w = filt((x - center[:, None] + 0.5) / fscale) * (k < xmax[:, None])
+    valid = k < xmax[:, None]
+    w = filt((xmin[:, None] + k - center[:, None] + 0.5) / fscale) * valid
     ww = w.sum(1, keepdims=True)
     w = np.where(ww != 0, w / np.where(ww == 0, 1, ww), w)
     q = np.where(w < 0, np.trunc(-0.5 + w * (1 << PRECISION_BITS)), np.trunc(0.5 + w * (1 << PRECISION_BITS)))
-    dense = np.zeros((out_size, in_size), np.float64)
-    rows = np.repeat(np.arange(out_size), ksize)
-    ok = (k < xmax[:, None]).reshape(-1)
-    np.add.at(dense, (rows[ok], x.reshape(-1)[ok]), q.reshape(-1)[ok])
-    return dense
+    q = np.where(valid, q, 0).astype(np.int32)
+    # a window never needs to start past in_size - K (weights past xmax are 0): shift it left so every
+    # gathered index is inside the image, moving the weights right by the same amount
+    start = np.minimum(xmin, max(in_size - ksize, 0))
+    shift = xmin - start
+    qs = np.zeros((out_size, ksize), np.int32)
+    for d in np.unique(shift):
+        r = shift == d
+        qs[r, d:] = q[r, :ksize - d]
+    return start, qs
+
+
+_DEVICE_BANDS: OrderedDict = OrderedDict()  # (in, out, filter, device) -> (gather index [out, K], weights)
+_DEVICE_BANDS_MAX = 512
+
+
+def device_band(in_size: int, out_size: int, name: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The band of (in_size -> out_size, filter) on ``device``: computed once, kept (LRU, 512 entries)."""
+    key = (in_size, out_size, name, str(torch.device(device)))
+    hit = _DEVICE_BANDS.get(key)
+    if hit is not None:
+        _DEVICE_BANDS.move_to_end(key)
+        return hit
+    start, q = _band(in_size, out_size, name)
+    k = min(q.shape[1], in_size)
+    idx = torch.from_numpy(start[:, None] + np.arange(k)[None, :]).to(device)
+    w = torch.from_numpy(np.ascontiguousarray(q[:, :k])).to(device)
+    _DEVICE_BANDS[key] = (idx, w)
+    if len(_DEVICE_BANDS) > _DEVICE_BANDS_MAX:
+        _DEVICE_BANDS.popitem(last=False)
+    return idx, w
 
 
 def _round8(s: torch.Tensor) -> torch.Tensor:
-    return torch.floor((s + (1 << (PRECISION_BITS - 1))) / (1 << PRECISION_BITS)).clamp_(0, 255)
+    """Pillow's ``clip8``: (sum + half) >> PRECISION_BITS, clamped to 0..255 (int32 in, int32 out)."""
+    return torch.bitwise_right_shift(s + (1 << (PRECISION_BITS - 1)), PRECISION_BITS).clamp_(0, 255)
+
+
+def _pass(x: torch.Tensor, in_size: int, out_size: int, name: str, dim: int) -> torch.Tensor:
+    """One separable pass along ``dim`` (-1 horizontal, -2 vertical) of int32 images [..., H, W]."""
+    idx, w = device_band(in_size, out_size, name, x.device)
+    if dim == -2:
+        x = x.transpose(-1, -2)
+    acc = None
+    for j in range(w.shape[1]):  # K gathers of [.., out] (bounded memory, no [.., out, K] intermediate)
+        t = x.index_select(-1, idx[:, j]) * w[:, j]
+        acc = t if acc is None else acc.add_(t)
+    out = _round8(acc)
+    return out.transpose(-1, -2) if dim == -2 else out
 
 
 def pil_resize(img: torch.Tensor, size_wh: tuple[int, int], name: str) -> torch.Tensor:
-    """Pillow ``Image.resize(size_wh, resample=BOX|BICUBIC)`` of img [3, H, W] (float64 integer values)."""
+    """Pillow ``Image.resize(size_wh, resample=BOX|BICUBIC)`` of int32 images [..., 3, H, W] (values 0..255),
+    with Pillow's int32 fixed-point arithmetic: horizontal pass, round/clip, vertical pass, round/clip."""
     h, w = img.shape[-2:]
     W, H = size_wh
-    if (W, H) == (w, h):
-        return img
-    dev = img.device
     if W != w:  # horizontal pass first, as Pillow
-        img = _round8(img @ torch.from_numpy(_weights(w, W, name)).to(dev).T)
+        img = _pass(img, w, W, name, -1)
     if H != h:
-        img = _round8(torch.from_numpy(_weights(h, H, name)).to(dev) @ img)
+        img = _pass(img, h, H, name, -2)
     return img
 
 
 def apply_preset(img: torch.Tensor, transform) -> torch.Tensor:
-    """uint8 [3, H, W] on any device -> float64 [3, S, S] pixel values, the geometry of ``transform.to_pil``."""
-    x = img.to(torch.float64)
+    """uint8 [..., 3, H, W] (one image or a batch of one size) on any device -> int32 [..., 3, S, S] pixel
+    values, the geometry of ``transform.to_pil``."""
+    x = img.to(torch.int32)
     h, w = x.shape[-2:]
     size = transform.size
     if transform.preset == "svg":
@@ -155,14 +200,14 @@ def apply_preset(img: torch.Tensor, transform) -> torch.Tensor:
         w, h = round(w * scale), round(h * scale)
         x = pil_resize(x, (w, h), "bicubic")
         left, top = (w - size) // 2, (h - size) // 2
-        x = x[:, top:top + size, left:left + size]
+        x = x[..., top:top + size, left:left + size]
     elif transform.preset == "center-crop":
         short = int(math.floor(size / transform.crop_pct))
         scale = short / min(w, h)
         w, h = max(size, round(w * scale)), max(size, round(h * scale))
         x = pil_resize(x, (w, h), "bicubic")
         left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
-        x = x[:, top:top + size, left:left + size]
+        x = x[..., top:top + size, left:left + size]
     elif transform.preset == "resize":
         x = pil_resize(x, (size, size), "bicubic")
     elif w % 16 or h % 16:
@@ -173,7 +218,11 @@ def apply_preset(img: torch.Tensor, transform) -> torch.Tensor:
 
 
 def decode_transform(blobs: list[torch.Tensor], transform, device) -> tuple[torch.Tensor, dict[int, str]]:
-    """JPEG byte tensors -> (normalised float32 [n_ok, 3, S, S] on ``device``, {index: failure reason})."""
+    """JPEG byte tensors -> (normalised float32 [n_ok, 3, S, S] on ``device``, {index: failure reason}).
+
+    One batched decode call; the decoded images are grouped by size and each group is resized as one
+    batch (the geometry depends only on the size). Call inside the caller's device scope (the extraction
+    engine's :class:`~svgfeat.device_staging.DeviceStage`): every op runs on the current stream."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     device = torch.device(device)
@@ -186,15 +235,20 @@ def decode_transform(blobs: list[torch.Tensor], transform, device) -> tuple[torc
                 imgs[i] = decode_jpeg(b, mode=ImageReadMode.RGB, device=device)
             except RuntimeError as e:
                 failed[i] = f"truncated: device JPEG decode failed ({str(e).splitlines()[0][:120]})"
-    out = []
+    by_size: dict = {}
     for i in sorted(imgs):
+        by_size.setdefault(tuple(imgs[i].shape[-2:]), []).append(i)
+    done = {}
+    for ids in by_size.values():
         try:
-            out.append(apply_preset(imgs[i], transform))
+            y = apply_preset(torch.stack([imgs[i] for i in ids]), transform)
         except ValueError as e:
-            failed[i] = f"unreadable: {e}"
-    if not out:
+            failed.update({i: f"unreadable: {e}" for i in ids})
+            continue
+        done.update(zip(ids, y))
+    if not done:
         return torch.empty(0, 3, transform.size, transform.size, device=device), failed
-    x = torch.stack(out).float().div_(255.0)
+    x = torch.stack([done[i] for i in sorted(done)]).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     return (x - mean) / std, failed

@@ -15,13 +15,14 @@ import torch
 
 from ..cache.manifest import request_diff
 from ..cache.shards import DTYPES
+from ..data.gpu_decode import RESAMPLE_TAG
 from ..data.transforms import Transform
 from ..errors import CacheError, ConfigError
 from ..models.svg import BASE_GROUPS, layers_needed
 
 DEFAULT_GROUPS = ("latent", "cls", "pooled")
 PRECISIONS = ("fp32", "bf16")
-GPU_RESAMPLE = "pil-matrix-v1"  # device decoder geometry (see data/gpu_decode.py); part of the transform spec
+GPU_RESAMPLE = RESAMPLE_TAG  # device decoder arithmetic (see data/gpu_decode.py); part of the transform spec
 
 
 @dataclass(frozen=True)
