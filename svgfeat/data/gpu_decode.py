@@ -7,7 +7,8 @@ centre crop; ``resize``: bicubic to S x S; ``none``) and the normalisation run o
 reproduces Pillow's separable filters bit for bit: the same filter weights quantised to Pillow's 22-bit
 fixed point, applied as BANDED int32 filters (per (in, out, filter): a window start per output pixel and
 K = 2*ceil(support)+1 weights, computed once and kept on each device) with Pillow's int32 sums and its
-rounding after the horizontal and the vertical pass. A batch's images are grouped by size and each group is
+rounding after each pass, the passes in the order the installed Pillow uses (Pillow 13 chooses it per
+geometry: :func:`pillow_vertical_first` asks it once per geometry). A batch's images are grouped by size and each group is
 resized as one tensor. Cost per pass: K multiply-adds per output pixel (v1 used dense float64 [out, in]
 matrices: ``in`` multiply-adds per output pixel, re-uploaded on every call). So on CPU the result equals the PIL pipeline; on CUDA the only
 difference left is the JPEG decoder (nvJPEG's IDCT/upsampling). JPEGs that Pillow would treat differently
@@ -119,7 +120,8 @@ def _band(in_size: int, out_size: int, name: str) -> tuple[np.ndarray, np.ndarra
     xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
     k = np.arange(ksize)[None, :]
     valid = k < xmax[:, None]
-    w = filt((xmin[:, None] + k - center[:, None] + 0.5) / fscale) * valid
+    ss = 1.0 / fscale  # Pillow multiplies by the reciprocal (dividing differs in the last bit: BOX edges flip)
+    w = filt((xmin[:, None] + k - center[:, None] + 0.5) * ss) * valid
     ww = w.sum(1, keepdims=True)
     w = np.where(ww != 0, w / np.where(ww == 0, 1, ww), w)
     q = np.where(w < 0, np.trunc(-0.5 + w * (1 << PRECISION_BITS)), np.trunc(0.5 + w * (1 << PRECISION_BITS)))
@@ -157,29 +159,68 @@ def device_band(in_size: int, out_size: int, name: str, device) -> tuple[torch.T
 
 
 def _round8(s: torch.Tensor) -> torch.Tensor:
-    """Pillow's ``clip8``: (sum + half) >> PRECISION_BITS, clamped to 0..255 (int32 in, int32 out)."""
-    return torch.bitwise_right_shift(s + (1 << (PRECISION_BITS - 1)), PRECISION_BITS).clamp_(0, 255)
+    """Pillow's ``clip8``: (sum + half) >> PRECISION_BITS, clamped to 0..255 (int32 in, uint8 out)."""
+    return torch.bitwise_right_shift(s.add_(1 << (PRECISION_BITS - 1)), PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
 
 
 def _pass(x: torch.Tensor, in_size: int, out_size: int, name: str, dim: int) -> torch.Tensor:
-    """One separable pass along ``dim`` (-1 horizontal, -2 vertical) of int32 images [..., H, W]."""
+    """One separable pass along ``dim`` (-1 horizontal, -2 vertical) of uint8 images [..., H, W].
+
+    The filtered axis is moved to the front (one contiguous uint8 copy), so each of the K taps gathers whole
+    contiguous rows (``index_select`` on dim 0) and adds ``rows * weight`` into an int32 sum: K
+    multiply-adds per output value, no [.., out, K] intermediate. Returns uint8 (Pillow's 8-bit temporary
+    image between the passes)."""
     idx, w = device_band(in_size, out_size, name, x.device)
-    if dim == -2:
-        x = x.transpose(-1, -2)
+    xt = x.movedim(dim, 0).contiguous()
+    rest = xt.shape[1:]
+    xt = xt.reshape(in_size, -1)
     acc = None
-    for j in range(w.shape[1]):  # K gathers of [.., out] (bounded memory, no [.., out, K] intermediate)
-        t = x.index_select(-1, idx[:, j]) * w[:, j]
+    for j in range(w.shape[1]):
+        t = torch.mul(xt.index_select(0, idx[:, j]), w[:, j, None])  # uint8 * int32 -> int32
         acc = t if acc is None else acc.add_(t)
-    out = _round8(acc)
-    return out.transpose(-1, -2) if dim == -2 else out
+    return _round8(acc).reshape(out_size, *rest).movedim(0, dim)
+
+
+def _two_pass(img, w, h, W, H, name, vertical_first: bool):
+    if vertical_first:
+        return _pass(_pass(img, h, H, name, -2), w, W, name, -1)
+    return _pass(_pass(img, w, W, name, -1), h, H, name, -2)
+
+
+@lru_cache(maxsize=4096)
+def pillow_vertical_first(w: int, h: int, W: int, H: int, name: str) -> bool:
+    """Whether the installed Pillow runs the vertical pass first for this resize (both passes needed).
+
+    Pillow <= 12 always runs the horizontal pass first. Pillow 13 picks the order from the sizes (a rule
+    of its C code that is not part of its API), and the intermediate rounding makes the order visible in
+    the pixels. So on Pillow >= 13 we ask Pillow once per geometry: a deterministic noise image of this
+    size is resized by Pillow and by both of our orders on the CPU; the order that reproduces Pillow wins.
+    """
+    from PIL import Image
+
+    if int(Image.__version__.split(".")[0]) < 13:
+        return False
+    g = np.random.default_rng([w, h, W, H])
+    probe = g.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ref = np.asarray(Image.fromarray(probe).resize((W, H), resample=Image.BOX if name == "box" else Image.BICUBIC))
+    x = torch.from_numpy(probe).permute(2, 0, 1)
+    ref_t = torch.from_numpy(np.array(ref)).permute(2, 0, 1)
+    if torch.equal(_two_pass(x, w, h, W, H, name, False), ref_t):
+        return False
+    if torch.equal(_two_pass(x, w, h, W, H, name, True), ref_t):
+        return True
+    raise AssertionError(f"Pillow {Image.__version__}'s resize {w}x{h}->{W}x{H} ({name}) matches neither pass order")
 
 
 def pil_resize(img: torch.Tensor, size_wh: tuple[int, int], name: str) -> torch.Tensor:
-    """Pillow ``Image.resize(size_wh, resample=BOX|BICUBIC)`` of int32 images [..., 3, H, W] (values 0..255),
-    with Pillow's int32 fixed-point arithmetic: horizontal pass, round/clip, vertical pass, round/clip."""
+    """Pillow ``Image.resize(size_wh, resample=BOX|BICUBIC)`` of uint8 images [..., 3, H, W],
+    with Pillow's int32 fixed-point arithmetic: one pass, round/clip, the other pass, round/clip, in the
+    order the installed Pillow uses (:func:`pillow_vertical_first`)."""
     h, w = img.shape[-2:]
     W, H = size_wh
-    if W != w:  # horizontal pass first, as Pillow
+    if W != w and H != h:
+        return _two_pass(img, w, h, W, H, name, pillow_vertical_first(w, h, W, H, name))
+    if W != w:
         img = _pass(img, w, W, name, -1)
     if H != h:
         img = _pass(img, h, H, name, -2)
@@ -187,9 +228,9 @@ def pil_resize(img: torch.Tensor, size_wh: tuple[int, int], name: str) -> torch.
 
 
 def apply_preset(img: torch.Tensor, transform) -> torch.Tensor:
-    """uint8 [..., 3, H, W] (one image or a batch of one size) on any device -> int32 [..., 3, S, S] pixel
-    values, the geometry of ``transform.to_pil``."""
-    x = img.to(torch.int32)
+    """uint8 [..., 3, H, W] (one image or a batch of one size) on any device -> uint8 [..., 3, S, S], the
+    geometry of ``transform.to_pil``."""
+    x = img
     h, w = x.shape[-2:]
     size = transform.size
     if transform.preset == "svg":
@@ -251,4 +292,4 @@ def decode_transform(blobs: list[torch.Tensor], transform, device) -> tuple[torc
     x = torch.stack([done[i] for i in sorted(done)]).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std, failed
+    return x.sub_(mean).div_(std), failed  # the same float32 ops, in place, as transforms.normalize
