@@ -8,8 +8,25 @@ conventions as faiss's ``METRIC_INNER_PRODUCT`` / ``METRIC_L2``.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
+
+
+@contextlib.contextmanager
+def exact_matmul(device):
+    """float32 matmuls on ``device`` in full float32 inside the block: on CUDA, TF32 is switched off
+    (whatever the caller set globally) and the caller's setting restored afterwards; a no-op elsewhere."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def as_float32(x, name: str = "vectors") -> np.ndarray:
@@ -91,7 +108,8 @@ def exact_search(queries, batches, k: int, metric: str = "ip", device="cpu", que
         ids_t = torch.as_tensor(np.asarray(ids), dtype=torch.int64, device=device)[None]
         for j, top in enumerate(tops):
             qs = q[j * query_batch:(j + 1) * query_batch]
-            top.update(batch_scores(qs, x, metric), ids_t)
+            with exact_matmul(device):  # exact means float32, never TF32
+                top.update(batch_scores(qs, x, metric), ids_t)
     parts = [t.result() for t in tops]
     if not parts:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)

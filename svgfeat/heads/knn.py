@@ -26,6 +26,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from ..errors import ConfigError, MissingDependencyError
 from ._base import DINOV3_KS, ScoreMixin, is_cache
 from ._features import aligned_labels, eval_rows, feature_matrix, to_numpy32
+from .exact_search import exact_matmul
 
 DEFAULT_KS = DINOV3_KS
 DEFAULT_FEATURES = "cls"  # DINO / DINOv3 kNN protocol: the CLS token
@@ -143,26 +144,31 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         else:
             self.backend_ = self.backend
         self.class_names_ = list(X.classes) if is_cache(X) and y is None and X.classes else None
-        self._index = self._train_t = None
+        self._index = self._train_t = self._gpu_index = None
         return self
 
     # ------------------------------------------------------------------ search
     def _tol(self) -> float:
         # bound on |float32 dot - exact dot| for unit vectors (x2 for both sides), generous
-        tol = 4.0 * self.n_features_in_ * 2.0 ** -24 + 1e-6
-        if str(self.device).startswith("cuda") and torch.backends.cuda.matmul.allow_tf32:
-            tol = max(tol, 4e-3 * 4)  # TF32 matmuls (10-bit mantissa) enabled globally by the caller
-        return tol
+        # (the torch backend's CUDA matmuls run with TF32 off: exact_matmul)
+        return 4.0 * self.n_features_in_ * 2.0 ** -24 + 1e-6
 
     def _candidates(self, Q: np.ndarray, m: int) -> np.ndarray:
         """Indices int64 [nq, m] of the (approximately) m most similar training rows."""
         if self.backend_ == "faiss":
             import faiss
 
+            from .faiss_gpu import GPU_MAX_K, gpu_count, to_gpu
+
+            dev = torch.device(self.device)
+            on_gpu = dev.type == "cuda" and gpu_count(faiss) > 0 and m <= GPU_MAX_K
             if self._index is None:
                 self._index = faiss.IndexFlatIP(self.X_.shape[1])
                 self._index.add(self.X_)
-            _, idx = self._index.search(Q, m)
+            if on_gpu and getattr(self, "_gpu_index", None) is None:  # exact flat search on the GPU
+                gid = dev.index if dev.index is not None else torch.cuda.current_device()
+                self._gpu_index = to_gpu(faiss, gid, self._index)
+            _, idx = (self._gpu_index if on_gpu else self._index).search(Q, m)
             return idx.astype(np.int64)
         dev = torch.device(self.device)
         if getattr(self, "_train_t", None) is None or self._train_t.device != dev:
@@ -171,7 +177,8 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         q = torch.from_numpy(Q).to(dev)
         best_s = best_i = None
         for s in range(0, len(T), int(self.train_chunk)):
-            sims = q @ T[s:s + int(self.train_chunk)].t()
+            with exact_matmul(dev):  # float32 similarities on CUDA too (TF32 off, caller's flag restored)
+                sims = q @ T[s:s + int(self.train_chunk)].t()
             v, i = sims.topk(min(m, sims.shape[1]), dim=1)
             i = i + s
             if best_s is not None:

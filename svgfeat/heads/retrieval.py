@@ -30,6 +30,7 @@ from .._version import __version__
 from ..errors import CacheError, ConfigError, DataError, MissingDependencyError, SvgfeatError
 from . import index_factory as fac
 from .exact_search import TopK, as_float32, batch_scores, exact_search, l2_normalize, recall_at_k
+from .faiss_gpu import GPU_MAX_K, gpu_clustering_index, to_gpu
 from .query import ArraySource, CacheSource, cache_provenance, check_cache_query, is_cache
 
 TORCH_EXACT_MAX = 1 << 28  # n*d floats (1 GiB of float32) searched exactly in torch when faiss is absent
@@ -56,7 +57,7 @@ def _gpu_id(faiss, device) -> int | None:
         warnings.warn(f"device={device!s}: faiss has no GPU support here (install faiss-gpu); "
                       "searching on the CPU", stacklevel=3)
         return None
-    return dev.index or 0
+    return dev.index if dev.index is not None else (torch.cuda.current_device() if torch.cuda.is_available() else 0)
 
 
 class FaissIndex:
@@ -198,7 +199,10 @@ class FaissIndex:
             ivf = faiss.try_extract_index_ivf(index)
             if ivf is not None:
                 ivf.cp.seed = int(self.seed)
-            if not index.is_trained:
+                gid = _gpu_id(faiss, self.device)
+                if gid is not None and not index.is_trained:  # the coarse k-means runs on the GPU
+                    gpu_km = gpu_clustering_index(faiss, gid, ivf.d)  # referenced until training is done
+                    ivf.clustering_index = gpu_km
                 nlist = ivf.nlist if ivf is not None else 1
                 m = self.train_size or min(n, max(50 * nlist, fac.PQ_MIN_TRAIN + 16))
                 _, xt = src.sample(m, rng)
@@ -211,6 +215,8 @@ class FaissIndex:
                 except RuntimeError as e:
                     raise ConfigError(f"faiss could not train {factory!r} on {len(xt)} vectors: "
                                       f"{str(e).strip().splitlines()[-1]}") from None
+                if ivf is not None and ivf.clustering_index is not None:
+                    ivf.clustering_index = None  # the GPU k-means index is not part of the trained index
 
         qkeys = qvecs = top = None
         if measure:
@@ -266,8 +272,7 @@ class FaissIndex:
         gid = _gpu_id(faiss, self.device)
         if gid is not None:
             try:
-                self._gpu_res = faiss.StandardGpuResources()
-                self._gpu = faiss.index_cpu_to_gpu(self._gpu_res, gid, self._index)
+                self._gpu = to_gpu(faiss, gid, self._index)  # the process-wide resources of that GPU
             except RuntimeError as e:  # e.g. HNSW has no GPU implementation
                 warnings.warn(f"{self.factory_!r} cannot run on the GPU ({str(e).strip().splitlines()[-1]}); "
                               "searching on the CPU", stacklevel=3)
@@ -306,12 +311,33 @@ class FaissIndex:
     def _search_normalized(self, q: np.ndarray, k: int):
         if self.backend_ == "torch":
             D, nbr = exact_search(q, self._vectors, k, self._kind, device=self._vectors.device)
+        elif self._gpu is not None and k > GPU_MAX_K:
+            D, nbr = self._search_beyond_gpu_k(q, k)
         else:
             self._apply_params()
             index = self._gpu if self._gpu is not None else self._index
             D, nbr = index.search(q, k)
         keys = np.where(nbr >= 0, self.keys_[np.clip(nbr, 0, max(self.ntotal_ - 1, 0))], -1) if self.ntotal_ else nbr
         return D.astype(np.float32, copy=False), keys.astype(np.int64, copy=False)
+
+    def _search_beyond_gpu_k(self, q: np.ndarray, k: int):
+        """k > faiss-gpu's limit: an exact index is searched exactly in torch on the device (its vectors
+        reconstructed once), an approximate one with its CPU copy; a warning says which."""
+        faiss = import_faiss()
+        if fac.is_exact(self.factory_):
+            warnings.warn(f"k={k} > {GPU_MAX_K} (faiss-gpu's limit): exact torch search on {self.device}",
+                          stacklevel=4)
+            if getattr(self, "_exact_vectors", None) is None:
+                self._exact_vectors = torch.from_numpy(self._index.reconstruct_n(0, self.ntotal_)).to(self.device)
+            return exact_search(q, self._exact_vectors, k, self._kind, device=self.device)
+        warnings.warn(f"k={k} > {GPU_MAX_K} (faiss-gpu's limit): searching {self.factory_!r} with its CPU copy",
+                      stacklevel=4)
+        self._applied = None
+        params = self.search_params()
+        ps = faiss.ParameterSpace()
+        for name, v in params.items():
+            ps.set_index_parameter(self._index, name, v)
+        return self._index.search(q, k)
 
     def search(self, queries, k: int = 10):
         """``queries`` [nq, d] (or [d]) numpy / torch (CPU or GPU) -> ``(D float32 [nq, k], I int64 [nq, k])``."""
