@@ -125,7 +125,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def one_faiss_thread():
     """Single-threaded faiss: stable timings on a shared 2-core machine; restored afterwards."""
-    import faiss  # a hard dependency
+    faiss = require_extra("faiss")
 
     n = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)

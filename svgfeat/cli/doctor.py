@@ -31,12 +31,20 @@ def doctor():
     click.echo(f"svgfeat      {__version__}")
     click.echo(f"torch        {torch.__version__}  cuda={'yes' if torch.cuda.is_available() else 'no'}"
                + (f" ({torch.cuda.device_count()} x {torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
-    for mod in ("timm", "torchvision", "numpy", "sklearn", "faiss", "mmseg", "mmengine", "mmcv"):
+    for mod in ("timm", "torchvision", "numpy", "sklearn", "mmseg", "mmengine", "mmcv"):
         click.echo(f"{mod:<12} {_version(mod)}")
-    if _version("faiss")[0].isdigit():
-        import faiss
+    from ..heads.faiss_gpu import installed
 
-        click.echo(f"faiss GPUs   {faiss.get_num_gpus() if hasattr(faiss, 'get_num_gpus') else 0}")
+    f = installed()
+    dists = ", ".join(f"{k} {v}" for k, v in f["distributions"].items()) or "none"
+    if f["module"]:
+        kind = f"GPU build, {f['gpus']} GPU(s) visible" if f["gpus"] else "CPU build (no GPU support)"
+        click.echo(f"faiss        {f['version']} active: {kind}; from {f['module']}; installed: {dists}")
+    else:
+        click.echo(f"faiss        not installed (exact torch search only; pip install 'svgfeat[faiss]' or "
+                   f"'svgfeat[faiss-gpu]'); installed distributions: {dists}")
+    if f["conflict"]:
+        click.echo(f"WARNING      faiss: {f['conflict']}")
     click.echo("weights (environment variables or the Hugging Face cache):")
     for var, name in WEIGHT_HINTS.items():
         v = os.environ.get(var)
