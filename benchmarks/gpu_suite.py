@@ -14,8 +14,13 @@ Sections (each timed with a device synchronise before and after, on CUDA only):
 5. sampler   DiT-XL Euler sampler images (latents) per second, 25 steps, CFG 4 (two forward passes per step).
 
     python benchmarks/gpu_suite.py                                 # CUDA, full sizes (~8 min on one H200)
+    python benchmarks/gpu_suite.py --check --pytest --json gpu_suite.json   # THE one-call GPU check (< 8 min, H100)
     python benchmarks/gpu_suite.py --device cpu --small            # smoke test on CPU (a minute or two)
     python benchmarks/gpu_suite.py --only probe,knn --json out.json
+
+``--check``: reduced sizes (every section, a fraction of the full work) so that ``--pytest`` (the CUDA test
+suite, ``pytest -m gpu``, run FIRST) and the benchmarks fit in 8 minutes on one H100; ``--budget-s`` (default
+480 with --check) skips the sections that would start after the budget is spent, and says so.
 
 Random weights (or ``--dinov3/--svg`` real files): throughput does not depend on the weights. Data are synthetic
 (class-conditional Gaussians for features, Gaussian latents), so accuracies are not comparable to ImageNet.
@@ -47,6 +52,10 @@ FULL = dict(extract_n=32768, extract_unique=512, size=256, batch=512, shard=8192
             encoder="svg_vits16plus", probe_rows=1_281_167, val_rows=50_000, dim=768, classes=1000,
             probe_iters=12_500, probe_batch=1024, dit="svg_dit_xl", latent_rows=8192, dit_batch=256,
             dit_steps=20, sample_batch=256, sample_steps=25)
+CHECK = dict(extract_n=4096, extract_unique=256, size=256, batch=256, shard=4096, workers=min(14, os.cpu_count() or 1),
+             encoder="svg_vits16plus", probe_rows=262_144, val_rows=10_000, dim=768, classes=1000,
+             probe_iters=2_000, probe_batch=1024, dit="svg_dit_xl", latent_rows=2048, dit_batch=256,
+             dit_steps=10, sample_batch=64, sample_steps=25)
 SMALL = dict(extract_n=16, extract_unique=4, size=64, batch=8, shard=8, workers=1, encoder="svg_vits16plus",
              probe_rows=4096, val_rows=512, dim=768, classes=10, probe_iters=30, probe_batch=256,
              dit="test_dit_tiny", latent_rows=64, dit_batch=8, dit_steps=2, sample_batch=4, sample_steps=4)
@@ -102,7 +111,7 @@ def jpeg_folder(root: Path, n: int, unique: int) -> Path:
     return out
 
 
-def _extract(folder, out, enc, device, cfg, precision: str, gpu_decode: bool, limit=None):
+def _extract(folder, out, enc, device, cfg, precision: str, gpu_decode: bool, limit=None, compile=False):
     """One extraction through the public ``svgfeat.extract``; adapts to its numerics argument
     (``precision="fp32"|"bf16"`` in the engine API, ``autocast=bool`` before it)."""
     from svgfeat.extraction import extract
@@ -118,6 +127,10 @@ def _extract(folder, out, enc, device, cfg, precision: str, gpu_decode: bool, li
         if "gpu_decode" not in params:
             raise RuntimeError("this svgfeat.extract has no gpu_decode option")
         kw["gpu_decode"] = True
+    if compile:
+        if "compile" not in params:
+            raise RuntimeError("this svgfeat.extract has no compile option")
+        kw["compile"] = True
     return extract(str(folder), out, **kw)
 
 
@@ -133,14 +146,16 @@ def bench_extract(args, cfg, tmp: Path) -> dict:
     folder = jpeg_folder(tmp / "jpegs", cfg["extract_n"], cfg["extract_unique"])
     print(f"  {cfg['extract_n']} JPEGs written in {time.perf_counter() - t:.1f}s", flush=True)
     res = {}
-    for name, gd, prec in [("pil fp32", False, "fp32"), ("pil bf16", False, "bf16"),
-                           ("device-decode fp32", True, "fp32"), ("device-decode bf16", True, "bf16")]:
+    for name, gd, prec, comp in [("pil fp32", False, "fp32", False), ("pil bf16", False, "bf16", False),
+                                 ("device-decode fp32", True, "fp32", False),
+                                 ("device-decode bf16", True, "bf16", False),
+                                 ("device-decode bf16 compile", True, "bf16", True)]:
         try:
             _extract(folder, tmp / f"warm_{name.replace(' ', '_')}", enc, dev, cfg, prec, gd,
-                     limit=min(cfg["extract_n"], cfg["batch"]))  # CUDA context, kernels, workers' imports
+                     limit=min(cfg["extract_n"], cfg["batch"]), compile=comp)  # context, kernels, compile
             reset_peak(dev)
             with Clock(dev) as c:
-                cache = _extract(folder, tmp / name.replace(" ", "_"), enc, dev, cfg, prec, gd)
+                cache = _extract(folder, tmp / name.replace(" ", "_"), enc, dev, cfg, prec, gd, compile=comp)
             n = len(cache)
             res[name] = {"n": n, "seconds": round(c.seconds, 2), "img_s": round(n / c.seconds, 1),
                          "peak_gpu_gib": peak_gpu_gib(dev)}
@@ -321,6 +336,25 @@ def bench_sampler(args, cfg, model) -> dict:
             "img_s": round(B / c.seconds, 2), "note": "latents per second (decoder not included)"}
 
 
+# --------------------------------------------------------------------------------------------- 0 tests
+def run_pytest(dev) -> dict:
+    """The CUDA test suite (``pytest -m gpu``) in a child process: counts of passed/failed/skipped."""
+    import re
+    import subprocess
+
+    if dev.type != "cuda":
+        return {"skipped": "the gpu tests need --device cuda"}
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"], cwd=root,
+                       capture_output=True, text=True)
+    tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-500:]
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", tail)}
+    if r.returncode not in (0, 5):
+        print(r.stdout[-6000:], flush=True)
+        raise RuntimeError(f"pytest -m gpu failed: {tail}")
+    return {"summary": tail, **counts}
+
+
 # --------------------------------------------------------------------------------------------- main
 def _verdict(ok) -> str:
     return "n/a at --small sizes" if ok is None else ("met" if ok else "NOT met")
@@ -333,6 +367,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--small", action="store_true", help="Tiny sizes (CPU smoke test).")
+    ap.add_argument("--check", action="store_true", help="Reduced sizes: with --pytest, < 8 min on one H100.")
+    ap.add_argument("--pytest", action="store_true", help="Run the CUDA test suite (pytest -m gpu) first.")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="Skip sections that would start after this many seconds (default 480 with --check).")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"Comma-separated subset of {','.join(SECTIONS)}.")
     ap.add_argument("--workers", type=int, default=None, help="Extraction decode workers.")
     ap.add_argument("--dinov3", default=None, help="Real DINOv3 weights for the extraction encoder (optional).")
@@ -340,7 +378,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tmp", default=None, help="Scratch folder (default: a temporary folder).")
     ap.add_argument("--json", default=None, help="Write the results here too.")
     args = ap.parse_args(argv)
-    cfg = dict(SMALL if args.small else FULL)
+    cfg = dict(SMALL if args.small else CHECK if args.check else FULL)
+    budget = args.budget_s if args.budget_s is not None else (480.0 if args.check else None)
     if args.workers is not None:
         cfg["workers"] = args.workers
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -357,6 +396,12 @@ def main(argv=None) -> int:
 
     def run(section, fn):
         print(f"[{section}]", flush=True)
+        spent = time.perf_counter() - t_all
+        if budget is not None and spent > budget:
+            r = {"skipped": f"budget of {budget:.0f} s spent ({spent:.0f} s)"}
+            results["sections"][section] = r
+            print(f"  -> {r}", flush=True)
+            return r
         t = time.perf_counter()
         try:
             r = fn()
@@ -371,11 +416,13 @@ def main(argv=None) -> int:
         return r
 
     try:
+        if args.pytest:
+            run("pytest", lambda: run_pytest(dev))
         if "extract" in only:
             run("extract", lambda: bench_extract(args, cfg, tmp))
         if "probe" in only or "knn" in only:
             feats = run("features", lambda: feature_caches(args, cfg, tmp))
-            if "error" not in feats:
+            if "error" not in feats and "skipped" not in feats:
                 summary = {k: {kk: vv for kk, vv in v.items() if kk not in ("groups", "y")} for k, v in feats.items()}
                 results["sections"]["features"] = summary
                 if "probe" in only:
@@ -400,6 +447,8 @@ def main(argv=None) -> int:
     results["total_s"] = round(time.perf_counter() - t_all, 1)
     s = results["sections"]
     print("\nsummary")
+    if "summary" in s.get("pytest", {}):
+        print(f"  pytest -m gpu: {s['pytest']['summary']}")
     if "best_img_s" in s.get("extract", {}):
         e = s["extract"]
         print(f"  extraction: best {e['best_img_s']} img/s (target >= {TARGET_EXTRACT_IMG_S:.0f}: "
