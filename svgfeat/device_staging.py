@@ -13,7 +13,8 @@ Host staging memory is a :class:`HostRing` of ``slots`` (>= 2) byte buffers, pin
   were copied into ordinary memory first, so a consumer holding a result never sees the slot overwritten.
 
 Users: extraction (loader batches up, features down: :mod:`svgfeat.extraction.encode`), ``cache.to(device)``
-(:mod:`svgfeat.cache.device`) and the device JPEG decoder (its inputs arrive through :meth:`to_device`).
+(:mod:`svgfeat.cache.device`), the device JPEG decoder (runs inside the extraction scope) and the streamed DiT
+latent batches (:class:`svgfeat.generation.train.LatentBatcher`, ``to_device(..., handoff=True)``).
 On CPU the stage is a no-op: ``to_device``/``to_host`` return CPU tensors, no ring, no stream, no event.
 """
 
@@ -176,22 +177,31 @@ class DeviceStage:
         ev.record(self.stream)
         return ev
 
-    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+    def to_device(self, x: torch.Tensor, handoff: bool = False) -> torch.Tensor:
         """CPU tensor -> the same values on the device, copied through a pinned ring slot on the stage stream.
-        The returned tensor is ready for any later op issued on the stage stream (use it inside ``scope``)."""
+        The returned tensor is ready for any later op issued on the stage stream (use it inside ``scope``).
+        ``handoff``: for a caller that uses the result on ITS current stream outside ``scope``: that stream
+        waits for the copy's event and the tensor is recorded as used there (allocator safety)."""
         if not self.cuda:
             return x.to(self.device)
         if x.device.type == "cuda":
             with self.scope():
-                return x.to(self.device, non_blocking=True)
-        x = x.contiguous()
-        i, buf = self.up.acquire(_nbytes(x.shape, x.dtype))
-        host = pack_views(buf, {"x": (x.shape, x.dtype)})["x"]
-        host.copy_(x)
-        with self.scope():
-            out = x.new_empty(x.shape, device=self.device)  # allocated on the stage stream
-            out.copy_(host, non_blocking=True)
-            self.up.guard(i, self._event())
+                out = x.to(self.device, non_blocking=True)
+                ev = self._event()
+        else:
+            x = x.contiguous()
+            i, buf = self.up.acquire(_nbytes(x.shape, x.dtype))
+            host = pack_views(buf, {"x": (x.shape, x.dtype)})["x"]
+            host.copy_(x)
+            with self.scope():
+                out = x.new_empty(x.shape, device=self.device)  # allocated on the stage stream
+                out.copy_(host, non_blocking=True)
+                ev = self._event()
+                self.up.guard(i, ev)
+        if handoff:
+            consumer = torch.cuda.current_stream(self.device)
+            consumer.wait_event(ev)
+            out.record_stream(consumer)
         return out
 
     def to_host(self, tensors: dict) -> Staged:

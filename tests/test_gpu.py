@@ -228,16 +228,30 @@ def test_torchrun_nccl_extract_equals_one_process(n, jpegs, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- heads on CUDA
-def test_dit_train_steps_on_cuda(tmp_path):
+@pytest.mark.parametrize("preload_limit", [1 << 40, 0], ids=["device-resident", "streamed"])
+def test_dit_train_steps_on_cuda(tmp_path, preload_limit):
+    """Device-resident latents, and streamed ones (staging ring, handoff to the training stream)."""
     sys.path.insert(0, str(Path(__file__).parent))
     from _dit_helpers import MemCache, tiny_model
 
-    from svgfeat.generation.train import train_dit
+    from svgfeat.generation.train import LatentBatcher, train_dit
 
     r = train_dit(MemCache(), tiny_model(), tmp_path, steps=30, batch_size=16, lr=2e-3, ema_decay=0.9,
-                  log_every=10, ckpt_every=1000, progress=False, device="cuda")
+                  log_every=10, ckpt_every=1000, progress=False, device="cuda",
+                  data_options={"preload_limit": preload_limit})
     losses = [json.loads(ln)["loss"] for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert r["step"] == 30 and all(np.isfinite(losses)) and losses[-1] < losses[0]
+    stats = {"mean": np.zeros(8, np.float32), "std": np.ones(8, np.float32)}
+    cpu = LatentBatcher(MemCache(), 16, 0, stats, 3, "cpu", preload_limit=preload_limit)
+    gpu = LatentBatcher(MemCache(), 16, 0, stats, 3, "cuda", preload_limit=preload_limit)
+    try:
+        for step in range(5):  # more batches than ring slots: every batch equals its CPU twin
+            a, ya = cpu.batch(step, 0, 16)
+            b, yb = gpu.batch(step, 0, 16)
+            assert torch.equal(a, b.cpu()) and torch.equal(ya, yb.cpu())
+    finally:
+        cpu.close()
+        gpu.close()
 
 
 def test_seg_head_on_cuda(tiny):

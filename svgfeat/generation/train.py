@@ -77,7 +77,11 @@ class LatentBatcher:
             offs = getattr(cache, "_offsets", None) if offs is None else offs
             self.order = BlockOrder(self.n, global_batch, seed, block_rows, window_blocks, offs)
             self.reader = PrefetchReader(cache, "latent", self.order.rows, prefetch, workers, max_step)
-        self._pin = torch.device(device).type == "cuda"
+        self._stage = None
+        if torch.device(device).type == "cuda":  # streamed batches: the shared pinned ring + stream
+            from ..device_staging import DeviceStage
+
+            self._stage = DeviceStage(device)
         self._perm_epoch, self._perm = -1, None
 
     def _perm_for(self, epoch: int) -> np.ndarray:
@@ -100,7 +104,7 @@ class LatentBatcher:
             z = self.data[torch.from_numpy(rows).to(self.device)]
         else:
             z = torch.from_numpy(self.reader.get(step, lo, hi))
-            z = (z.pin_memory() if self._pin else z).to(self.device, non_blocking=self._pin)
+            z = self._stage.to_device(z, handoff=True) if self._stage is not None else z.to(self.device)
         z = z.float()
         if self.hflip and flip is not None:
             z = torch.where(flip.view(-1, 1, 1, 1), z.flip(-1), z)
@@ -111,6 +115,8 @@ class LatentBatcher:
         """Stop the background readers (streaming caches)."""
         if self.reader is not None:
             self.reader.close()
+        if self._stage is not None:
+            self._stage.close()
 
 
 def step_noise(step: int, seed: int, B: int, N: int, C: int, shift: float, drop_p: float, device):
