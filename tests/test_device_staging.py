@@ -162,7 +162,7 @@ def test_throughput_options_are_recorded(tmp_path, photos, one_thread):
 
 
 def test_prefetch_zero_is_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "svgfeat", "extract", "sample:4", "-o", str(tmp_path / "c"),
+    r = subprocess.run([sys.executable, "-m", "svgfeat", "extract", "sample:photos", "-o", str(tmp_path / "c"),
                         "--model", "test_tiny", "--prefetch", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--prefetch" in r.stderr
 
