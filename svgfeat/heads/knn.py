@@ -116,7 +116,8 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "faiss" and not has_faiss():
-            raise MissingDependencyError("faiss-cpu", "faiss-gpu", "kNN with backend='faiss'")
+            raise MissingDependencyError("faiss-cpu", "faiss",
+                                         "kNN with backend='faiss' (svgfeat[faiss-gpu] on a GPU machine)")
         fm = feature_matrix(X, y, features=self.features, progress=self.progress)
         if fm.y is None:
             raise ConfigError("KNNClassifier.fit needs labels: pass y or a labelled cache")
