@@ -254,9 +254,11 @@ def test_dit_train_steps_on_cuda(tmp_path, preload_limit):
         gpu.close()
 
 
-def test_seg_head_on_cuda(tiny):
+def test_seg_head_on_cuda():
     from svgfeat.data.segmentation import open_seg_dataset
     from svgfeat.heads.segmentation import LinearSegHead
+
+    tiny = svgfeat.create_model("test_tiny")  # its own copy: the head moves it to the GPU
 
     tr, va = open_seg_dataset("sample:digitseg/train"), open_seg_dataset("sample:digitseg/val").subset(range(20))
     head = LinearSegHead(tiny, max_iters=30, batch_size=8, warmup_iters=3, lr=3e-2, crop_size=64, slide_crop=64,
@@ -265,7 +267,7 @@ def test_seg_head_on_cuda(tiny):
     assert 0 <= head.evaluate(va)["mIoU"] <= 1
 
 
-def test_depth_head_on_cuda(tiny):
+def test_depth_head_on_cuda():
     from svgfeat.heads.depth import LinearDepthHead
 
     rng = np.random.default_rng(0)
