@@ -3,7 +3,7 @@
 One test at least per GPU path: extraction on cuda and on a non-default device / foreign current stream,
 --gpu-decode against PIL, bf16 against fp32, --compile, faiss-gpu index and kNN (shared resources, the k
 limit, IVF training), torchrun/nccl with 1 and 2 processes, cache.to("cuda"), DiT train steps, the seg and
-depth heads. Sizes are tiny: the whole suite takes about a minute on one H100 (plus compile time).
+depth heads. Sizes are tiny (meant to take a minute or two on one H100 with compile time; not measured yet).
 """
 
 from __future__ import annotations
