@@ -89,14 +89,17 @@ def _run(args, port=None):
     return r
 
 
-def _same_head(a, b, atol):
+def _same_head(a, b, atol=1e-5):
+    """Every tensor of the two heads (BatchNorm running statistics included) within ``atol``: both runs compute
+    the global batch's BatchNorm statistics and loss, only the order of float sums differs (measured: <= 1.3e-6
+    for depth's conv weights after 5 AdamW steps at lr 1e-2, 0 for the running statistics)."""
     from safetensors.torch import load_file
 
     ha, hb = load_file(a / "head.safetensors"), load_file(b / "head.safetensors")
     assert ha.keys() == hb.keys()
-    worst = max(float((ha[k].double() - hb[k].double()).abs().max()) for k in ha)
-    assert worst <= atol, worst
-    return worst
+    diff = {k: float((ha[k].double() - hb[k].double()).abs().max()) for k in ha}
+    assert max(diff.values()) <= atol, diff
+    return diff
 
 
 @pytest.mark.parametrize("mode", ["online", "cached"])
@@ -111,7 +114,7 @@ def test_depth_train_under_torchrun_equals_one_process(tmp_path, mode):
     one = _run(args + ["--out", str(tmp_path / "one")])
     two = _run(args + ["--out", str(tmp_path / "two")], port=29561 if mode == "online" else 29562)
     assert two.stdout.count("wrote ") == one.stdout.count("wrote ") == 1  # rank 0 only
-    _same_head(tmp_path / "one", tmp_path / "two", atol=1e-5)
+    _same_head(tmp_path / "one", tmp_path / "two")
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())["train"]
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())["train"]
     assert m2["final_loss"] == pytest.approx(m1["final_loss"], rel=1e-5)
@@ -123,4 +126,4 @@ def test_seg_train_under_torchrun_equals_one_process(tmp_path):
             "--batch-size", "4", "--warmup", "1", "--no-eval"]
     _run(args + ["--out", str(tmp_path / "one")])
     _run(args + ["--out", str(tmp_path / "two")], port=29563)
-    _same_head(tmp_path / "one", tmp_path / "two", atol=1e-5)
+    _same_head(tmp_path / "one", tmp_path / "two")

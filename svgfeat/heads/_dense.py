@@ -107,15 +107,16 @@ def progress(it, total: int, desc: str, enabled: bool):
 
 
 class SyncStatsBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d that, under torchrun, normalises with the statistics of the whole global batch (all-reduced
-    sums of x, x^2 and the count, float64) and updates its running statistics with them, so every rank holds
-    the running statistics one process would. Its input must be constant (frozen encoder features): no
-    gradient flows through the statistics. In one process it is exactly ``nn.BatchNorm2d``."""
+    """BatchNorm2d whose training statistics are those of the whole global batch under torchrun (all-reduced
+    float64 sums of x, x^2 and the count), so every rank normalises like one process and holds the running
+    statistics one process would. One process computes them the same way (without the all-reduce), so the two
+    agree to rounding. Its input must be constant (frozen encoder features): no gradient flows through the
+    statistics. In eval mode it is ``nn.BatchNorm2d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        info = D.current()
-        if not (self.training and info.distributed):
+        if not self.training:
             return super().forward(x)
+        info = D.current()
         assert not x.requires_grad, "SyncStatsBatchNorm2d normalises frozen features only"
         xd = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)
         s = torch.cat([xd.sum(1), (xd * xd).sum(1), torch.tensor([xd.shape[1]], dtype=torch.float64,
