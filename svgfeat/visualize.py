@@ -88,3 +88,27 @@ def overlay(image, colour: np.ndarray, alpha: float) -> np.ndarray:
         raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
     base = np.asarray(image, dtype=np.float32)
     return (base * (1 - alpha) + colour.astype(np.float32) * alpha).round().clip(0, 255).astype(np.uint8)
+
+
+def pca_pictures(images, encoder, *, group: str = "dino", size: int = 448, preset: str = "resize", device="cpu",
+                 fg_threshold: float | None = None, invert: bool = False, original: bool = True):
+    """PIL images -> (uint8 pictures, explained variance ratios, patch token count): each picture is the image
+    as the encoder saw it (``preset`` / ``size``) beside its patch-feature PCA map (one colour per patch), or
+    the PCA map alone with ``original=False``. PCA is fitted over all images' tokens (see :func:`patch_pca_rgb`)."""
+    import torch
+
+    from .data.transforms import Transform, denormalize
+
+    if fg_threshold is not None and not 0 <= fg_threshold <= 1:
+        raise ConfigError(f"--fg-threshold must be in [0, 1], got {fg_threshold}")
+    t = Transform(preset, size)
+    inputs, feats = [], []
+    with torch.no_grad():
+        for im in images:  # one image at a time: features do not depend on batch-mates
+            x = t(im)
+            inputs.append((denormalize(x).clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+            feats.append(encoder.encode(x[None].to(device)).group(group)[0].float().cpu().numpy())
+    maps, ratios, _ = patch_pca_rgb(feats, fg_threshold, invert)
+    big = [upscale(m, encoder.patch_size) for m in maps]
+    pics = [side_by_side(src, b) if original else b for src, b in zip(inputs, big)]
+    return pics, ratios, sum(f.shape[1] * f.shape[2] for f in feats)
