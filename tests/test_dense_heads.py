@@ -127,3 +127,17 @@ def test_seg_train_under_torchrun_equals_one_process(tmp_path):
     _run(args + ["--out", str(tmp_path / "one")])
     _run(args + ["--out", str(tmp_path / "two")], port=29563)
     _same_head(tmp_path / "one", tmp_path / "two")
+
+
+def test_dataset_evaluation_shows_progress_but_no_one_step_bar(tiny, capsys):
+    from svgfeat.data.depth import open_depth_dataset
+
+    head = LinearDepthHead(tiny, max_iters=1, warmup_iters=0).fit(torch.randn(2, 72, 2, 2), np.ones((2, 8, 8)))
+    val = open_depth_dataset("sample:depth/val")
+    head.evaluate(val.subset(range(3)), progress_bar=True)
+    err = capsys.readouterr().err
+    assert "evaluating LinearDepthHead" in err and "0/3" in err and "1/3" in err
+    head.evaluate(val.subset(range(1)), progress_bar=True)
+    assert capsys.readouterr().err == ""  # no `1/1` bar
+    head.evaluate(val.subset(range(3)), progress_bar=False)
+    assert capsys.readouterr().err == ""
