@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.exceptions import NotFittedError
 import pytest
 import torch
 from PIL import Image
+from sklearn.exceptions import NotFittedError
 
 from svgfeat.data.depth import (
     DepthTrainAugment,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.exceptions import NotFittedError
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from svgfeat.data.segmentation import (
     DIGITSEG_CLASSES,
