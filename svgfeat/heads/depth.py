@@ -214,8 +214,6 @@ class LinearDepthHead(DenseHead):
             return getattr(ds, "eval_crop", None)
         return None if self.eval_crop == "none" else self.eval_crop
 
-    _crop_for = eval_crop_for  # the name older code uses
-
     def _new_metric(self, ds):
         crop = (self.eval_crop if self.eval_crop == "eigen" else None) if ds is None else self.eval_crop_for(ds)
         metric = DepthMetric(float(self.min_depth), float(self.max_depth), crop)
