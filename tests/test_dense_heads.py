@@ -136,7 +136,7 @@ def test_dataset_evaluation_shows_progress_but_no_one_step_bar(tiny, capsys):
     val = open_depth_dataset("sample:depth/val")
     head.evaluate(val.subset(range(3)), progress_bar=True)
     err = capsys.readouterr().err
-    assert "evaluating LinearDepthHead" in err and "0/3" in err and "1/3" in err
+    assert "evaluating LinearDepthHead" in err and "| 0/3 [" in err  # a bar over the 3 images
     head.evaluate(val.subset(range(1)), progress_bar=True)
     assert capsys.readouterr().err == ""  # no `1/1` bar
     head.evaluate(val.subset(range(3)), progress_bar=False)
