@@ -9,25 +9,14 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_seg_cli import run  # one CLI runner for the dense command tests
 
-from svgfeat.cli import main
 from svgfeat.data.depth import open_depth_dataset, read_depth
 from svgfeat.data.segmentation import open_seg_dataset
 from svgfeat.errors import DataError
 from svgfeat.heads.depth import ArrayDepthDataset, LinearDepthHead
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
-
-
-def run(args, capsys):
-    try:
-        main(args)
-    except SystemExit as e:
-        code = e.code
-    else:
-        code = 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _depth_folder(root, depths: dict):
