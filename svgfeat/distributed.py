@@ -1,6 +1,6 @@
 """The one torch.distributed helper: rank/device binding under ``torchrun`` and small collectives.
 
-Used by ``extract``, ``train-dit``, ``train-ae`` and ``seg train``. In a single process every helper is a
+Used by ``extract``, ``train-dit``, ``train-ae``, ``seg train`` and ``depth train``. In a single process every helper is a
 no-op. Under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`setup` joins the process group (nccl on CUDA, gloo on
 CPU; ``SVGFEAT_BACKEND`` overrides) and binds a CUDA request to ``cuda:LOCAL_RANK``, so 8 ranks on one
 node use 8 GPUs. :func:`teardown` destroys the group only if :func:`setup` created it.
@@ -111,6 +111,14 @@ def setup(device="cpu") -> tuple[DistInfo, torch.device]:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return info, dev
+
+
+def current() -> DistInfo:
+    """This process's place in the process group that is already initialised (``DistInfo()`` when none is):
+    what a library function uses to run data parallel under ``torchrun`` without being handed the info."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), env_ranks()[2], False, dist.get_backend())
+    return DistInfo()
 
 
 def teardown(info: DistInfo) -> None:

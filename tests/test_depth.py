@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.exceptions import NotFittedError
 
 from svgfeat.data.depth import (
     DepthTrainAugment,
@@ -176,7 +177,7 @@ def test_validation_errors(tiny):
     import svgfeat
 
     feats, depths = torch.randn(2, 8, 2, 2), np.ones((2, 8, 8), np.float32)
-    with pytest.raises(ConfigError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         LinearDepthHead(tiny).predict(np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(ConfigError, match="bins"):
         LinearDepthHead(bins="cubic").fit(feats, depths)

@@ -86,8 +86,8 @@ def test_torchrun_nccl_binds_each_rank_to_its_gpu():
 
 def test_seg_train_runs_data_parallel_under_torchrun(tmp_path):
     """`seg train` under 2 gloo ranks: each rank trains on its slice of every global batch (gradients averaged:
-    see `avg_grad` in test_torchrun_gloo_binds_each_rank), rank 0 alone writes the head and metrics. Not compared
-    with one process: the head's BatchNorm normalises each rank's slice (DDP without SyncBatchNorm)."""
+    see `avg_grad` in test_torchrun_gloo_binds_each_rank), rank 0 alone writes the head and metrics. Compared
+    with one process in tests/test_dense_heads.py (global BatchNorm statistics and loss)."""
     from safetensors.torch import load_file
 
     env = {k: v for k, v in os.environ.items() if k != D.BACKEND_ENV}

@@ -93,8 +93,11 @@ def test_pca_pictures(capsys, tmp_path):
             "--size", "128", "-o", str(tmp_path / "pca")]
     code, out, err = run(args, capsys)
     assert code == 0, err
-    pic = np.asarray(Image.open(tmp_path / "pca" / "astronaut_pca.png"))
-    assert pic.shape == (128, 128, 3) and "explained variance" in out
+    both = np.asarray(Image.open(tmp_path / "pca" / "astronaut_pca.png"))
+    assert both.shape == (128, 256, 3) and "explained variance" in out  # the original beside its PCA map
+    src = np.asarray(Image.open(tmp_path / "astronaut.png").resize((128, 128), Image.BICUBIC)).astype(int)
+    assert np.abs(both[:, :128].astype(int) - src).mean() < 8  # the left half is the input the encoder saw
+    pic = both[:, 128:]
     blocks = pic.reshape(8, 16, 8, 16, 3)
     assert (blocks == blocks[:, :1, :, :1]).all()  # one colour per 16-px patch
     assert len({tuple(c) for c in pic.reshape(-1, 3)}) > 20
@@ -102,5 +105,8 @@ def test_pca_pictures(capsys, tmp_path):
     assert code == 0, err
     fg = np.asarray(Image.open(tmp_path / "fg" / "coffee_pca.png"))
     assert fg.shape == (128, 256, 3) and (fg[:, 128:] == 0).all(-1).any()  # black background tokens
+    code, out, err = run(args[:-2] + ["--pca-only", "-o", str(tmp_path / "only")], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "only" / "astronaut_pca.png")), pic)
     code, _, err = run(args[:-4] + ["--size", "100", "-o", str(tmp_path / "bad")], capsys)
     assert code == 2 and "multiple of 16" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from svgfeat.data.segmentation import (
     DIGITSEG_CLASSES,
@@ -177,7 +178,7 @@ def test_estimator_contract_and_validation(tiny):
 
     head = LinearSegHead(tiny, lr=3e-3, crop_size=64)
     assert clone(head).get_params()["lr"] == 3e-3
-    with pytest.raises(ConfigError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         head.predict(np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(ConfigError, match="group"):
         LinearSegHead(group="cls").fit(torch.randn(2, 8, 2, 2), np.zeros((2, 32, 32), np.int64))

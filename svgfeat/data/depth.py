@@ -6,7 +6,9 @@ metres (0 = no measurement), ``.load_pair(i)`` and ``.labels`` (int64 of -1, so 
 :func:`svgfeat.extract` like a classification dataset to build a dense-feature cache).
 
 Depth files: 16-bit PNG (raw value / ``depth_scale``; NYUv2 stores millimetres, so the default scale for
-PNG is 1000) or ``.npy`` float arrays (metres unless ``depth_scale`` says otherwise; default scale 1).
+PNG is 1000) or ``.npy`` float arrays (metres unless ``depth_scale`` says otherwise; default scale 1); 0 = no
+measurement. 8-bit PNGs (only with an explicit ``depth_scale``), NaN / inf values and maps without a positive
+depth are refused with the file named.
 
 Layouts (``open_depth_dataset(spec, split)``):
 - NYUv2, BTS / AdaBins / DINOv2 list files: ``ROOT/nyudepthv2_{train,test}_files_with_gt.txt`` (or any list
@@ -66,7 +68,7 @@ class DepthDataset(ImageDataset):
         return load_image(self.abspath(i))
 
     def load_depth(self, i: int) -> np.ndarray:
-        """Depth map i in metres: float32 [H, W]; 0 (or non-finite in the file) = no measurement."""
+        """Depth map i in metres: float32 [H, W]; 0 = no measurement (see :func:`read_depth` for what is refused)."""
         return read_depth(Path(self.root) / self.depth_paths[i], self.depth_scale)
 
     def load_pair(self, i: int) -> tuple[Image.Image, np.ndarray]:
@@ -86,7 +88,10 @@ class DepthDataset(ImageDataset):
 
 
 def read_depth(path, depth_scale=None) -> np.ndarray:
-    """A depth file -> float32 [H, W] metres. PNG: raw / (depth_scale or 1000); .npy: raw / (depth_scale or 1)."""
+    """A depth file -> float32 [H, W] metres. 16-bit PNG: raw / (depth_scale or 1000); .npy: raw / (depth_scale
+    or 1). Refused with the file named (DataError): an 8-bit PNG without an explicit ``depth_scale`` (millimetres
+    do not fit in 8 bits: 0-0.255 m would train silently), NaN / inf values (store missing depth as 0), and a
+    map without any positive depth (all zero or negative)."""
     p = Path(path)
     try:
         if p.suffix.lower() == ".npy":
@@ -102,8 +107,15 @@ def read_depth(path, depth_scale=None) -> np.ndarray:
     if raw.ndim != 2 or raw.dtype.kind not in "uif":
         raise DataError(f"depth map {p} must be a single-channel numeric image, got dtype {raw.dtype} "
                         f"shape {raw.shape}")
+    if raw.dtype == np.uint8 and depth_scale is None:
+        raise DataError(f"depth map {p} is an 8-bit image: millimetres need 16 bits (NYUv2 stores uint16); pass "
+                        "--depth-scale (raw units per metre) if its values really are depth")
+    bad = int((~np.isfinite(raw)).sum()) if raw.dtype.kind == "f" else 0
+    if bad:
+        raise DataError(f"depth map {p} has {bad} NaN/inf value(s); store missing depth as 0")
     d = raw.astype(np.float32) / np.float32(scale)
-    d[~np.isfinite(d)] = 0
+    if not (d > 0).any():
+        raise DataError(f"depth map {p} has no valid depth (every value is 0 or negative)")
     return d
 
 

@@ -110,17 +110,13 @@ class SegDataset(ImageDataset):
     def load_mask(self, i: int) -> np.ndarray:
         """Label map i: int64 [H, W] with values 0..K-1 or 255 (ignored)."""
         p = Path(self.root) / self.mask_paths[i]
-        try:
-            with Image.open(p) as m:
-                raw = np.asarray(m if m.mode in ("L", "P", "I", "I;16") else m.convert("L")).astype(np.int64)
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read mask {p}: {e}") from None
+        raw = read_mask(p)
         if self.reduce_zero_label:
             out = raw - 1
             out[raw == 0] = IGNORE_INDEX
             out[raw == IGNORE_INDEX] = IGNORE_INDEX
-            return out
-        return raw
+            raw = out
+        return check_labels(raw, self.num_classes, p)
 
     def load_pair(self, i: int) -> tuple[Image.Image, np.ndarray]:
         img, mask = self.load(i), self.load_mask(i)
@@ -260,11 +256,38 @@ def _pair(root: Path, img_dir: Path, mask_dir: Path) -> tuple[list[str], list[st
     return [a for a, _ in pairs], [b for _, b in pairs]
 
 
+MASK_MODES = ("L", "P", "I", "I;16", "1")  # single-channel class indices (PNG palette images included)
+
+
+def read_mask(path) -> np.ndarray:
+    """A label-map file -> int64 [H, W] class indices. Colour masks (RGB, RGBA, LA, ...) are refused: their
+    colours are not class indices, and a grey conversion would invent labels."""
+    p = Path(path)
+    try:
+        with Image.open(p) as m:
+            if m.mode not in MASK_MODES:
+                raise DataError(f"mask {p} is a {m.mode} image; expected single-channel class indices (PNG mode "
+                                "L, P or I), e.g. ADE20K's annotations -- convert colour masks to indices first")
+            return np.asarray(m).astype(np.int64)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read mask {p}: {e}") from None
+
+
+def check_labels(mask: np.ndarray, num_classes: int, where) -> np.ndarray:
+    """``mask`` unchanged when every value is a class index 0..num_classes-1 or IGNORE_INDEX; else DataError."""
+    bad = (mask != IGNORE_INDEX) & ((mask < 0) | (mask >= num_classes))
+    if bad.any():
+        vals = sorted(int(v) for v in np.unique(mask[bad])[:5])
+        raise DataError(f"mask {where} has labels {vals} outside 0..{num_classes - 1} (and not {IGNORE_INDEX} = "
+                        "ignored): a wrong classes.txt / num_classes, or ADE20K-style labels without "
+                        "reduce_zero_label?")
+    return mask
+
+
 def _scan_num_classes(root: Path, masks: list[str], limit: int = 2000) -> int:
     top = -1
     for m in masks[:limit]:
-        with Image.open(root / m) as im:
-            a = np.asarray(im if im.mode in ("L", "P", "I") else im.convert("L"))
+        a = read_mask(root / m)
         a = a[a != IGNORE_INDEX]
         if a.size:
             top = max(top, int(a.max()))
@@ -382,7 +405,7 @@ class ArraySegDataset(SegDataset):
         m = self._masks[i]
         if m.dtype.kind not in "iub":
             raise DataError(f"mask {i} must hold integer labels, got dtype {m.dtype}")
-        return m.astype(np.int64)
+        return check_labels(m.astype(np.int64), self.num_classes, i)
 
     def subset(self, indices) -> "ArraySegDataset":
         idx = [int(i) for i in indices]

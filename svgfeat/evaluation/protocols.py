@@ -1,4 +1,7 @@
-"""Named evaluation protocols of ``svgfeat eval imagenet`` -- the one place they are defined, as data.
+"""Named evaluation protocols -- the one place they are defined, as data: ImageNet linear probe / kNN
+(``svgfeat eval imagenet``) and the dense linear protocols (ADE20K segmentation, NYUv2 depth: ``svgfeat seg`` /
+``svgfeat depth``, :mod:`svgfeat.evaluation.dense`; the mmseg configs under ``svgfeat/configs/mmseg`` state
+the same numbers and a test holds them equal).
 
 A :class:`Protocol` fixes everything that changes a number: train/val transforms and the number of
 cached train views, the probe's features, grid, schedule, normalisation and selection, and the kNN's
@@ -102,6 +105,46 @@ PROTOCOLS = {
 }
 DEFAULT_PROTOCOL = "svgfeat"
 
+# ---------------------------------------------------------------------------------------------- dense protocols
+# settings are head parameters (LinearSegHead / LinearDepthHead) plus ``cache_size`` (the side --cached resizes
+# images to, depth only); the embedded samples have shrunken presets of their own (64 / 96 px images).
+_ADE20K = dict(crop_size=512, max_iters=40000, warmup_iters=1500, batch_size=16, lr=1e-3, weight_decay=1e-3,
+               schedule="cosine", slide_crop=512, slide_stride=341, inference="slide", mask_stride=4)
+_NYUV2 = dict(crop_size=(416, 544), max_iters=38400, warmup_iters=12800, batch_size=16, lr=3e-4, weight_decay=1e-4,
+              grad_clip=35.0, schedule="cosine", n_bins=256, min_depth=1e-3, max_depth=10.0, inference="whole",
+              slide_crop=(416, 544), slide_stride=(208, 272), tta=True, cache_size=480)
+DENSE_PROTOCOLS = {
+    "ade20k-linear": Protocol(
+        name="ade20k-linear", summary="DINOv3 ADE20K linear: BN + 1x1 conv on last-layer patches, 512 crops, "
+        "40k AdamW iterations at batch 16, 1500 warm-up, sliding window 512 / 341",
+        source="facebookresearch/dinov3 eval/segmentation (linear head, mmseg ADE20K pipeline)",
+        settings=dict(task="seg", **_ADE20K)),
+    "nyuv2-linear": Protocol(
+        name="nyuv2-linear", summary="DINOv3 NYUv2 linear depth: BN + 1x1 conv, 256 linear bins 0.001-10 m, "
+        "416 x 544 crops, 38.4k AdamW iterations at batch 16, 12.8k warm-up, flip TTA, Eigen crop",
+        source="facebookresearch/dinov3 eval/depth (FeaturesToDepth, SigLoss)",
+        settings=dict(task="depth", **_NYUV2)),
+    "digitseg-sample": Protocol(
+        name="digitseg-sample", summary="ade20k-linear shrunk to the 64-px sample:digitseg images",
+        source="svgfeat", settings=dict(task="seg", **dict(_ADE20K, crop_size=64, max_iters=300, warmup_iters=30,
+                                                            slide_crop=64, slide_stride=48))),
+    "depth-sample": Protocol(
+        name="depth-sample", summary="nyuv2-linear shrunk to the 96-px sample:depth images",
+        source="svgfeat", settings=dict(task="depth", **dict(_NYUV2, crop_size=(96, 96), max_iters=150,
+                                                              warmup_iters=15, lr=1e-2, batch_size=8,
+                                                              slide_crop=(96, 96), slide_stride=(48, 48),
+                                                              cache_size=96))),
+}
+_DENSE_DEFAULT = {"seg": ("ade20k-linear", "digitseg-sample"), "depth": ("nyuv2-linear", "depth-sample")}
+
+
+def dense_protocol(task: str, data=None) -> Protocol:
+    """The dense protocol of ``task`` ("seg" | "depth"): the sample's preset for ``sample:`` data."""
+    if task not in _DENSE_DEFAULT:
+        raise ConfigError(f"unknown dense task {task!r}; expected one of {sorted(_DENSE_DEFAULT)}")
+    full, sample = _DENSE_DEFAULT[task]
+    return DENSE_PROTOCOLS[sample if str(data).startswith("sample:") else full]
+
 
 def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
@@ -142,4 +185,5 @@ def deviation(setting: str, protocol, used, note: str | None = None) -> dict:
     return d
 
 
-__all__ = ["DEFAULT_PROTOCOL", "PROTOCOLS", "Protocol", "deviation", "get_protocol", "resolve"]
+__all__ = ["DEFAULT_PROTOCOL", "DENSE_PROTOCOLS", "PROTOCOLS", "Protocol", "dense_protocol", "deviation", "get_protocol",
+           "resolve"]

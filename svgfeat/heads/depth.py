@@ -18,7 +18,7 @@ Training (``fit``), as :class:`~svgfeat.heads.segmentation.LinearSegHead`:
   preset="none" | "resize")``) or a feature array [N, C, h, w]; ``y`` the depth dataset (or depth arrays).
   No augmentation; targets are the depth maps under the cache's transform at ``depth_stride``.
 Both: AdamW (lr 3e-4, wd 1e-4, betas 0.9 / 0.99), gradient-norm clip 35, ``warmup_iters`` linear warm-up then
-cosine decay (DINOv3 uses a one-cycle schedule with 12.8k of 38.4k iterations warming up; ours has the same
+cosine decay, data parallel under torchrun (:mod:`svgfeat.heads._dense`, which owns the training) (DINOv3 uses a one-cycle schedule with 12.8k of 38.4k iterations warming up; ours has the same
 warm-up length and a cosine tail to 0).
 
 Inference: the whole image (sides padded to a multiple of 16) or a sliding window, optional flip TTA
@@ -28,31 +28,27 @@ Metrics: :mod:`svgfeat.heads.depth_metrics` (Eigen crop for NYUv2).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.base import BaseEstimator
-from torch import nn
 
 from ..errors import ConfigError, DataError
-from ._dense import (
-    DenseHeadMixin,
-    _encoder_spec,
+from ._dense import (  # noqa: F401  (re-exported for existing imports)
+    GROUPS,
+    DenseHead,
     _is_cache,
     _is_feature_array,
-    _online_loader,
     _upsample,
+    cached_dense_set,
+    hw,
     lr_factor,
     slide_inference,
 )
-from .depth_metrics import DepthMetric
+from .depth_metrics import DepthMetric, valid_mask
 
-GROUPS = ("dino", "latent")
 BINS = ("linear", "log")
 NORMS = ("linear", "softmax")
 EVAL_CROPS = ("auto", "eigen", "none")
+_hw = hw  # the name older code imports
 
 
 def bin_centers(n_bins: int, min_depth: float, max_depth: float, kind: str = "linear", device="cpu"):
@@ -71,20 +67,32 @@ def decode_bins(logits: torch.Tensor, bins: torch.Tensor, norm: str = "linear") 
     return num_den[:, :1] / num_den[:, 1:]
 
 
+def sig_loss_stats(pred: torch.Tensor, gt: torch.Tensor, min_depth: float = 1e-3, max_depth: float = 10.0):
+    """[sum g, sum g^2, n, sum of valid gt] (float64) over the valid pixels (min_depth < gt < max_depth),
+    g = ln pred - ln gt: what SigLoss needs from a batch, summable over the shares of a batch."""
+    pred = pred.reshape(gt.shape)
+    valid = (gt > min_depth) & (gt < max_depth)
+    g = torch.log(pred[valid]).double() - torch.log(gt[valid]).double()
+    n = valid.sum().to(torch.float64)
+    return torch.stack([g.sum(), (g * g).sum(), n, gt[valid].double().sum().detach()])
+
+
+def sig_loss_from_stats(stats: torch.Tensor) -> torch.Tensor:
+    """SigLoss from summed :func:`sig_loss_stats`: sqrt(Var(g) + 0.15 mean(g)^2); NaN when n = 0."""
+    mean = stats[0] / stats[2]
+    var = (stats[1] / stats[2] - mean * mean).clamp_min(0)
+    return torch.sqrt(var + 0.15 * mean ** 2).float()
+
+
 def sig_loss(pred: torch.Tensor, gt: torch.Tensor, min_depth: float = 1e-3, max_depth: float = 10.0):
     """SigLoss over the valid pixels of a batch: sqrt(Var(g) + 0.15 mean(g)^2), g = ln pred - ln gt.
 
     ``pred``, ``gt``: [B, H, W] (or [B, 1, H, W]) in metres. NaN when no pixel is valid.
     """
-    valid = (gt > min_depth) & (gt < max_depth)
-    if not bool(valid.any()):
-        return pred.sum() * float("nan")
-    g = torch.log(pred[valid]) - torch.log(gt[valid])
-    dg = g.var(unbiased=False) + 0.15 * g.mean() ** 2
-    return torch.sqrt(dg)
+    return sig_loss_from_stats(sig_loss_stats(pred, gt, min_depth, max_depth))
 
 
-class LinearDepthHead(DenseHeadMixin, BaseEstimator):
+class LinearDepthHead(DenseHead):
     """BN + linear (1x1 conv) depth head with bin classification-regression (see the module doc).
 
     Parameters: encoder (an SVGEncoder; needed for online training and for predicting from images);
@@ -100,6 +108,9 @@ class LinearDepthHead(DenseHeadMixin, BaseEstimator):
     target depth seen in training: the constant baseline's prediction).
     """
 
+    _kind = "LinearDepthHead"
+    _betas = (0.9, 0.99)
+
     def __init__(self, encoder=None, group: str = "latent", n_bins: int = 256, min_depth: float = 1e-3,
                  max_depth: float = 10.0, bins: str = "linear", norm: str = "linear", upsample: int = 4,
                  lr: float = 3e-4, weight_decay: float = 1e-4, grad_clip: float | None = 35.0,
@@ -108,208 +119,75 @@ class LinearDepthHead(DenseHeadMixin, BaseEstimator):
                  inference: str = "whole", slide_crop=(416, 544), slide_stride=(208, 272), tta: bool = True,
                  eval_crop: str = "auto", depth_stride: int = 4, device="cpu", workers: int = 0, seed: int = 0,
                  verbose: bool = False):
-        self.encoder = encoder
-        self.group = group
-        self.n_bins = n_bins
-        self.min_depth = min_depth
-        self.max_depth = max_depth
-        self.bins = bins
-        self.norm = norm
-        self.upsample = upsample
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.grad_clip = grad_clip
-        self.max_iters = max_iters
-        self.batch_size = batch_size
-        self.warmup_iters = warmup_iters
-        self.schedule = schedule
-        self.crop_size = crop_size
-        self.flip = flip
-        self.brightness = brightness
-        self.inference = inference
-        self.slide_crop = slide_crop
-        self.slide_stride = slide_stride
-        self.tta = tta
-        self.eval_crop = eval_crop
-        self.depth_stride = depth_stride
-        self.device = device
-        self.workers = workers
-        self.seed = seed
-        self.verbose = verbose
+        self._store(locals())
 
-    # ------------------------------------------------------------------ validation
+    _choices = {"bins": BINS, "norm": NORMS, "eval_crop": EVAL_CROPS}
+    _positive, _stride_param = ("n_bins", "upsample", "depth_stride"), "depth_stride"
+
     def _check_params(self):
-        for name, allowed in (("group", GROUPS), ("bins", BINS), ("norm", NORMS), ("eval_crop", EVAL_CROPS),
-                              ("schedule", ("cosine", "poly")), ("inference", ("whole", "slide"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
-        for name in ("n_bins", "max_iters", "batch_size", "upsample", "depth_stride"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if int(self.warmup_iters) < 0:
-            raise ConfigError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
+        super()._check_params()
         if not 0 < float(self.min_depth) < float(self.max_depth):
             raise ConfigError(f"need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
-        for name in ("crop_size", "slide_crop", "slide_stride"):
-            if min(_hw(getattr(self, name))) < 1:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if min(hw(self.crop_size)) < 1:
+            raise ConfigError(f"crop_size must be positive, got {self.crop_size}")
 
-    def _encoder(self):
-        if self.encoder is None:
-            raise ConfigError("this needs an encoder (LinearDepthHead(encoder=svgfeat.load_encoder(...))): "
-                              "online training and prediction from images run it")
-        if self.group == "latent" and self.encoder.residual is None:
-            raise ConfigError("group='latent' needs an SVG encoder with residual channels; this encoder is "
-                              "DINOv3-only: use group='dino' or load an SVG checkpoint")
-        return self.encoder
+    # ------------------------------------------------------------------ data
+    _data_module, _dataset_class, _opener = "svgfeat.data.depth", "DepthDataset", "open_depth_dataset"
+    _data_noun = ("depth dataset", "depth maps")
 
-    def _new_module(self, channels: int) -> nn.Module:
-        m = nn.Sequential(nn.BatchNorm2d(channels), nn.Conv2d(channels, int(self.n_bins), kernel_size=1))
-        nn.init.normal_(m[1].weight, std=0.01)
-        nn.init.zeros_(m[1].bias)
-        return m.to(self.device)
+    @property
+    def _arrays_dataset(self):
+        return ArrayDepthDataset
 
+    def _arrays(self, images, depths):
+        return ArrayDepthDataset(images, depths)
+
+    def _augment(self):
+        from ..data.depth import DepthTrainAugment
+
+        return DepthTrainAugment(hw(self.crop_size), self.flip, self.brightness)
+
+    def _cached_set(self, X, y, stride: int, device):
+        """-> (features [N, C, h, w], depth float32 [N, 16h/stride, 16w/stride] on CPU, encoder spec, None)."""
+        if _is_cache(X):
+            return (*cached_depth_set(X, y, self.group, stride, device), None)
+        feats, depths = self._array_targets(X, y, "depth maps", np.float32)
+        _check_finite(depths.numpy(), "the depth maps y")
+        return feats, depths.float(), None, None
+
+    def _setup_outputs(self, ds, targets, classes) -> int:
+        return int(self.n_bins)
+
+    def _finish(self, totals) -> None:
+        self.train_depth_mean_ = float(totals[3] / max(float(totals[2]), 1.0)) if totals is not None else 0.0
+
+    # ------------------------------------------------------------------ loss and decoding
     def _bins(self) -> torch.Tensor:
         return bin_centers(int(self.n_bins), float(self.min_depth), float(self.max_depth), self.bins, self.device)
 
-    def depth_from_features(self, feats: torch.Tensor, size=None) -> torch.Tensor:
-        """Patch features [B, C, h, w] -> depth [B, H, W] (H, W = ``size`` or 16h, 16w); differentiable."""
+    def _forward(self, feats: torch.Tensor, size) -> torch.Tensor:
+        """Patch features [B, C, h, w] -> depth [B, 1, H, W] at ``size``; differentiable."""
         h, w = feats.shape[-2:]
         up = int(self.upsample)
         logits = self.module_(_upsample(feats.float(), (h * up, w * up)))  # BNHead: upsample, then BN + conv
-        depth = decode_bins(logits, self._bins(), self.norm)
-        size = tuple(size) if size is not None else (16 * h, 16 * w)
-        return _upsample(depth, size)[:, 0]
+        return _upsample(decode_bins(logits, self._bins(), self.norm), size)
 
-    def _optimizer(self):
-        opt = torch.optim.AdamW(self.module_.parameters(), lr=self.lr, weight_decay=self.weight_decay,
-                                betas=(0.9, 0.99))
-        total, warm = int(self.max_iters), min(int(self.warmup_iters), int(self.max_iters) - 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, total, warm, self.schedule))
-        return opt, sched
+    def depth_from_features(self, feats: torch.Tensor, size=None) -> torch.Tensor:
+        """Patch features [B, C, h, w] -> depth [B, H, W] (H, W = ``size`` or 16h, 16w); differentiable."""
+        size = tuple(size) if size is not None else (16 * feats.shape[-2], 16 * feats.shape[-1])
+        return self._forward(feats, size)[:, 0]
 
-    def _step(self, feats: torch.Tensor, target: torch.Tensor, opt, sched) -> float:
-        pred = self.depth_from_features(feats, target.shape[-2:])
-        loss = sig_loss(pred, target, float(self.min_depth), float(self.max_depth))
-        opt.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):  # a batch without a valid pixel has no gradient
-            loss.backward()
-            if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.module_.parameters(), float(self.grad_clip))
-            opt.step()
-        sched.step()
-        valid = (target > self.min_depth) & (target < self.max_depth)
-        self._depth_sum += float(target[valid].double().sum())
-        self._depth_n += int(valid.sum())
-        return float(loss.detach())
+    def _loss_stats(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sig_loss_stats(pred[:, 0], target, float(self.min_depth), float(self.max_depth))
 
-    # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None) -> "LinearDepthHead":
-        """Train on a depth dataset (online) or on cached dense features (see the module doc)."""
-        self._check_params()
-        torch.manual_seed(int(self.seed))
-        self._depth_sum, self._depth_n = 0.0, 0
-        if _is_cache(X) or _is_feature_array(X):
-            self._fit_cached(X, y)
-        else:
-            self._fit_online(self._dataset(X, y))
-        self.train_depth_mean_ = self._depth_sum / max(self._depth_n, 1)
-        self.n_iter_ = len(self.history_)
-        self.module_.eval()
-        return self
-
-    def _dataset(self, X, y=None):
-        from ..data.depth import DepthDataset, open_depth_dataset
-
-        if isinstance(X, DepthDataset):
-            if y is not None:
-                raise DataError("y must be None when X is a depth dataset (its depth maps are the targets)")
-            return X
-        if isinstance(X, str):
-            return open_depth_dataset(X)
-        if y is None:
-            raise DataError(f"got X of type {type(X).__name__} without depth maps y; pass a depth dataset, "
-                            "(images, depths) lists, or a feature cache with its dataset as y")
-        return ArrayDepthDataset(list(X), list(y))
-
-    def _fit_online(self, ds) -> None:
-        from ..data.depth import DepthTrainAugment
-
-        enc = self._encoder().to(self.device).eval()
-        C = enc.latent_channels if self.group == "latent" else enc.embed_dim
-        self.in_channels_, self.mode_, self.encoder_spec_ = C, "online", _encoder_spec(enc)
-        self.module_ = self._new_module(C).train()
-        opt, sched = self._optimizer()
-        aug = DepthTrainAugment(_hw(self.crop_size), self.flip, self.brightness)
-        loader = _online_loader(ds, aug, int(self.batch_size), int(self.max_iters), int(self.seed),
-                                int(self.workers))
-        self.history_, self.step_times_, t0 = [], [], time.time()
-        tic = time.perf_counter()
-        for it, (x, d) in enumerate(loader):  # step time includes loading + augmenting the batch
-            with torch.no_grad():
-                feats = enc.encode(x.to(self.device)).group(self.group)
-            self.history_.append(self._step(feats, d.to(self.device), opt, sched))
-            self.step_times_.append(time.perf_counter() - tic)
-            tic = time.perf_counter()
-            self._log(it, t0)
-
-    def _fit_cached(self, X, y) -> None:
-        feats, depths, spec = self._cached_inputs(X, y, int(self.depth_stride))
-        n, C = feats.shape[:2]
-        self.in_channels_, self.mode_, self.encoder_spec_ = C, "cached", spec
-        self.module_ = self._new_module(C).train()
-        opt, sched = self._optimizer()
-        g = torch.Generator().manual_seed(int(self.seed))
-        bs = min(int(self.batch_size), n)
-        order, pos = torch.randperm(n, generator=g), 0
-        self.history_, self.step_times_, t0 = [], [], time.time()
-        for it in range(int(self.max_iters)):
-            tic = time.perf_counter()
-            if pos + bs > n:
-                order, pos = torch.randperm(n, generator=g), 0
-            idx = order[pos:pos + bs]
-            pos += bs
-            xb = feats[idx.to(feats.device)].to(self.device)
-            self.history_.append(self._step(xb, depths[idx].to(self.device), opt, sched))
-            self.step_times_.append(time.perf_counter() - tic)
-            self._log(it, t0)
-
-    def _cached_inputs(self, X, y, stride: int):
-        """-> (features [N, C, h, w], depth float32 [N, 16h/stride, 16w/stride] on CPU, encoder spec)."""
-        if _is_cache(X):
-            return cached_depth_set(X, y, self.group, stride, self.device)
-        feats = torch.as_tensor(np.asarray(X) if isinstance(X, np.ndarray) else X)
-        if y is None:
-            raise DataError("feature arrays need depth maps y (float [N, H, W], metres)")
-        depths = torch.as_tensor(np.stack([np.asarray(d, np.float32) for d in y]) if not torch.is_tensor(y) else y)
-        if depths.ndim != 3 or len(depths) != len(feats):
-            raise DataError(f"depth maps must be [N, H, W] with N={len(feats)}, got {tuple(depths.shape)}")
-        return feats, depths.float(), None
+    @staticmethod
+    def _loss(stats: torch.Tensor) -> torch.Tensor:
+        return sig_loss_from_stats(stats)
 
     # ------------------------------------------------------------------ inference
-    @torch.no_grad()
     def predict_features(self, feats, size=None) -> torch.Tensor:
         """Features [N, C, h, w] -> depth float32 [N, H, W] on CPU (``size`` or 16h x 16w), in metres."""
-        self._check_fitted()
-        feats = torch.as_tensor(np.asarray(feats) if isinstance(feats, np.ndarray) else feats)
-        if feats.ndim != 4 or feats.shape[1] != self.in_channels_:
-            raise DataError(f"features must be [N, {self.in_channels_}, h, w], got {tuple(feats.shape)}")
-        return torch.cat([self.depth_from_features(feats[i:i + 64].to(self.device), size).cpu()
-                          for i in range(0, len(feats), 64)])
-
-    def _window_depth(self, x: torch.Tensor) -> torch.Tensor:
-        """x [1, 3, h, w] (any size) -> depth [1, 1, h, w]: pad to a multiple of 16, encode, decode, crop."""
-        enc = self.encoder
-        p = enc.patch_size
-        h, w = x.shape[-2:]
-        xp = F.pad(x, (0, (-w) % p, 0, (-h) % p))
-        feats = enc.encode(xp.to(self.device)).group(self.group)
-        return self.depth_from_features(feats, xp.shape[-2:])[:, None, :h, :w]
-
-    def _depth(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inference == "whole":
-            return self._window_depth(x)
-        return slide_inference(self._window_depth, x, _hw(self.slide_crop), _hw(self.slide_stride), 1)
+        return self._features_out(feats, size)[:, 0]
 
     @torch.no_grad()
     def image_depth(self, image, tta: bool | None = None) -> np.ndarray:
@@ -317,108 +195,58 @@ class LinearDepthHead(DenseHeadMixin, BaseEstimator):
         from ..data.segmentation import to_pil
         from ..data.transforms import normalize
 
-        self._check_fitted()
-        enc = self._encoder().to(self.device).eval()
-        C = enc.latent_channels if self.group == "latent" else enc.embed_dim
-        if C != self.in_channels_:
-            raise ConfigError(f"the head was trained on {self.in_channels_}-channel '{self.group}' features but "
-                              f"the encoder gives {C} channels (a different encoder?)")
+        self._ready_encoder()
         x = normalize(np.asarray(to_pil(image)))[None]
-        d = self._depth(x).cpu()
+        d = self._infer(x).cpu()
         if self.tta if tta is None else tta:
-            d = 0.5 * (d + self._depth(x.flip(-1)).cpu().flip(-1))
+            d = 0.5 * (d + self._infer(x.flip(-1)).cpu().flip(-1))
         return d[0, 0].numpy()
 
-    def _images(self, X):
-        from ..data.depth import DepthDataset, open_depth_dataset
+    def _predict_arrays(self, feats, size):
+        return self.predict_features(feats, size).numpy()
 
-        if isinstance(X, str) and X.startswith("sample:"):
-            X = open_depth_dataset(X)
-        if isinstance(X, DepthDataset):
-            return (X.load(i) for i in range(len(X)))  # lazily
-        if isinstance(X, (list, tuple)) or (isinstance(X, np.ndarray) and X.ndim == 4 and X.dtype == np.uint8):
-            return list(X)
-        return [X]
+    def _predict_image(self, img) -> np.ndarray:
+        return self.image_depth(img)
 
-    def predict(self, X, size=None):
-        """Depth in metres. Images / a dataset -> list of float32 [H, W] (original sizes); a feature array
-        [N, C, h, w] -> float32 array [N, H, W] (``size`` or 16h x 16w)."""
-        if _is_feature_array(X):
-            return self.predict_features(X, size).numpy()
-        return [self.image_depth(im) for im in self._images(X)]
-
-    def _crop_for(self, ds) -> str | None:
+    def eval_crop_for(self, ds) -> str | None:
+        """The evaluation crop used on ``ds`` ("eigen" or None): ``eval_crop``, "auto" = the dataset's."""
         if self.eval_crop == "auto":
             return getattr(ds, "eval_crop", None)
         return None if self.eval_crop == "none" else self.eval_crop
 
-    def evaluate(self, X, y=None) -> dict:
-        """Depth metrics (:mod:`~svgfeat.heads.depth_metrics`, mean over images) of this head on ``X``.
-
-        ``X``: a depth dataset (images at their original size, whole-image / sliding-window inference with
-        the head's ``tta``; ``y`` None), a feature cache (``y`` = its dataset; depth under the cache
-        transform) or a feature array (``y`` depth maps). Adds "eval_crop" and "tta".
-        """
-        self._check_fitted()
-        if _is_cache(X) or _is_feature_array(X):
-            feats, depths, _ = self._cached_inputs(X, y, 1)
-            crop = self.eval_crop if self.eval_crop in ("eigen",) else None
-            metric = DepthMetric(float(self.min_depth), float(self.max_depth), crop)
-            for i in range(0, len(feats), 64):
-                d = depths[i:i + 64]
-                metric.update(self.predict_features(feats[i:i + 64], tuple(d.shape[-2:])), d)
-            return {**metric.compute(), "eval_crop": crop, "tta": False}
-        ds = self._dataset(X, y)
-        crop = self._crop_for(ds)
+    def _new_metric(self, ds):
+        crop = (self.eval_crop if self.eval_crop == "eigen" else None) if ds is None else self.eval_crop_for(ds)
         metric = DepthMetric(float(self.min_depth), float(self.max_depth), crop)
-        for i in range(len(ds)):
-            img, gt = ds.load_pair(i)
-            metric.update(self.image_depth(img), gt)
-        return {**metric.compute(), "eval_crop": crop, "tta": bool(self.tta)}
+        return metric, {"eval_crop": crop, "tta": ds is not None and bool(self.tta)}
+
+    def _check_target(self, gt) -> None:
+        if not valid_mask(gt, float(self.min_depth), float(self.max_depth)).any():
+            raise DataError(f"no valid ground-truth pixel ({self.min_depth} < depth < {self.max_depth} m)")
 
     def score(self, X, y=None) -> float:
-        """Negative RMSE (higher is better, scikit-learn convention) on ``X`` (see :meth:`evaluate`)."""
+        """Negative RMSE (higher is better, scikit-learn convention) on ``X`` (see :meth:`evaluate`; depth
+        metrics of :mod:`~svgfeat.heads.depth_metrics`, mean over images, plus "eval_crop" and "tta")."""
         return -self.evaluate(X, y)["rmse"]
 
     # ------------------------------------------------------------------ persistence
-    def config(self) -> dict:
-        self._check_fitted()
-        params = {k: (list(v) if isinstance(v, tuple) else v)
-                  for k, v in self.get_params(deep=False).items() if k != "encoder"}
-        return {"kind": "LinearDepthHead", "params": params, "in_channels": self.in_channels_, "mode": self.mode_,
-                "encoder": self.encoder_spec_, "n_iter": self.n_iter_,
-                "train_depth_mean": getattr(self, "train_depth_mean_", None)}
+    def _config_extra(self) -> dict:
+        return {"train_depth_mean": getattr(self, "train_depth_mean_", None)}
 
-    @classmethod
-    def load(cls, path, encoder=None, device="cpu") -> "LinearDepthHead":
-        """Read a head written by :meth:`save`; ``encoder`` is needed to predict from images."""
-        from ..checkpoints import load_file, load_strict, read_safetensors_config
-        from ..errors import CheckpointError
-
-        cfg = read_safetensors_config(path)
-        if not cfg or cfg.get("kind") != "LinearDepthHead":
-            raise CheckpointError(f"{path}: not a LinearDepthHead checkpoint (no svgfeat LinearDepthHead config)")
-        params = dict(cfg["params"], device=device)
-        for k in ("crop_size", "slide_crop", "slide_stride", "brightness"):
-            if isinstance(params.get(k), list):
-                params[k] = tuple(params[k])
-        head = cls(encoder=encoder, **params)
-        head.in_channels_, head.mode_, head.encoder_spec_ = int(cfg["in_channels"]), cfg["mode"], cfg["encoder"]
-        head.n_iter_, head.history_ = int(cfg.get("n_iter", 0)), []
-        head.train_depth_mean_ = cfg.get("train_depth_mean")
-        head.module_ = head._new_module(head.in_channels_)
-        load_strict(head.module_, load_file(path), "LinearDepthHead", str(path))
-        head.module_.eval()
-        return head
+    def _load_extra(self, cfg) -> int:
+        self.train_depth_mean_ = cfg.get("train_depth_mean")
+        return int(self.n_bins)
 
 
 # ------------------------------------------------------------------------------ helpers
-def _hw(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+def _check_finite(depths: np.ndarray, what) -> None:
+    bad = int((~np.isfinite(depths)).sum())
+    if bad:
+        raise DataError(f"{what}: {bad} NaN/inf depth value(s); mark missing depth with 0")
 
 
 class ArrayDepthDataset:
-    """In-memory pairs: ``images`` (PIL / paths / uint8 [H, W, 3]) and ``depths`` (float [H, W], metres)."""
+    """In-memory pairs: ``images`` (PIL / paths / uint8 [H, W, 3]) and ``depths`` (float [H, W], metres;
+    0 = no measurement; NaN / inf refused)."""
 
     eval_crop = None
 
@@ -426,6 +254,9 @@ class ArrayDepthDataset:
         if len(images) != len(depths):
             raise DataError(f"{len(images)} images but {len(depths)} depth maps")
         self._images, self._depths = list(images), [np.asarray(d, np.float32) for d in depths]
+        for i, d in enumerate(self._depths):
+            _check_finite(d, f"depth map {i}")
+        self.paths = [f"arrays/{i:06d}" for i in range(len(self._images))]
 
     def __len__(self):
         return len(self._images)
@@ -453,50 +284,14 @@ def cached_depth_set(cache, data, group: str, stride: int, device):
     [N, 16h/stride, 16w/stride] on CPU (nearest resampling), cache encoder spec). Rows are matched by path;
     views other than 0 (plain) and 1 (flip) are skipped.
     """
-    from ..data.depth import open_depth_dataset, resize_depth, transform_depth
+    from ..data.depth import open_depth_dataset, transform_depth
 
-    if group not in cache.groups:
-        raise DataError(f"cache {cache.root} has no group {group!r} (it has {sorted(cache.groups)}); extract "
-                        f"it with groups=('dino', 'latent')")
-    if len(cache.groups[group]["shape"]) != 3:
-        raise DataError(f"group {group!r} of cache {cache.root} is not a dense map [C, h, w]")
-    if data is None:
-        raise DataError("cached training needs the depth dataset the cache was made from as y")
-    ds = open_depth_dataset(data)
-    where = {p: i for i, p in enumerate(ds.paths)}
-    spec = dict(cache.transform)
-    C, h, w = cache.groups[group]["shape"]
-    th, tw = 16 * h // int(stride), 16 * w // int(stride)
-    rows, depths = [], []
-    views = getattr(cache, "view_ids", np.zeros(len(cache), dtype=np.int64))
-    for r, p in enumerate(cache.paths):
-        if p not in where or views[r] > 1:
-            continue
-        d = transform_depth(ds.load_depth(where[p]), dict(spec, hflip=bool(spec.get("hflip")) ^ (views[r] == 1)))
-        if d.shape != (16 * h, 16 * w):
-            raise DataError(f"{p}: the transformed depth map is {d.shape} but the features cover "
-                            f"{(16 * h, 16 * w)}; extract the cache with preset 'resize' or 'none'")
-        rows.append(r)
-        depths.append(resize_depth(d, (tw, th)))
-    if not rows:
-        raise DataError(f"no row of cache {cache.root} matches a path of dataset {ds.spec}")
-    feats = cache.to(device, [group])[group]
-    if len(rows) != len(cache):
-        feats = feats[torch.as_tensor(rows, device=feats.device)]
-    return feats, torch.as_tensor(np.stack(depths)), cache.encoder_spec
-
-
-# inferno-like anchors (dark far, bright near), linearly interpolated
-_CMAP = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],
-                  [250, 193, 39], [252, 255, 164]], dtype=np.float64)
+    return cached_dense_set(cache, data, group, stride, device, open_depth_dataset, lambda ds, i: ds.load_depth(i),
+                            transform_depth, "depth")[:3]
 
 
 def colorize(depth: np.ndarray, vmin: float = 0.0, vmax: float = 10.0) -> np.ndarray:
-    """Depth [H, W] (metres) -> uint8 [H, W, 3] colour image: near bright yellow, far dark purple."""
-    if not vmax > vmin:
-        raise ConfigError(f"colour range needs vmax > vmin, got {vmin}, {vmax}")
-    t = 1.0 - np.clip((np.asarray(depth, np.float64) - vmin) / (vmax - vmin), 0.0, 1.0)
-    pos = t * (len(_CMAP) - 1)
-    lo = np.floor(pos).astype(np.int64).clip(0, len(_CMAP) - 2)
-    frac = (pos - lo)[..., None]
-    return np.round(_CMAP[lo] * (1 - frac) + _CMAP[lo + 1] * frac).astype(np.uint8)
+    """Depth [H, W] (metres) -> uint8 [H, W, 3] colour image (moved to :func:`svgfeat.visualize.colorize_depth`)."""
+    from ..visualize import colorize_depth
+
+    return colorize_depth(depth, vmin, vmax)

@@ -20,9 +20,9 @@ get the same box scaled proportionally.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..errors import DataError
+from ._dense import as_numeric
 
 METRICS = ("rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3")
 LOWER_IS_BETTER = {"rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "silog"}
@@ -30,12 +30,7 @@ EIGEN_CROP = (45, 471, 41, 601)  # top, bottom, left, right on 480 x 640
 
 
 def _as_float(x, what: str) -> np.ndarray:
-    if torch.is_tensor(x):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if a.dtype.kind not in "uif":
-        raise DataError(f"{what} must be a numeric depth map, got dtype {a.dtype}")
-    return a.astype(np.float64, copy=False)
+    return as_numeric(x, what, "uif", np.float64, "be a numeric depth map")
 
 
 def eigen_crop_mask(h: int, w: int) -> np.ndarray:

@@ -15,9 +15,9 @@ shifted down by one, as mmseg's ``LoadAnnotations(reduce_zero_label=True)``.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..errors import DataError
+from ._dense import as_numeric
 
 
 def reduce_zero_label(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
@@ -33,12 +33,7 @@ def reduce_zero_label(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
 
 
 def _as_int_array(x, what: str) -> np.ndarray:
-    if torch.is_tensor(x):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if a.dtype.kind not in "iub":
-        raise DataError(f"{what} must hold integer labels, got dtype {a.dtype}")
-    return a.astype(np.int64, copy=False)
+    return as_numeric(x, what, "iub", np.int64, "hold integer labels")
 
 
 class SegMetric:

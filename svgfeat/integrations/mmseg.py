@@ -9,6 +9,9 @@ Ready configs (ADE20K 512x512): ``config_path("linear")`` (BN + 1x1 conv on the 
 frozen linear protocol) and ``config_path("upernet")`` (4 layers -> simple feature pyramid -> UPerNet), with
 the original SVG autoencoder; ``"linear-t2i-r"``, ``"linear-t2i-p"``, ``"upernet-t2i-r"``, ``"upernet-t2i-p"``:
 the same protocols with the SVG-T2I Autoencoder-R / -P of the 512-px stage (native 512-px features).
+The linear configs state the dense protocol presets of :mod:`svgfeat.evaluation.protocols` (``ade20k-linear``;
+``nyuv2-linear`` for depth, :mod:`svgfeat.integrations.mmseg_depth`): the numbers the native ``svgfeat seg`` /
+``svgfeat depth`` commands use (a test holds them equal).
 
 Design choices:
 - Outputs are the *normed* intermediate patch maps of the requested blocks (``enc.encode(x, layers=...)``).

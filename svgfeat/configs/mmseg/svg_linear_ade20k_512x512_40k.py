@@ -10,6 +10,8 @@
 #                     model.backbone.svg=/path/svg_autoencoder_dinov3s16p_vit-s_epoch40.ckpt data_root=/data/ade/ADEChallengeData2016
 # DINOv3 features only: model.backbone.svg=None model.backbone.group=dino model.decode_head.in_channels=[384]
 # Tests: model.backbone.model=test_tiny (random tiny encoder, 64+8 channels; set in_channels=[72]).
+# The numbers are svgfeat's `ade20k-linear` protocol preset (svgfeat.evaluation.protocols.DENSE_PROTOCOLS,
+# what `svgfeat seg train` uses); tests/test_dense_protocols.py holds this config and the preset equal.
 custom_imports = dict(imports=["svgfeat.integrations.mmseg"], allow_failed_imports=False)
 default_scope = "mmseg"
 

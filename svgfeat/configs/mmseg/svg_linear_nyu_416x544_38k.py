@@ -17,6 +17,8 @@
 #           --cfg-options model.backbone.dinov3=/path/dinov3.pth model.backbone.svg=/path/svg.ckpt data_root=/data/nyu
 # DINOv3 features only: model.backbone.svg=None model.backbone.group=dino model.decode_head.in_channels=[384]
 # Tests: model.backbone.model=test_tiny (random tiny encoder, 64+8 channels; set in_channels=[72]).
+# The numbers are svgfeat's `nyuv2-linear` protocol preset (svgfeat.evaluation.protocols.DENSE_PROTOCOLS,
+# what `svgfeat depth train` uses); tests/test_dense_protocols.py holds this config and the preset equal.
 custom_imports = dict(imports=["svgfeat.integrations.mmseg", "svgfeat.integrations.mmseg_depth"],
                       allow_failed_imports=False)
 default_scope = "mmseg"
