@@ -118,7 +118,7 @@ def test_k_clipped_and_contract():
         KNNClassifier(temperature=0).fit(X, y)
     with pytest.raises(ConfigError, match="backend"):
         KNNClassifier(backend="annoy").fit(X, y)
-    with pytest.raises(ConfigError, match="queries have 3 features"):
+    with pytest.raises(ConfigError, match="X has 3 features, but KNNClassifier is expecting 24"):
         clf.predict(Xq[:, :3])
     monkey = KNNClassifier(backend="auto")
     assert monkey.fit(X, y).backend_ in ("faiss", "torch")

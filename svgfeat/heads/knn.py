@@ -22,10 +22,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from ..errors import ConfigError, MissingDependencyError
-from ._base import DINOV3_KS, ScoreMixin, is_cache
-from ._features import aligned_labels, eval_rows, feature_matrix, to_numpy32
+from ._base import DINOV3_KS, is_cache, progress_bar
+from ._contract import ScoreMixin, fit_input, labels_from_cache, predict_input
+from ._features import eval_rows, to_numpy32
 
 DEFAULT_KS = DINOV3_KS
 DEFAULT_FEATURES = "cls"  # DINO / DINOv3 kNN protocol: the CLS token
@@ -87,6 +89,10 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
     backend (running top-k merge across blocks); margin -- extra candidates re-scored exactly;
     predict_k -- k used by predict / predict_proba / score (default 20 if present, else the first k).
 
+    Labels: any values (negative integers, strings); only labels read from a feature cache (X a cache, y not
+    given) use -1 for "unlabelled" -- those rows never vote. ``predict`` and friends change nothing on the
+    estimator (no index is built lazily: the faiss backend searches the stored matrix with ``faiss.knn``).
+
     Fitted attributes: classes_ [C]; X_ float32 [n, D] L2-normalised training features; y_ int64 [n]
     class indices; ks_ (effective ks, clipped to n); backend_.
     """
@@ -116,13 +122,11 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "faiss" and not has_faiss():
             raise MissingDependencyError("faiss-cpu", "faiss-gpu", "kNN with backend='faiss'")
-        fm = feature_matrix(X, y, features=self.features, progress=self.progress)
-        if fm.y is None:
-            raise ConfigError("KNNClassifier.fit needs labels: pass y or a labelled cache")
+        fm = fit_input(self, X, y, features=self.features, progress=self.progress)
         rows = eval_rows(fm.sample_ids, fm.view_ids)
         yv = fm.y[rows]
-        if np.issubdtype(yv.dtype, np.integer) and (yv < 0).any():  # unlabelled rows (-1) never vote
-            rows, yv = rows[yv >= 0], yv[yv >= 0]
+        if labels_from_cache(X, y) and (yv == -1).any():  # unlabelled cache rows (-1) never vote
+            rows, yv = rows[yv != -1], yv[yv != -1]
         # one float32 training matrix: normalised in place when we own it (read from a cache), else one copy
         owned = is_cache(X) and isinstance(fm.X, np.ndarray)
         X32 = to_numpy32(fm.X)
@@ -142,8 +146,11 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
             self.backend_ = "faiss" if has_faiss() and not on_gpu else "torch"
         else:
             self.backend_ = self.backend
-        self.class_names_ = list(X.classes) if is_cache(X) and y is None and X.classes else None
-        self._index = self._train_t = None
+        self.class_names_ = list(X.classes) if labels_from_cache(X, y) and X.classes else None
+        # the torch backend on an accelerator: the one device copy of the training matrix, made here (never
+        # lazily in predict); on the CPU the stored matrix is used as is
+        on_cpu = torch.device(self.device).type == "cpu"
+        self._train_t = None if self.backend_ == "faiss" or on_cpu else torch.from_numpy(self.X_).to(self.device)
         return self
 
     # ------------------------------------------------------------------ search
@@ -156,18 +163,14 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
 
     def _candidates(self, Q: np.ndarray, m: int) -> np.ndarray:
         """Indices int64 [nq, m] of the (approximately) m most similar training rows."""
-        if self.backend_ == "faiss":
+        if self.backend_ == "faiss":  # brute-force inner-product search of the stored matrix (no index copy)
             import faiss
 
-            if self._index is None:
-                self._index = faiss.IndexFlatIP(self.X_.shape[1])
-                self._index.add(self.X_)
-            _, idx = self._index.search(Q, m)
+            _, idx = faiss.knn(Q, self.X_, m, metric=faiss.METRIC_INNER_PRODUCT)
             return idx.astype(np.int64)
         dev = torch.device(self.device)
-        if getattr(self, "_train_t", None) is None or self._train_t.device != dev:
-            self._train_t = torch.from_numpy(self.X_).to(dev)
-        T = self._train_t
+        T = self._train_t if getattr(self, "_train_t", None) is not None else torch.from_numpy(self.X_)
+        T = T.to(dev)  # no copy on the device it lives on
         q = torch.from_numpy(Q).to(dev)
         best_s = best_i = None
         for s in range(0, len(T), int(self.train_chunk)):
@@ -197,20 +200,15 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
     def kneighbors(self, X, n_neighbors: int | None = None, *, _normalized: bool = False):
         """Canonical neighbours of X [nq, D]: (sims float64 [nq, k], indices int64 [nq, k]), sorted by
         (similarity desc, training index asc). ``n_neighbors`` defaults to max(ks)."""
-        self._check_fitted()
+        check_is_fitted(self)
         n = len(self.X_)
         k = min(int(n_neighbors or self.ks_[-1]), n)
-        Q = X if _normalized else l2_normalize(to_numpy32(feature_matrix(X, features=self.features).X))
-        if Q.shape[1] != self.n_features_in_:
-            raise ConfigError(f"queries have {Q.shape[1]} features, the training set has {self.n_features_in_}")
+        Q = X if _normalized else l2_normalize(to_numpy32(predict_input(self, X).X))
         tol = self._tol()
         sims_out = np.empty((len(Q), k), np.float64)
         idx_out = np.empty((len(Q), k), np.int64)
         starts = range(0, len(Q), int(self.query_batch))
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="kNN search", unit="batch")
+        bar = progress_bar(None, len(starts), self.progress, desc=f"kNN search ({n:,} neighbours)", unit="query")
         for a in starts:
             qb = Q[a:a + int(self.query_batch)]
             todo = np.arange(len(qb))
@@ -230,6 +228,10 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
                     sims_out[a + todo], idx_out[a + todo] = s, i
                     todo = todo[:0]
                 m = min(m * 4, n)
+            if bar is not None:
+                bar.update(len(qb))
+        if bar is not None:
+            bar.close()
         return sims_out, idx_out
 
     def _votes(self, sims: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
@@ -253,7 +255,7 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         return out
 
     def _pk(self) -> int:
-        self._check_fitted()
+        check_is_fitted(self)
         if self.predict_k is not None:
             if int(self.predict_k) not in self.ks_:
                 raise ConfigError(f"predict_k={self.predict_k} is not one of the fitted ks {self.ks_}")
@@ -278,15 +280,12 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         "backend", "n_train", "n_query"}. "best" is the largest top-1 (ties: smaller k) -- reported for
         convenience; the DINO protocol reports k=20.
         """
-        self._check_fitted()
-        if y is None and is_cache(X) and self.class_names_:
-            y = aligned_labels(self.class_names_, X)
-        fm = feature_matrix(X, y, features=self.features, progress=self.progress)
+        fm = predict_input(self, X, y, progress=self.progress)
         if fm.y is None:
             raise ConfigError("evaluate needs labels: pass y or a labelled cache")
         rows = eval_rows(fm.sample_ids, fm.view_ids)
-        if np.issubdtype(fm.y.dtype, np.integer):
-            rows = rows[fm.y[rows] != -1]  # unlabelled rows are not evaluated
+        if labels_from_cache(X, y):
+            rows = rows[fm.y[rows] != -1]  # unlabelled cache rows are not evaluated
         yq = fm.y[rows]
         preds = self.predict_all(to_numpy32(fm.X)[rows])
         res = {}
@@ -295,9 +294,3 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         bk = max(res, key=lambda s: (res[s]["top1"], -int(s)))
         return {"k": res, "best": {"k": int(bk), **res[bk]}, "temperature": float(self.temperature),
                 "backend": self.backend_, "n_train": int(len(self.X_)), "n_query": int(len(rows))}
-
-    def _check_fitted(self):
-        if not hasattr(self, "X_"):
-            from sklearn.exceptions import NotFittedError
-
-            raise NotFittedError("this KNNClassifier is not fitted yet; call fit(X, y) first")
