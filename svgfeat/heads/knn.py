@@ -208,7 +208,8 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         sims_out = np.empty((len(Q), k), np.float64)
         idx_out = np.empty((len(Q), k), np.int64)
         starts = range(0, len(Q), int(self.query_batch))
-        bar = progress_bar(None, len(starts), self.progress, desc=f"kNN search ({n:,} neighbours)", unit="query")
+        bar = progress_bar(None, len(Q), self.progress and len(starts) > 1, desc=f"kNN search ({n:,} neighbours)",
+                           unit="query")  # counted in queries; no bar for a one-block search
         for a in starts:
             qb = Q[a:a + int(self.query_batch)]
             todo = np.arange(len(qb))
