@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._base import progress_bar
+
 
 @dataclass
 class GridConfig:
@@ -308,10 +310,7 @@ def train_grid(X: torch.Tensor, y: torch.Tensor, order: BatchOrder, n_classes: i
     :class:`FeatureNorm`: z-score, or BatchNorm in training mode, switched to eval mode at the end)."""
     heads = GridHeads(len(cfg.lrs), X.shape[1], n_classes, cfg, X.device)
     it = order.batches(cfg.steps, cfg.batch_size, X.device)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, total=cfg.steps, desc=f"probe ({len(cfg.lrs)} heads)", unit="step")
+    it = progress_bar(it, cfg.steps, progress, desc=f"probe ({len(cfg.lrs)} heads)", unit="step")
     tiny = heads.per_head or (X.device.type == "cpu" and len(cfg.lrs) * head_step_flops(
         cfg.batch_size, X.shape[1], n_classes) <= SMALL_STEP_FLOPS)
     with single_thread(tiny):
