@@ -5,7 +5,8 @@ Synthetic caches in the real format are written with ``svgfeat.cache.from_arrays
 ``latent`` rows [392, 16, 16] fp16 for the DiT data path. Every command runs as a child process (the CLI where
 one exists), so its peak RSS is its own (``os.wait4`` rusage of that child) and ``--ulimit-nofile`` applies to it:
 
-    probe           svgfeat probe --train T --val V --iterations I --lrs 0.1   (one head, few steps: memory, not accuracy)
+    probe           svgfeat probe --train T --val V --iterations I --lrs 0.1   (one head, few steps: memory, not accuracy;
+                    --probe-lrs '' runs the default 13-head grid)
     knn             svgfeat knn --train T --val V -k 20
     index --auto    svgfeat index build T --auto --max-memory 1GB              (IVF-SQ8 at these sizes)
     stats           svgfeat stats L --groups latent                            (latent cache)
@@ -143,7 +144,8 @@ def run_flat(work: Path, n: int, args, centers, nofile, results: list, val_root:
     f32_both = (n + nv) * 2 * D_HALF * 4
     cmds = {
         "probe": (svgfeat_cmd("probe", "--train", root, "--val", val_root, "--features", "cls+pooled",
-                              "--iterations", args.probe_iterations, "--lrs", "0.1", "-o", work / "probe.json"),
+                              "--iterations", args.probe_iterations,
+                              *(("--lrs", args.probe_lrs) if args.probe_lrs else ()), "-o", work / "probe.json"),
                   f32_both),
         "knn": (svgfeat_cmd("knn", "--train", root, "--val", val_root, "--features", "cls+pooled", "-k", "20",
                             "-o", work / "knn.json"), f32_both),
@@ -216,6 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--latent-rows", default="5000,20000", help="Rows of the latent caches ('' to skip).")
     ap.add_argument("--shard-size", type=int, default=1024, help="Rows per shard (ImageNet: 1,252 shards of 1024).")
     ap.add_argument("--probe-iterations", type=int, default=100)
+    ap.add_argument("--probe-lrs", default="0.1",
+                    help="--lrs of the probe ('' = the probe's default grid of 13 heads, DINOv3's).")
     ap.add_argument("--index-memory", default="1GB", help="--max-memory of `index build --auto`.")
     ap.add_argument("--dit-batch", type=int, default=256)
     ap.add_argument("--ulimit-nofile", type=int, default=None, help="RLIMIT_NOFILE of every child command.")

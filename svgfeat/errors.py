@@ -1,5 +1,8 @@
 """Exception types. Every error a user can trigger derives from :class:`SvgfeatError`.
 
+Errors about inputs (:class:`ConfigError`, :class:`DataError`) are also ``ValueError``s, as scikit-learn's
+estimator contract and Python convention expect of a bad argument value.
+
 The CLI turns these into a one-line message and a non-zero exit code (no traceback).
 """
 
@@ -12,7 +15,7 @@ class CheckpointError(SvgfeatError):
     """A weight file is unreadable, unsafe, truncated, of the wrong architecture or missing keys."""
 
 
-class ConfigError(SvgfeatError):
+class ConfigError(SvgfeatError, ValueError):
     """A configuration (YAML/JSON/arguments) is invalid."""
 
 
@@ -20,7 +23,7 @@ class CacheError(SvgfeatError):
     """A feature cache is missing, incomplete, corrupt or does not match what was requested."""
 
 
-class DataError(SvgfeatError):
+class DataError(SvgfeatError, ValueError):
     """A dataset spec or an input image cannot be used."""
 
 

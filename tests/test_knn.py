@@ -120,7 +120,7 @@ def test_k_clipped_and_contract():
         KNNClassifier(temperature=0).fit(X, y)
     with pytest.raises(ConfigError, match="backend"):
         KNNClassifier(backend="annoy").fit(X, y)
-    with pytest.raises(ConfigError, match="queries have 3 features"):
+    with pytest.raises(ConfigError, match="X has 3 features, but KNNClassifier is expecting 24"):
         clf.predict(Xq[:, :3])
     monkey = KNNClassifier(backend="auto")
     assert monkey.fit(X, y).backend_ in ("faiss", "torch")
@@ -166,3 +166,26 @@ def test_fit_from_a_cache_streams_into_one_matrix_and_checks_memory(tmp_path, mo
     monkeypatch.setenv("SVGFEAT_MEMORY_BUDGET", "4K")
     with pytest.raises(CacheError, match=r"float32 feature matrix \[300, 16\] of cls\+pooled needs"):
         KNNClassifier(features="cls+pooled").fit(tr)
+
+
+def test_search_progress_over_blocks_without_one_step_bars(capsys):
+    """kNN over query blocks shows a tqdm bar (counted in queries); a search that is one block prints none."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(300, 8)).astype(np.float32), rng.integers(0, 3, 300)
+    clf = KNNClassifier(k=5, query_batch=64, progress=True).fit(X, y)
+    capsys.readouterr()
+    clf.predict(X[:200])
+    err = capsys.readouterr().err
+    assert "kNN search" in err and "200/200" in err
+    clf.predict(X[:50])  # one block
+    assert "kNN search" not in capsys.readouterr().err
+
+
+def test_negative_and_string_labels_keep_every_class():
+    """Labels {-1, +1}: both classes are kept (-1 used to be dropped as "unlabelled", scoring 0.46)."""
+    rng = np.random.default_rng(1)
+    X = np.concatenate([rng.normal(-3, 1, (50, 4)), rng.normal(3, 1, (50, 4))]).astype(np.float32)
+    y = np.repeat([-1, 1], 50)
+    clf = KNNClassifier(k=(5, 10)).fit(X, y)
+    assert clf.classes_.tolist() == [-1, 1] and clf.score(X, y) == 1.0
+    assert clf.evaluate(X, y)["k"]["5"]["top1"] == 100.0  # -1 rows of a y you pass are evaluated too

@@ -145,9 +145,11 @@ def test_estimator_contract_and_errors():
     assert clone(p).get_params()["lrs"] == [0.1]
     with pytest.raises(NotFittedError):
         p.predict(np.zeros((2, 3), np.float32))
-    with pytest.raises(ConfigError, match=r"shape \[n, D\], got shape \(4, 2, 3\)"):
+    with pytest.raises(ValueError, match=r"dim 3, while dim <= 2 is required"):  # scikit-learn's check_array
         p.fit(np.zeros((4, 2, 3)), [0, 1, 0, 1])
-    with pytest.raises(ConfigError, match="labels must have shape"):
+    with pytest.raises(ConfigError, match=r"\[n, D\], got a tensor of shape \(4, 2, 3\)"):  # tensors: our check
+        p.fit(torch.zeros((4, 2, 3)), [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"inconsistent numbers of samples: \[4, 2\]"):
         p.fit(np.zeros((4, 3)), [0, 1])
     with pytest.raises(ConfigError, match="optimizer"):
         LinearProbe(optimizer="lbfgs").fit(np.zeros((4, 3)), [0, 1, 0, 1])
@@ -160,7 +162,7 @@ def test_estimator_contract_and_errors():
     assert LinearProbe().normalize == "zscore"  # the documented default
     with pytest.raises(ConfigError, match="normalize must be one of"):
         LinearProbe(normalize="l2").fit(X, y)
-    with pytest.raises(ConfigError, match="fitted with 8"):
+    with pytest.raises(ConfigError, match="X has 3 features, but LinearProbe is expecting 8"):
         p.predict(X[:, :3])
     labels = np.array(["cat", "dog", "eel"])[y]  # arbitrary label values
     assert set(LinearProbe(iterations=5, min_iterations=0).fit(X, labels).predict(X)) <= {"cat", "dog", "eel"}

@@ -92,10 +92,8 @@ def probe_kwargs(epochs, iterations, min_iterations, lrs, optimizer, wd, select_
 def probe(train, val, features, batch_size, epochs, iterations, min_iterations, lrs, optimizer, wd, select_on,
           heldout_fraction, normalize, standardize, seed, device, out):
     """Train a grid of linear heads (one per lr x wd) on cached features and report top-1/top-5."""
-    import numpy as np
-
     from ..cache import check_compatible, open_cache
-    from ..heads._features import aligned_labels, check_same_transform, feature_matrix
+    from ..heads._features import aligned_labels, check_same_transform
     from ..heads.probe import LinearProbe
 
     kw = probe_kwargs(epochs, iterations, min_iterations, lrs, optimizer, wd, select_on, heldout_fraction,
@@ -109,10 +107,9 @@ def probe(train, val, features, batch_size, epochs, iterations, min_iterations, 
         va = open_cache(val)
         check_compatible(tr.encoder_spec, va.encoder_spec, what="train/val cache encoder")
         check_same_transform(tr, va)
-        y = aligned_labels(tr, va)
-        rows = np.flatnonzero(y != -1)
-        fm = feature_matrix(va, features=features, rows=rows, progress=True)
-        fit_kw = dict(X_val=fm.X, y_val=y[rows])
+        if not (aligned_labels(tr, va) != -1).any():
+            raise ConfigError(f"the val cache {va.root} has no labels")
+        fit_kw = dict(X_val=va)  # read in blocks, its unlabelled rows skipped, labels matched to train by name
     p.fit(tr, **fit_kw)
     rep = p.report()
     rep.update(train=str(tr.root), val=None if val is None else str(va.root), features=features)

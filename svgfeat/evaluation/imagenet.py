@@ -157,6 +157,8 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
     for spec in features:
         t = time.time()
         tr = feature_matrix(train_cache, features=spec, progress=progress)
+        if (tr.y == -1).any():  # -1 marks an unlabelled cache row; as an array label it would be a class
+            raise DataError(f"{int((tr.y == -1).sum())} rows of the train cache {train_cache.root} are unlabelled")
         va = feature_matrix(val_cache, features=spec, rows=labelled, progress=progress)
         probe = LinearProbe(features=spec, **probe_kw)
         probe.fit(tr.X, tr.y, sample_ids=tr.sample_ids, view_ids=tr.view_ids, X_val=va.X, y_val=yv)
@@ -173,6 +175,7 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
         ytr = aligned_labels(train_cache, knn_cache) if knn_cache is not train_cache else train_cache.labels
         trk = feature_matrix(knn_cache, features=spec, progress=progress)
         rows = eval_rows(trk.sample_ids, trk.view_ids)
+        rows = rows[np.asarray(ytr)[rows] >= 0]  # unlabelled (-1) / unknown-class (-2) cache rows never vote
         vak = feature_matrix(val_cache, features=spec, rows=labelled, progress=progress)
         kc = KNNClassifier(k=st["knn_k"], temperature=float(st["temperature"]), features=spec, device=device,
                            progress=progress)

@@ -1,11 +1,12 @@
-"""What every head shares: the one ``is_cache`` test and the one ``score``.
+"""What every head shares: the one ``is_cache`` test, the protocol constants and the progress bar.
 
 - :class:`CacheLike` is the structural protocol of a feature cache (:class:`svgfeat.cache.FeatureCache`
   and anything shaped like it: a manifest, per-group arrays, labels and batched reads);
   :func:`is_cache` is the single check used by every head, retrieval and segmentation path.
-- :class:`ScoreMixin` gives a classifier the scikit-learn ``score``: top-1 accuracy in [0, 1] of
-  ``predict`` against y (or the cache's labels, matched to the training classes by name when the
-  estimator was fitted on a cache), with optional sample weights.
+- :func:`progress_bar`: tqdm for loops of more than one step.
+
+This module imports nothing from the other head modules (the classifiers' ``score`` lives in
+:mod:`svgfeat.heads._contract`).
 """
 
 from __future__ import annotations
@@ -39,24 +40,11 @@ def is_cache(obj) -> bool:
     return not isinstance(obj, (np.ndarray, list, tuple)) and all(hasattr(obj, a) for a in _CACHE_ATTRS)
 
 
-class ScoreMixin:
-    """``score(X, y=None, sample_weight=None)`` for estimators with ``features`` and ``predict``."""
+def progress_bar(iterable, total: int, enabled: bool, **tqdm_kwargs):
+    """``iterable`` wrapped in a tqdm bar when ``enabled`` and there is more than one step (a ``1/1`` bar says
+    nothing), else returned as is."""
+    if not enabled or total <= 1:
+        return iterable
+    from tqdm.auto import tqdm
 
-    def _score_labels(self, X, y):
-        """(features or X, labels) for scoring; cache labels are aligned to the fitted classes by name."""
-        from ..errors import ConfigError
-        from ._features import aligned_labels, feature_matrix
-
-        if y is None and is_cache(X) and getattr(self, "class_names_", None):
-            y = aligned_labels(self.class_names_, X)
-        fm = feature_matrix(X, y, features=self.features)
-        if fm.y is None:
-            raise ConfigError(f"{type(self).__name__}.score needs labels: pass y or a labelled cache")
-        return fm.X, fm.y
-
-    def score(self, X, y=None, sample_weight=None) -> float:
-        """Top-1 accuracy in [0, 1] of ``predict`` (y defaults to the cache labels)."""
-        from sklearn.metrics import accuracy_score
-
-        Xf, yf = self._score_labels(X, y)
-        return float(accuracy_score(yf, self.predict(Xf), sample_weight=sample_weight))
+    return tqdm(iterable, total=total, **tqdm_kwargs)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import CacheError, ConfigError
-from ._base import is_cache  # one home for the cache check
+from ._base import is_cache, progress_bar  # one home for the cache check
 
 BASE_GROUPS = ("cls", "pooled", "registers", "latent", "dino", "residual")
 _LAYER_RE = re.compile(r"^(cls|pooled|dino)_l(\d+)$")
@@ -165,21 +165,26 @@ def _from_cache(cache, spec: str, rows, progress: bool) -> FeatureMatrix:
         row_bytes = int(np.prod(shape)) * (2 if cache.groups[g].get("dtype") == "float16" else 4)
         bs = int(max(1, min(len(sel) or 1, READ_CHUNK_BYTES // max(row_bytes, 1))))
         starts = range(0, len(sel), bs)
-        if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc=f"reading {g}", unit="block")
+        starts = progress_bar(starts, len(starts), progress, desc=f"reading {g}", unit="block")
         for s in starts:
             e = min(s + bs, len(sel))
             blk = cache.read(g, slice(s, e) if contiguous else sel[s:e])
             X[s:e, a0:a1] = _reduce(np.asarray(blk, dtype=np.float32)) if len(shape) > 1 else blk
             del blk
     y = np.asarray(cache.labels, dtype=np.int64)[sel]
+    sids, vids = row_ids(cache)
+    return FeatureMatrix(X, y, sids[sel], vids[sel], groups, spec)
+
+
+def row_ids(cache) -> tuple[np.ndarray, np.ndarray]:
+    """(sample_ids, view_ids) int64 [n] of every cache row (rows are their own samples / view 0 when the
+    cache does not record them); no feature is read."""
+    n = len(cache)
     sids = getattr(cache, "sample_ids", None)
     vids = getattr(cache, "view_ids", None)
-    sids = sel.astype(np.int64) if sids is None else np.asarray(sids, dtype=np.int64)[sel]
-    vids = np.zeros(len(sel), np.int64) if vids is None else np.asarray(vids, dtype=np.int64)[sel]
-    return FeatureMatrix(X, y, sids, vids, groups, spec)
+    sids = np.arange(n, dtype=np.int64) if sids is None else np.asarray(sids, dtype=np.int64)
+    vids = np.zeros(n, np.int64) if vids is None else np.asarray(vids, dtype=np.int64)
+    return sids, vids
 
 
 def _from_group_source(get, names, spec: str, n_hint=None) -> tuple[object, list[str]]:
@@ -205,7 +210,7 @@ def feature_matrix(X, y=None, *, features: str | None = DEFAULT_SPEC, rows=None,
     if is_cache(X):
         fm = _from_cache(X, features or DEFAULT_SPEC, rows, progress)
         if y is not None:
-            fm.y = _labels(y, len(fm.X))
+            fm.y = as_labels(y, len(fm.X))
     else:
         if _is_svgfeatures(X):
             names = list(BASE_GROUPS) + [f"{p}_l{i}" for i in X.layers for p in ("cls", "pooled", "dino")]
@@ -233,7 +238,7 @@ def feature_matrix(X, y=None, *, features: str | None = DEFAULT_SPEC, rows=None,
         if rows is not None:
             mat = mat[torch.as_tensor(rows)] if isinstance(mat, torch.Tensor) else mat[np.asarray(rows)]
         n = len(mat)
-        fm = FeatureMatrix(mat, None if y is None else _labels(y, n), np.arange(n, dtype=np.int64),
+        fm = FeatureMatrix(mat, None if y is None else as_labels(y, n), np.arange(n, dtype=np.int64),
                            np.zeros(n, np.int64), groups, features if groups else None)
     n = len(fm.X)
     if sample_ids is not None:
@@ -245,7 +250,7 @@ def feature_matrix(X, y=None, *, features: str | None = DEFAULT_SPEC, rows=None,
     return fm
 
 
-def _labels(y, n: int) -> np.ndarray:
+def as_labels(y, n: int) -> np.ndarray:
     y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     if y.ndim != 1 or len(y) != n:
         raise ConfigError(f"labels must have shape [{n}] to match the features, got shape {y.shape}")

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._base import progress_bar
+
 
 @dataclass
 class GridConfig:
@@ -204,6 +206,7 @@ class GridHeads:
 
 NORMALIZATIONS = ("none", "zscore", "batchnorm")
 BN_MOMENTUM, BN_EPS = 0.1, 1e-6  # torch BatchNorm1d momentum; MAE's eps
+STATS_BLOCK = 8192  # rows per float64 block of the z-score statistics (50 MB at D = 768)
 
 
 class FeatureNorm:
@@ -227,10 +230,22 @@ class FeatureNorm:
         self._scale = None if scale is None else scale.to(dev).float()
 
     @classmethod
-    def zscore(cls, X: torch.Tensor, rows: torch.Tensor):
-        sub = X[rows].double()
-        return cls("zscore", X.shape[1], X.device, sub.mean(0).float(),
-                   sub.std(0, unbiased=False).clamp_min(1e-6).float())
+    def zscore(cls, X: torch.Tensor, rows: torch.Tensor, block: int = STATS_BLOCK):
+        """Mean / std (population) of ``X[rows]`` in two streaming float64 passes over blocks of ``block``
+        rows: no copy of the training rows (peak extra memory one float64 block). The float64 statistics are
+        rounded to float32, so they equal those of the whole-matrix float64 reduction bit for bit unless a
+        value lies within ~1e-16 (relative) of a float32 rounding boundary."""
+        n, D = len(rows), X.shape[1]
+        total = torch.zeros(D, dtype=torch.float64, device=X.device)
+        for a in range(0, n, block):
+            total += X[rows[a:a + block]].double().sum(0)
+        mean = total / n
+        sq = torch.zeros_like(total)
+        for a in range(0, n, block):
+            d = X[rows[a:a + block]].double() - mean
+            sq += d.square_().sum(0)
+        std = (sq / n).sqrt()
+        return cls("zscore", D, X.device, mean.float(), std.clamp_min(1e-6).float())
 
     @property
     def mean(self) -> torch.Tensor:
@@ -295,10 +310,7 @@ def train_grid(X: torch.Tensor, y: torch.Tensor, order: BatchOrder, n_classes: i
     :class:`FeatureNorm`: z-score, or BatchNorm in training mode, switched to eval mode at the end)."""
     heads = GridHeads(len(cfg.lrs), X.shape[1], n_classes, cfg, X.device)
     it = order.batches(cfg.steps, cfg.batch_size, X.device)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, total=cfg.steps, desc=f"probe ({len(cfg.lrs)} heads)", unit="step")
+    it = progress_bar(it, cfg.steps, progress, desc=f"probe ({len(cfg.lrs)} heads)", unit="step")
     tiny = heads.per_head or (X.device.type == "cpu" and len(cfg.lrs) * head_step_flops(
         cfg.batch_size, X.shape[1], n_classes) <= SMALL_STEP_FLOPS)
     with single_thread(tiny):
@@ -313,22 +325,42 @@ def train_grid(X: torch.Tensor, y: torch.Tensor, order: BatchOrder, n_classes: i
 
 
 @torch.no_grad()
-def evaluate_grid(W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, y: torch.Tensor, transform=None,
-                  chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Top-1 / top-5 accuracy (percent, float64 [H] each) of every head on X [n, D] / y [n] (class
-    indices; -1 = a class unseen in training, always wrong)."""
+def grid_hits(W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, y: torch.Tensor, transform=None,
+              chunk: int = 2048, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 / top-5 hit counts (float64 [H] each, on W's device) of every head on X [n, D] / y [n] (class
+    indices; -1 = a class unseen in training, always wrong). ``rows``: optional int64 index [m] -- evaluate
+    X[rows] / y[rows], gathered one chunk at a time (no copy of the selected rows)."""
     H, _, K = W.shape
     c1 = torch.zeros(H, dtype=torch.float64, device=W.device)
     c5 = torch.zeros_like(c1)
     k = min(5, K)
-    for i in range(0, len(X), chunk):
-        xb = X[i:i + chunk].to(W.device).float()
+    n = len(X) if rows is None else len(rows)
+    for i in range(0, n, chunk):
+        if rows is None:
+            xb, yb = X[i:i + chunk], y[i:i + chunk]
+        else:
+            r = rows[i:i + chunk]
+            xb, yb = X[r.to(X.device)], y[r.to(y.device)]
+        xb = xb.to(W.device).float()
         if transform is not None:
             xb = transform(xb)
-        yb = y[i:i + chunk].to(W.device)
+        yb = yb.to(W.device)
         top = torch.einsum("bd,hdk->hbk", xb, W).add_(b.unsqueeze(1)).topk(k, dim=-1).indices
         hit = top == yb.view(1, -1, 1)
         c1 += hit[..., 0].sum(1)
         c5 += hit.any(-1).sum(1)
-    n = max(len(X), 1)
+    return c1, c5
+
+
+def hits_to_percent(c1: torch.Tensor, c5: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
+    n = max(int(n), 1)
     return (c1 * 100.0 / n).cpu().numpy(), (c5 * 100.0 / n).cpu().numpy()
+
+
+@torch.no_grad()
+def evaluate_grid(W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, y: torch.Tensor, transform=None,
+                  chunk: int = 2048, rows=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 / top-5 accuracy (percent, float64 [H] each) of every head on X [n, D] / y [n] (or on the rows
+    ``rows`` of them); see :func:`grid_hits`."""
+    c1, c5 = grid_hits(W, b, X, y, transform, chunk, rows)
+    return hits_to_percent(c1, c5, len(X) if rows is None else len(rows))

@@ -19,13 +19,17 @@ feature spec (e.g. ``"cls+pooled"``, ``"latent"``) to change it.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from ..errors import ConfigError, MissingDependencyError
-from ._base import DINOV3_KS, ScoreMixin, is_cache
-from ._features import aligned_labels, eval_rows, feature_matrix, to_numpy32
+from ._base import DINOV3_KS, is_cache, progress_bar
+from ._contract import ScoreMixin, fit_input, labels_from_cache, predict_input
+from ._features import eval_rows, to_numpy32
 from .exact_search import exact_matmul
 
 DEFAULT_KS = DINOV3_KS
@@ -88,6 +92,10 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
     backend (running top-k merge across blocks); margin -- extra candidates re-scored exactly;
     predict_k -- k used by predict / predict_proba / score (default 20 if present, else the first k).
 
+    Labels: any values (negative integers, strings); only labels read from a feature cache (X a cache, y not
+    given) use -1 for "unlabelled" -- those rows never vote. ``predict`` and friends change nothing on the
+    estimator (no index is built lazily: the faiss backend searches the stored matrix with ``faiss.knn``).
+
     Fitted attributes: classes_ [C]; X_ float32 [n, D] L2-normalised training features; y_ int64 [n]
     class indices; ks_ (effective ks, clipped to n); backend_.
     """
@@ -118,13 +126,11 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         if self.backend == "faiss" and not has_faiss():
             raise MissingDependencyError("faiss-cpu", "faiss",
                                          "kNN with backend='faiss' (svgfeat[faiss-gpu] on a GPU machine)")
-        fm = feature_matrix(X, y, features=self.features, progress=self.progress)
-        if fm.y is None:
-            raise ConfigError("KNNClassifier.fit needs labels: pass y or a labelled cache")
+        fm = fit_input(self, X, y, features=self.features, progress=self.progress)
         rows = eval_rows(fm.sample_ids, fm.view_ids)
         yv = fm.y[rows]
-        if np.issubdtype(yv.dtype, np.integer) and (yv < 0).any():  # unlabelled rows (-1) never vote
-            rows, yv = rows[yv >= 0], yv[yv >= 0]
+        if labels_from_cache(X, y) and (yv == -1).any():  # unlabelled cache rows (-1) never vote
+            rows, yv = rows[yv != -1], yv[yv != -1]
         # one float32 training matrix: normalised in place when we own it (read from a cache), else one copy
         owned = is_cache(X) and isinstance(fm.X, np.ndarray)
         X32 = to_numpy32(fm.X)
@@ -144,8 +150,12 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
             self.backend_ = "faiss" if has_faiss() and not on_gpu else "torch"
         else:
             self.backend_ = self.backend
-        self.class_names_ = list(X.classes) if is_cache(X) and y is None and X.classes else None
-        self._index = self._train_t = self._gpu_index = None
+        self.class_names_ = list(X.classes) if labels_from_cache(X, y) and X.classes else None
+        # the torch backend on an accelerator: the one device copy of the training matrix, made here (never
+        # lazily in predict); on the CPU the stored matrix is used as is
+        on_cpu = torch.device(self.device).type == "cpu"
+        self._train_t = None if self.backend_ == "faiss" or on_cpu else torch.from_numpy(self.X_).to(self.device)
+        self._gpu_index = self._faiss_gpu_index() if self.backend_ == "faiss" else None
         return self
 
     # ------------------------------------------------------------------ search
@@ -154,27 +164,41 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         # (the torch backend's CUDA matmuls run with TF32 off: exact_matmul)
         return 4.0 * self.n_features_in_ * 2.0 ** -24 + 1e-6
 
+    def _faiss_gpu_index(self):
+        """An exact inner-product faiss index of the stored matrix on ``self.device`` when it is a CUDA device and
+        faiss-gpu sees a GPU; None otherwise (CPU faiss searches the stored matrix directly)."""
+        dev = torch.device(self.device)
+        if dev.type != "cuda":
+            return None
+        import faiss
+
+        from .faiss_gpu import gpu_count, to_gpu
+
+        if gpu_count(faiss) == 0:
+            return None
+        cpu = faiss.IndexFlatIP(self.X_.shape[1])
+        cpu.add(self.X_)
+        return to_gpu(faiss, dev.index if dev.index is not None else torch.cuda.current_device(), cpu)
+
     def _candidates(self, Q: np.ndarray, m: int) -> np.ndarray:
         """Indices int64 [nq, m] of the (approximately) m most similar training rows."""
-        if self.backend_ == "faiss":
+        if self.backend_ == "faiss":  # brute-force inner-product search of the stored matrix (no index copy)
             import faiss
 
-            from .faiss_gpu import GPU_MAX_K, gpu_count, to_gpu
+            from .faiss_gpu import GPU_MAX_K
 
-            dev = torch.device(self.device)
-            on_gpu = dev.type == "cuda" and gpu_count(faiss) > 0 and m <= GPU_MAX_K
-            if self._index is None:
-                self._index = faiss.IndexFlatIP(self.X_.shape[1])
-                self._index.add(self.X_)
-            if on_gpu and getattr(self, "_gpu_index", None) is None:  # exact flat search on the GPU
-                gid = dev.index if dev.index is not None else torch.cuda.current_device()
-                self._gpu_index = to_gpu(faiss, gid, self._index)
-            _, idx = (self._gpu_index if on_gpu else self._index).search(Q, m)
+            gpu_index = getattr(self, "_gpu_index", None)
+            if gpu_index is not None and m <= GPU_MAX_K:  # exact flat search on the GPU (built in fit)
+                _, idx = gpu_index.search(Q, m)
+            else:
+                if gpu_index is not None:  # faiss-gpu returns at most 2048 neighbours
+                    warnings.warn(f"kNN: {m} candidates exceed faiss-gpu's limit of {GPU_MAX_K}; searching the "
+                                  "same matrix with CPU faiss instead", stacklevel=2)
+                _, idx = faiss.knn(Q, self.X_, m, metric=faiss.METRIC_INNER_PRODUCT)
             return idx.astype(np.int64)
         dev = torch.device(self.device)
-        if getattr(self, "_train_t", None) is None or self._train_t.device != dev:
-            self._train_t = torch.from_numpy(self.X_).to(dev)
-        T = self._train_t
+        T = self._train_t if getattr(self, "_train_t", None) is not None else torch.from_numpy(self.X_)
+        T = T.to(dev)  # no copy on the device it lives on
         q = torch.from_numpy(Q).to(dev)
         best_s = best_i = None
         for s in range(0, len(T), int(self.train_chunk)):
@@ -205,20 +229,16 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
     def kneighbors(self, X, n_neighbors: int | None = None, *, _normalized: bool = False):
         """Canonical neighbours of X [nq, D]: (sims float64 [nq, k], indices int64 [nq, k]), sorted by
         (similarity desc, training index asc). ``n_neighbors`` defaults to max(ks)."""
-        self._check_fitted()
+        check_is_fitted(self)
         n = len(self.X_)
         k = min(int(n_neighbors or self.ks_[-1]), n)
-        Q = X if _normalized else l2_normalize(to_numpy32(feature_matrix(X, features=self.features).X))
-        if Q.shape[1] != self.n_features_in_:
-            raise ConfigError(f"queries have {Q.shape[1]} features, the training set has {self.n_features_in_}")
+        Q = X if _normalized else l2_normalize(to_numpy32(predict_input(self, X).X))
         tol = self._tol()
         sims_out = np.empty((len(Q), k), np.float64)
         idx_out = np.empty((len(Q), k), np.int64)
         starts = range(0, len(Q), int(self.query_batch))
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="kNN search", unit="batch")
+        bar = progress_bar(None, len(Q), self.progress and len(starts) > 1, desc=f"kNN search ({n:,} neighbours)",
+                           unit="query")  # counted in queries; no bar for a one-block search
         for a in starts:
             qb = Q[a:a + int(self.query_batch)]
             todo = np.arange(len(qb))
@@ -238,6 +258,10 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
                     sims_out[a + todo], idx_out[a + todo] = s, i
                     todo = todo[:0]
                 m = min(m * 4, n)
+            if bar is not None:
+                bar.update(len(qb))
+        if bar is not None:
+            bar.close()
         return sims_out, idx_out
 
     def _votes(self, sims: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
@@ -261,7 +285,7 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         return out
 
     def _pk(self) -> int:
-        self._check_fitted()
+        check_is_fitted(self)
         if self.predict_k is not None:
             if int(self.predict_k) not in self.ks_:
                 raise ConfigError(f"predict_k={self.predict_k} is not one of the fitted ks {self.ks_}")
@@ -286,15 +310,12 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         "backend", "n_train", "n_query"}. "best" is the largest top-1 (ties: smaller k) -- reported for
         convenience; the DINO protocol reports k=20.
         """
-        self._check_fitted()
-        if y is None and is_cache(X) and self.class_names_:
-            y = aligned_labels(self.class_names_, X)
-        fm = feature_matrix(X, y, features=self.features, progress=self.progress)
+        fm = predict_input(self, X, y, progress=self.progress)
         if fm.y is None:
             raise ConfigError("evaluate needs labels: pass y or a labelled cache")
         rows = eval_rows(fm.sample_ids, fm.view_ids)
-        if np.issubdtype(fm.y.dtype, np.integer):
-            rows = rows[fm.y[rows] != -1]  # unlabelled rows are not evaluated
+        if labels_from_cache(X, y):
+            rows = rows[fm.y[rows] != -1]  # unlabelled cache rows are not evaluated
         yq = fm.y[rows]
         preds = self.predict_all(to_numpy32(fm.X)[rows])
         res = {}
@@ -303,9 +324,3 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         bk = max(res, key=lambda s: (res[s]["top1"], -int(s)))
         return {"k": res, "best": {"k": int(bk), **res[bk]}, "temperature": float(self.temperature),
                 "backend": self.backend_, "n_train": int(len(self.X_)), "n_query": int(len(rows))}
-
-    def _check_fitted(self):
-        if not hasattr(self, "X_"):
-            from sklearn.exceptions import NotFittedError
-
-            raise NotFittedError("this KNNClassifier is not fitted yet; call fit(X, y) first")

@@ -12,9 +12,10 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from ..errors import ConfigError
-from ._base import ScoreMixin
+from ._contract import ScoreMixin, fit_input, predict_input
 from ._features import DEFAULT_SPEC, eval_rows, feature_matrix, to_numpy32
 from .probe import heldout_split
 
@@ -32,7 +33,8 @@ class LogRegSweep(ScoreMixin, ClassifierMixin, BaseEstimator):
 
     Fitted: classes_, best_C_, best_index_, scores_ (list of dicts per C: C, heldout_top1/top5 and,
     when X_val is given to fit, val_top1/top5, percent), estimator_ (the refit sklearn model), coef_,
-    intercept_, selection_.
+    intercept_, n_iter_ (L-BFGS iterations of estimator_), selection_. Any label values work (negative
+    integers, strings); with two classes ``decision_function`` is 1-D, as in scikit-learn.
     """
 
     def __init__(self, Cs=None, features: str = DEFAULT_SPEC, heldout_fraction: float = 0.1,
@@ -72,13 +74,12 @@ class LogRegSweep(ScoreMixin, ClassifierMixin, BaseEstimator):
             raise ConfigError(f"select_on must be 'heldout' or 'val', got {self.select_on!r}")
         if self.select_on == "val" and X_val is None:
             raise ConfigError("select_on='val' needs validation data: fit(X, y, X_val=..., y_val=...)")
-        fm = feature_matrix(X, y, features=self.features, sample_ids=sample_ids, view_ids=view_ids)
-        if fm.y is None:
-            raise ConfigError("LogRegSweep.fit needs labels: pass y or a labelled cache")
+        fm = fit_input(self, X, y, features=self.features, sample_ids=sample_ids, view_ids=view_ids)
         Xn = to_numpy32(fm.X)
-        self.classes_ = np.unique(fm.y)
-        if len(self.classes_) < 2:
-            raise ConfigError(f"need at least 2 classes, got {self.classes_.tolist()}")
+        classes = np.unique(fm.y)
+        if len(classes) < 2:
+            raise ConfigError(f"need at least 2 classes, got 1 class: {classes.tolist()}")
+        self.classes_ = classes
         if X_val is not None:
             vm = feature_matrix(X_val, y_val, features=self.features)
             if vm.y is None:
@@ -119,15 +120,12 @@ class LogRegSweep(ScoreMixin, ClassifierMixin, BaseEstimator):
             self.val_top1_, self.val_top5_ = self._acc(self.estimator_, Xv, yv)
         lr = self.estimator_[-1] if self.standardize else self.estimator_
         self.coef_, self.intercept_ = lr.coef_, lr.intercept_
+        self.n_iter_ = lr.n_iter_
         self.n_features_in_ = Xn.shape[1]
         return self
 
     def _X(self, X):
-        self._check_fitted()
-        Xn = to_numpy32(feature_matrix(X, features=self.features).X)
-        if Xn.shape[1] != self.n_features_in_:
-            raise ConfigError(f"X has {Xn.shape[1]} features, but the model was fitted with {self.n_features_in_}")
-        return Xn
+        return to_numpy32(predict_input(self, X).X)
 
     def predict(self, X) -> np.ndarray:
         Xn = self._X(X)
@@ -143,7 +141,7 @@ class LogRegSweep(ScoreMixin, ClassifierMixin, BaseEstimator):
 
     def report(self) -> dict:
         """JSON-able summary {"best": {"C", "top1", "top5", "split"}, "selection", "note", "scores"}."""
-        self._check_fitted()
+        check_is_fitted(self)
         best = self.scores_[self.best_index_]
         split = "val" if hasattr(self, "val_top1_") else "heldout"
         top = (self.val_top1_, self.val_top5_) if split == "val" else (best["heldout_top1"], best["heldout_top5"])
@@ -152,9 +150,3 @@ class LogRegSweep(ScoreMixin, ClassifierMixin, BaseEstimator):
         return {"best": {"C": self.best_C_, "top1": top[0], "top5": top[1], "split": split,
                          "refit": bool(self.refit and self.selection_ == "heldout")},
                 "selection": self.selection_, "note": note, "scores": self.scores_}
-
-    def _check_fitted(self):
-        if not hasattr(self, "estimator_"):
-            from sklearn.exceptions import NotFittedError
-
-            raise NotFittedError("this LogRegSweep is not fitted yet; call fit(X, y) first")

@@ -22,13 +22,26 @@ import itertools
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from ..errors import ConfigError
-from ._base import DINOV3_LRS, ScoreMixin, is_cache
-from ._features import DEFAULT_SPEC, aligned_labels, eval_rows, feature_matrix
-from ._grid import NORMALIZATIONS, BatchOrder, FeatureNorm, GridConfig, evaluate_grid, train_grid
+from ._base import DINOV3_LRS, is_cache, progress_bar
+from ._contract import ScoreMixin, check_features, fit_input, labels_from_cache, predict_input
+from ._features import DEFAULT_SPEC, aligned_labels, as_labels, eval_rows, feature_matrix, row_ids
+from ._grid import (
+    NORMALIZATIONS,
+    BatchOrder,
+    FeatureNorm,
+    GridConfig,
+    evaluate_grid,
+    grid_hits,
+    hits_to_percent,
+    train_grid,
+)
+from ._resident import RESIDENT_DTYPES, resident_matrix, train_grid_resident
 
 SELECTIONS = ("heldout", "val")
+VAL_BLOCK = 65536  # val rows read from a cache per block (a multiple of the evaluation chunk: same sums)
 DEFAULT_NORMALIZE = "zscore"
 NORMALIZE_NOTES = {
     "none": "raw features (DINOv3 protocol)",
@@ -74,7 +87,11 @@ class LinearProbe(ScoreMixin, ClassifierMixin, BaseEstimator):
     "constant"; normalize -- "zscore" (default; train statistics), "none" (raw, DINOv3) or "batchnorm"
     (no affine, MAE; trained jointly with the heads); select_on -- "heldout" (split
     ``heldout_fraction`` of train by sample, stratified) or "val" (needs X_val in fit; DINOv3 protocol);
-    device; random_state; progress -- tqdm bars.
+    device; random_state; resident_dtype -- None (features read batch by batch from the float matrix, float32
+    matmuls) or "bfloat16" / "float16" / "float32": the device-resident trainer of
+    :mod:`svgfeat.heads._resident` (features normalised once into one device copy of that dtype, all heads in
+    one matmul of that dtype, no host sync per step; the GPU path, never chosen implicitly); progress -- tqdm
+    bars.
 
     Fitted attributes: classes_ [K]; W_ [H, D, K] / b_ [H, K] float32 CPU tensors; coef_ [K, D] /
     intercept_ [K] numpy of the best head; heads_ (list of dicts per head: name, lr, base_lr, wd and
@@ -87,7 +104,8 @@ class LinearProbe(ScoreMixin, ClassifierMixin, BaseEstimator):
                  momentum: float = 0.9, scale_lr=None, epochs: int = 10, iterations=None,
                  min_iterations: int = 1000, batch_size: int = 1024, schedule: str = "cosine",
                  normalize: str = DEFAULT_NORMALIZE, select_on: str = "heldout", heldout_fraction: float = 0.1,
-                 device="cpu", random_state: int = 0, init_std: float = 0.01, progress: bool = False):
+                 device="cpu", random_state: int = 0, init_std: float = 0.01, resident_dtype=None,
+                 progress: bool = False):
         self.features = features
         self.lrs = lrs
         self.weight_decays = weight_decays
@@ -105,6 +123,7 @@ class LinearProbe(ScoreMixin, ClassifierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.init_std = init_std
+        self.resident_dtype = resident_dtype
         self.progress = progress
 
     # ------------------------------------------------------------------ validation
@@ -130,6 +149,12 @@ class LinearProbe(ScoreMixin, ClassifierMixin, BaseEstimator):
                               f"min_iterations={self.min_iterations!r}")
         if int(self.batch_size) < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.resident_dtype is not None and self.resident_dtype not in RESIDENT_DTYPES:
+            raise ConfigError(f"resident_dtype must be None or one of {tuple(RESIDENT_DTYPES)}, "
+                              f"got {self.resident_dtype!r}")
+        if self.resident_dtype is not None and self.normalize == "batchnorm":
+            raise ConfigError("resident_dtype needs normalize='zscore' or 'none' (the resident features are "
+                              "normalised once, in place; batchnorm normalises every batch)")
         if self.select_on == "heldout" and not 0 < self.heldout_fraction < 1:
             raise ConfigError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
         scale = (self.optimizer == "sgd") if self.scale_lr is None else bool(self.scale_lr)
@@ -139,27 +164,32 @@ class LinearProbe(ScoreMixin, ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, *, X_val=None, y_val=None, sample_ids=None, view_ids=None):
-        """Train every head on X [n, D] (array / tensor / FeatureCache / SVGFeatures) with labels y [n].
+        """Train every head on X [n, D] (array-like / tensor / FeatureCache / SVGFeatures) with labels y [n].
 
-        X_val / y_val: optional validation data; its per-head accuracy is reported in ``heads_`` and,
-        with select_on="val", used for selection. sample_ids / view_ids [n]: rows sharing a sample_id are
-        augmented views of one image (one is sampled per epoch; the held-out split never separates them).
+        X_val / y_val: optional validation data (a cache is read in blocks); its per-head accuracy is reported
+        in ``heads_`` and, with select_on="val", used for selection. sample_ids / view_ids [n]: rows sharing a
+        sample_id are augmented views of one image (one is sampled per epoch; the held-out split never
+        separates them). Any label values work; only labels read from a cache use -1 for "unlabelled"
+        (refused here: every training row needs a label).
+
+        Memory: one feature matrix -- the caller's array / tensor as given (moved once to ``device``), or the
+        float32 matrix read from a cache. The held-out split is a row index, the z-score statistics come from
+        a streaming pass and are applied batch by batch, evaluation gathers rows chunk by chunk.
         """
         heads, factor = self._grid()
-        fm = feature_matrix(X, y, features=self.features, sample_ids=sample_ids, view_ids=view_ids,
-                            progress=self.progress)
-        if fm.y is None:
-            raise ConfigError("LinearProbe.fit needs labels: pass y or a cache with labels")
-        if np.issubdtype(fm.y.dtype, np.integer) and (fm.y < 0).any():
-            raise ConfigError(f"{int((fm.y < 0).sum())} training rows are unlabelled (label -1); "
+        fm = fit_input(self, X, y, features=self.features, sample_ids=sample_ids, view_ids=view_ids,
+                       progress=self.progress)
+        if labels_from_cache(X, y) and np.issubdtype(fm.y.dtype, np.integer) and (fm.y < 0).any():
+            raise ConfigError(f"{int((fm.y < 0).sum())} training rows of the cache are unlabelled (label -1); "
                               "a linear probe needs every training row labelled")
-        self.classes_ = np.unique(fm.y)
-        if len(self.classes_) < 2:
-            raise ConfigError(f"need at least 2 classes to train a classifier, got {self.classes_.tolist()}")
-        # class names of a training cache: other caches' labels are matched to them by name
-        self.class_names_ = list(X.classes) if is_cache(X) and y is None and X.classes else None
+        classes = np.unique(fm.y)
+        if len(classes) < 2:
+            raise ConfigError(f"need at least 2 classes to train a classifier, got 1 class: {classes.tolist()}")
         if self.select_on == "val" and X_val is None:
             raise ConfigError("select_on='val' needs validation data: fit(X, y, X_val=..., y_val=...)")
+        self.classes_ = classes
+        # class names of a training cache: other caches' labels are matched to them by name
+        self.class_names_ = list(X.classes) if labels_from_cache(X, y) and X.classes else None
         yi = np.searchsorted(self.classes_, fm.y)
         self.feature_groups_ = fm.groups
         self.n_features_in_ = int(fm.X.shape[1])
@@ -173,13 +203,16 @@ class LinearProbe(ScoreMixin, ClassifierMixin, BaseEstimator):
         self.train_rows_, self.heldout_rows_ = train_rows, held_rows
 
         device = torch.device(self.device)
+        resident = self.resident_dtype is not None
         Xt = fm.X if isinstance(fm.X, torch.Tensor) else torch.from_numpy(np.asarray(fm.X))
-        Xt = Xt.to(device)
+        fm.X = None  # the matrix lives on in Xt only (moved to the device when that is not where it is)
+        Xt = Xt if resident else Xt.to(device)
         if not Xt.dtype.is_floating_point:
             Xt = Xt.float()
         yt = torch.from_numpy(yi).to(device)
         if self.normalize == "zscore":
-            norm = FeatureNorm.zscore(Xt, torch.from_numpy(train_rows).to(device))
+            norm = FeatureNorm.zscore(Xt, torch.from_numpy(train_rows).to(Xt.device))
+            norm = norm.to(device)
         elif self.normalize == "batchnorm":
             norm = FeatureNorm("batchnorm", Xt.shape[1], device)
         else:
@@ -194,25 +227,30 @@ class LinearProbe(ScoreMixin, ClassifierMixin, BaseEstimator):
         cfg = GridConfig(lrs=tuple(lr * factor for lr, _ in heads), wds=tuple(wd for _, wd in heads),
                          optimizer=self.optimizer, momentum=self.momentum, steps=steps, batch_size=bs,
                          schedule=self.schedule, init_std=self.init_std, seed=self.random_state)
-        grid = train_grid(Xt, yt, order, len(self.classes_), cfg, norm, self.progress)
+        if resident:  # one normalised copy in device memory, in resident_dtype; every matmul in that dtype
+            Xt = resident_matrix(Xt, device, RESIDENT_DTYPES[self.resident_dtype],
+                                 None if norm is None else norm.mean, None if norm is None else norm.scale)
+            grid = train_grid_resident(Xt, yt, order, len(self.classes_), cfg, self.progress)
+            grid.W, grid.b = grid.weights()
+        else:
+            grid = train_grid(Xt, yt, order, len(self.classes_), cfg, norm, self.progress)
         self.norm_ = norm  # batchnorm: now in eval mode (running statistics)
         self.mean_ = None if norm is None else norm.mean.cpu()
         self.scale_ = None if norm is None else norm.scale.cpu()
         self.n_iter_ = steps
         self.batch_size_ = bs
-        self._dev = (grid.W.clone(memory_format=torch.contiguous_format),
-                     grid.b.clone(memory_format=torch.contiguous_format))
-        self.W_, self.b_ = self._dev[0].cpu(), self._dev[1].cpu()
+        self.W_ = grid.W.clone(memory_format=torch.contiguous_format).cpu()
+        self.b_ = grid.b.clone(memory_format=torch.contiguous_format).cpu()
 
         multi_wd = len({wd for _, wd in heads}) > 1
         self.heads_ = [{"name": _head_name(lr, wd, multi_wd), "base_lr": lr, "lr": lr * factor, "wd": wd}
                        for lr, wd in heads]
         if len(held_rows):
-            t1, t5 = evaluate_grid(*self._dev, Xt[torch.from_numpy(held_rows).to(device)],
-                                   yt[torch.from_numpy(held_rows).to(device)], self._transform(device))
+            t1, t5 = evaluate_grid(grid.W, grid.b, Xt, yt, None if resident else self._transform(device),
+                                   rows=torch.from_numpy(held_rows))
             for h, a, b in zip(self.heads_, t1, t5):
                 h["heldout_top1"], h["heldout_top5"] = float(a), float(b)
-        del Xt
+        del Xt, grid
         if X_val is not None:
             t1, t5, _ = self._evaluate_all(X_val, y_val)
             for h, a, b in zip(self.heads_, t1, t5):
@@ -233,59 +271,43 @@ class LinearProbe(ScoreMixin, ClassifierMixin, BaseEstimator):
         return None if norm is None else norm.to(device)
 
     # ------------------------------------------------------------------ inference
-    def _check_fitted(self):
-        if not hasattr(self, "W_"):
-            from sklearn.exceptions import NotFittedError
-
-            raise NotFittedError("this LinearProbe is not fitted yet; call fit(X, y) first")
-
-    def _weights(self, device):
-        W, b = getattr(self, "_dev", (self.W_, self.b_))
-        if W.device != torch.device(device):
-            W, b = self.W_.to(device), self.b_.to(device)
-        return W, b
-
-    def _matrix(self, X, y=None):
-        if y is None and is_cache(X) and getattr(self, "class_names_", None):
-            y = aligned_labels(self.class_names_, X)
-        fm = feature_matrix(X, y, features=self.features, progress=self.progress)
-        if fm.X.shape[1] != self.n_features_in_:
-            raise ConfigError(f"X has {fm.X.shape[1]} features, but the probe was fitted with "
-                              f"{self.n_features_in_} (feature spec {self.features!r})")
-        return fm
-
     @torch.no_grad()
-    def decision_function(self, X, head: int | None = None, chunk: int = 8192) -> np.ndarray:
-        """Logits [n, K] float32 of the best head (or head index ``head``)."""
-        self._check_fitted()
-        fm = self._matrix(X)
+    def _logits64(self, X, head: int | None, chunk: int = 8192) -> np.ndarray:
+        """Logits float64 [n, K] of the best head (or head ``head``). Each row's result depends on that row
+        only (float64 products: batch size and row order do not change the values)."""
+        fm = predict_input(self, X)
         h = self.best_index_ if head is None else int(head)
         device = torch.device(self.device)
-        W, b = self._weights(device)
-        W, b = W[h], b[h]
+        W, b = self.W_[h].to(device, torch.float64), self.b_[h].to(device, torch.float64)
         tf = self._transform(device)
         Xt = fm.X if isinstance(fm.X, torch.Tensor) else torch.from_numpy(np.asarray(fm.X))
         out = []
         for i in range(0, len(Xt), chunk):
             xb = Xt[i:i + chunk].to(device).float()
-            out.append(torch.addmm(b, xb if tf is None else tf(xb), W).cpu())
+            xb = (xb if tf is None else tf(xb)).double()
+            out.append(torch.addmm(b, xb, W).cpu())
         return torch.cat(out).numpy()
+
+    def decision_function(self, X, head: int | None = None) -> np.ndarray:
+        """Logits float64 [n, K] of the best head (or head index ``head``); with two classes the margin
+        logit(classes_[1]) - logit(classes_[0]) [n] (positive: classes_[1]), as scikit-learn expects."""
+        logits = self._logits64(X, head)
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
 
     def predict(self, X, head: int | None = None) -> np.ndarray:
         """Predicted labels [n] (values of ``classes_``)."""
-        self._check_fitted()
-        return self.classes_[self.decision_function(X, head).argmax(1)]
+        logits = self._logits64(X, head)
+        return self.classes_[logits.argmax(1)]
 
     def predict_proba(self, X, head: int | None = None) -> np.ndarray:
-        """Class probabilities [n, K] float32 (softmax of the logits)."""
-        return torch.softmax(torch.from_numpy(self.decision_function(X, head)), dim=1).numpy()
+        """Class probabilities float64 [n, K] (softmax of the logits)."""
+        return torch.softmax(torch.from_numpy(self._logits64(X, head)), dim=1).numpy()
 
     def evaluate(self, X, y=None) -> dict:
         """Top-1/top-5 (percent) of every head on X (one row per sample: view 0 of augmented caches).
 
         Returns {"top1": [H] list, "top5": [H] list, "best": {"head", "top1", "top5"}, "n": rows}.
         """
-        self._check_fitted()
         t1, t5, n = self._evaluate_all(X, y)
         i = self.best_index_
         return {"top1": t1.tolist(), "top5": t5.tolist(), "n": n,
@@ -293,27 +315,47 @@ class LinearProbe(ScoreMixin, ClassifierMixin, BaseEstimator):
 
     @torch.no_grad()
     def _evaluate_all(self, X, y):
-        fm = self._matrix(X, y)
-        if fm.y is None:
-            raise ConfigError("evaluate needs labels: pass y or a labelled cache")
-        rows = eval_rows(fm.sample_ids, fm.view_ids)
-        if np.issubdtype(fm.y.dtype, np.integer):
-            rows = rows[fm.y[rows] != -1]  # unlabelled rows are not evaluated
-        yi = np.searchsorted(self.classes_, fm.y[rows]).clip(0, len(self.classes_) - 1)
-        yi = np.where(self.classes_[yi] == fm.y[rows], yi, -1)  # unseen classes: always wrong
+        """(top1 [H], top5 [H], rows evaluated): one row per sample; a cache is read VAL_BLOCK rows at a time,
+        its unlabelled rows (-1) skipped."""
+        check_is_fitted(self)
         device = torch.device(self.device)
-        W, b = self._weights(device)
-        Xt = fm.X if isinstance(fm.X, torch.Tensor) else torch.from_numpy(np.asarray(fm.X))
-        if len(rows) != len(Xt):
-            Xt = Xt[torch.from_numpy(rows).to(Xt.device)]
-        t1, t5 = evaluate_grid(W, b, Xt, torch.from_numpy(yi), self._transform(device))
+        W, b = self.W_.to(device), self.b_.to(device)
+        tf = self._transform(device)
+        if is_cache(X):
+            if y is not None:
+                yall = as_labels(y, len(X))
+            elif self.class_names_:
+                yall = aligned_labels(self.class_names_, X)
+            else:
+                yall = np.asarray(X.labels, np.int64)
+            rows = eval_rows(*row_ids(X))
+            if labels_from_cache(X, y):
+                rows = rows[yall[rows] != -1]  # unlabelled rows are not evaluated
+            blocks = [rows[a:a + VAL_BLOCK] for a in range(0, len(rows), VAL_BLOCK)]
+            it = progress_bar(blocks, len(blocks), self.progress, desc="evaluating", unit="block")
+            parts = ((check_features(self, feature_matrix(X, features=self.features, rows=r).X), yall[r], None)
+                     for r in it)
+        else:
+            fm = predict_input(self, X, y, progress=self.progress)
+            if fm.y is None:
+                raise ConfigError("evaluate needs labels: pass y or a labelled cache")
+            rows = eval_rows(fm.sample_ids, fm.view_ids)
+            parts = [(fm.X, fm.y, None if len(rows) == len(fm.y) else torch.from_numpy(rows))]
+        c1 = c5 = 0
+        for Xb, yb, r in parts:
+            Xb = Xb if isinstance(Xb, torch.Tensor) else torch.from_numpy(np.asarray(Xb))
+            yi = np.searchsorted(self.classes_, yb).clip(0, len(self.classes_) - 1)
+            yi = np.where(self.classes_[yi] == yb, yi, -1)  # unseen classes (and -1): always wrong
+            h1, h5 = grid_hits(W, b, Xb, torch.from_numpy(yi), tf, rows=r)
+            c1, c5 = c1 + h1, c5 + h5
+        t1, t5 = hits_to_percent(c1, c5, len(rows))
         return t1, t5, int(len(rows))
 
     def report(self, X_val=None, y_val=None) -> dict:
         """JSON-able summary: {"best": {"head", "lr", "wd", "top1", "top5", ...}, "selection", "note",
         "heads": [...], "config": {...}}; accuracies in percent. "best" top1/top5 are on val when val
         accuracies are known (from fit or ``X_val``), else on the held-out split."""
-        self._check_fitted()
+        check_is_fitted(self)
         heads = [dict(h) for h in self.heads_]
         if X_val is not None:
             res = self.evaluate(X_val, y_val)
