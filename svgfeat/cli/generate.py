@@ -72,7 +72,7 @@ def generate(dit_path, dit_config, dinov3, svg, svg_config, model, alignment, de
     from ..generation.sampling import sample
     from ..generation.stats import denormalize_tokens, load_stats
     from ..hub import resolve
-    from ..models.dit import load_dit
+    from ..models.build import load_dit
 
     if dit_path is None and not pretrained:
         raise click.UsageError("pass the DiT weights with --dit PATH, or --pretrained for the released SVG-XL")

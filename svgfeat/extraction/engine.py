@@ -84,7 +84,7 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
     info, dev = D.setup(device)
     try:
         if encoder is None:
-            from ..models.svg import load_encoder
+            from ..models.build import load_encoder
 
             encoder = load_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, alignment=alignment,
                                    device=dev)

@@ -236,7 +236,7 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
         cache = open_cache(cache)
     out = Path(out_dir)
     if isinstance(model, str):
-        from ..models.registry import create_model
+        from ..models.build import create_model
 
         first = np.asarray(cache.read("latent", np.array([0])))
         C, h, w = first.shape[1:]
