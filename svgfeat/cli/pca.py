@@ -14,6 +14,7 @@ import click
 import numpy as np
 
 from ..errors import ConfigError
+from ..numerics import Numerics
 from ._common import build_encoder, encoder_options, png_bytes, write_output
 from ._types import SIZE
 
@@ -88,8 +89,8 @@ def pca(images, out, dinov3, svg, svg_config, model, alignment, device, group, s
     t = Transform(preset, size)
     feats = []
     for im in pil:  # one image at a time: features do not depend on batch-mates
-        x = t(im)[None].to(device)
-        feats.append(enc.encode(x).group(group)[0].float().cpu().numpy())
+        with Numerics.for_device(device).autocast():  # fp32 (the one numerics object; recorded nowhere: PNGs only)
+            feats.append(enc.encode(t(im)[None].to(device)).group(group)[0].float().cpu().numpy())
     pics, ratios, _ = patch_pca_rgb(feats, fg_threshold, fg_invert)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,13 @@
 """The encoder step: device batches -> requested groups in the cache dtype, on the CPU, without stalling.
 
-``precision`` is part of the request: fp32 (default, no autocast anywhere) or bf16 autocast. On CUDA the
+``precision`` is part of the request: fp32 (default, no autocast anywhere) or bf16 autocast, run through the
+one :class:`~svgfeat.numerics.Numerics` object (autocast on the right device type). On CUDA the
 device->host copy goes into pinned memory with ``non_blocking=True``; the returned :class:`Encoded` carries
 a CUDA event the shard writer waits on, so the GPU goes on with the next batch.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +15,7 @@ import torch
 from ..cache.shards import DTYPES
 from ..models.align import AlignmentStats
 from ..models.svg import layers_needed
+from ..numerics import Numerics
 
 
 @dataclass
@@ -29,19 +30,26 @@ class Encoded:
         return self.groups
 
 
-def autocast_context(device, precision: str):
-    device = torch.device(device)
-    if precision == "bf16":
-        return torch.autocast(device.type if device.type in ("cuda", "cpu") else "cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def as_numerics(device, precision) -> Numerics:
+    """``precision`` may be a precision name (checked against ``device``) or a :class:`Numerics` already."""
+    if isinstance(precision, Numerics):
+        return precision
+    return Numerics.for_device(device, precision)
+
+
+def autocast_context(device, precision):
+    """The autocast block of ``precision`` on ``device`` (see :meth:`Numerics.autocast`)."""
+    return as_numerics(device, precision).autocast()
 
 
 class Encoding:
     """Runs the encoder on device batches x [B,3,S,S] and returns the requested groups (see module doc)."""
 
-    def __init__(self, enc, groups, dtype, device, precision: str = "fp32"):
+    def __init__(self, enc, groups, dtype, device, precision="fp32"):
         self.enc, self.groups, self.dtype = enc, list(groups), DTYPES[dtype]
-        self.device, self.precision = torch.device(device), precision
+        self.device = torch.device(device)
+        self.numerics = as_numerics(self.device, precision)
+        self.precision = self.numerics.precision
         self.layers = layers_needed(self.groups)
         self.cuda = self.device.type == "cuda"
 
@@ -50,7 +58,7 @@ class Encoding:
         x = x.to(self.device, non_blocking=True)
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_context(self.device, self.precision):
+        with self.numerics.autocast():
             f = self.enc.encode(x, layers=self.layers or None)
             out = {g: (self.enc.raw_residual(x) if g == "residual_raw" else f.group(g)) for g in self.groups}
         out = {g: v.float().to(self.dtype) for g, v in out.items()}
@@ -70,13 +78,18 @@ class Encoding:
 
 
 @torch.no_grad()
-def fixed_stats_pass(enc, batches, device, precision: str = "fp32") -> dict:
-    """Fixed alignment statistics (:class:`AlignmentStats`) over normalised image batches (view 0)."""
+def fixed_stats_pass(enc, batches, device, precision="fp32") -> dict:
+    """Fixed alignment statistics (:class:`AlignmentStats`) over normalised image batches (view 0). The float64
+    sums stay on the device, or go to the CPU on a device without float64 (mps)."""
     acc = AlignmentStats()
     dev = torch.device(device)
+    num = as_numerics(dev, precision)
     for x in batches:
         x = x.to(dev, non_blocking=True)
-        with autocast_context(dev, precision):
+        with num.autocast():
             dino, res = enc.backbone(x).patch, enc.raw_residual(x)
-        acc.update(dino.float(), res.float())
+        dino, res = dino.float(), res.float()
+        if not num.has_float64:
+            dino, res = dino.cpu(), res.cpu()
+        acc.update(dino, res)
     return acc.compute()

@@ -15,6 +15,7 @@ import torch
 from .. import checkpoints as ck
 from ..errors import CheckpointError, ConfigError, SvgfeatError
 from ..hub import hub_files, is_hub_spec, pretrained_cfg, resolve, resolve_all
+from ..numerics import parse_device
 from . import dit as _dit  # noqa: F401  (registers the DiTs)
 from . import loading
 from . import svg as _svg  # noqa: F401  (registers the encoders)
@@ -80,6 +81,7 @@ def load_encoder(dinov3=None, svg=None, svg_config=None, alignment: str = "batch
     the weights and the YAML); ``stage`` records the SVG-T2I stage (else taken from a ``stage{n}`` file or
     model name, e.g. ``svg_t2i_p_vits16plus_stage3``).
     """
+    parse_device(device)  # cuda on a machine without CUDA: one ConfigError, before any file is read
     specs = {"dinov3": dinov3, "svg": svg, "svg_config": svg_config}
     hub_model = model or "svg_vits16plus"
     if pretrained:
@@ -112,6 +114,7 @@ def load_dit(path="svg_dit_xl", config=None, device="cpu", pretrained: bool = Fa
     ``load_dit("svg_dit_xl", pretrained=True)`` fetches the released weights through the Hugging Face cache
     (see :mod:`svgfeat.hub`); ``path`` may also be ``"hf"`` or ``"hf://ORG/NAME/file.pt[@revision]"``.
     """
+    parse_device(device)
     name = "svg_dit_xl"
     if isinstance(path, str) and path in list_models(kind="dit"):
         if not pretrained:

@@ -371,9 +371,11 @@ def read_dit_config(config) -> DiTConfig:
     return DiTConfig.from_dict(config)
 
 
-def save_dit(model: SVGDiT, path) -> Path:
-    """svgfeat format: safetensors with the config JSON in its metadata (key ``svgfeat_config``) + sidecar JSON."""
-    return ck.save_safetensors(path, model.state_dict(), {"kind": "dit", "config": model.config.to_dict()})
+def save_dit(model: SVGDiT, path, numerics: dict | None = None) -> Path:
+    """svgfeat format: safetensors with the config JSON in its metadata (key ``svgfeat_config``) + sidecar JSON;
+    ``numerics`` (a :meth:`svgfeat.numerics.Numerics.record`) is stored next to the config when given."""
+    meta = {"kind": "dit", "config": model.config.to_dict(), **({"numerics": numerics} if numerics else {})}
+    return ck.save_safetensors(path, model.state_dict(), meta)
 
 
 def export_official_dit(model: SVGDiT, path) -> tuple[Path, Path]:
