@@ -187,8 +187,11 @@ def _repo_files(repo: str, revision: str | None):
         try:
             while url:
                 r = get_session().get(url, headers=build_hf_headers(), timeout=constants.HF_HUB_ETAG_TIMEOUT)
-                if r.status_code != 200:
+                if r.status_code in (401, 403, 404):  # gated / private / no such repo or revision
                     files = UNKNOWN
+                    break
+                if r.status_code != 200:  # 5xx, 429: as good as unreachable (no retry storm)
+                    files = UNREACHABLE
                     break
                 files |= {e["path"] for e in r.json() if isinstance(e, dict) and e.get("type") == "file"}
                 m = re.search(r'<([^>]+)>;\s*rel="next"', r.headers.get("link", ""))

@@ -14,7 +14,7 @@ import torch
 
 from .. import checkpoints as ck
 from ..errors import CheckpointError, ConfigError, SvgfeatError
-from ..hub import hub_files, is_hub_spec, pretrained_cfg, resolve, resolve_all
+from ..hub import check_available, hub_files, is_hub_spec, pretrained_cfg, resolve, resolve_all
 from ..numerics import parse_device
 from . import dit as _dit  # noqa: F401  (registers the DiTs)
 from . import loading
@@ -24,7 +24,7 @@ from .registry import factory, kind_of, registered
 from .svg import SVGEncoder
 
 __all__ = ["create_model", "list_models", "model_kind", "load_encoder", "load_dit", "read_dinov3",
-           "pretrained_files"]
+           "pretrained_files", "check_pretrained"]
 
 
 def list_models(pattern: str = "*", kind: str | None = None) -> list[str]:
@@ -53,6 +53,17 @@ def pretrained_files(model: str, roles, overlay: dict | None = None) -> dict:
     models' files to :func:`svgfeat.hub.check_available` to name every missing file in one error."""
     cfg = pretrained_cfg(model, overlay)
     return hub_files({r: "hf" for r in roles if r in cfg}, model, overlay)
+
+
+def check_pretrained(*requests) -> None:
+    """Locate every Hub file of ``requests`` -- ``(model, {role: spec})`` pairs; local paths and None are
+    skipped -- at once (cache lookups offline, one listing per repo online) and name all the missing ones in
+    ONE :class:`CheckpointError`, before anything is downloaded or built."""
+    files = {}
+    for model, specs in requests:
+        for role, f in hub_files({r: v for r, v in specs.items() if v is not None}, model).items():
+            files[role if role not in files else f"{model}.{role}"] = f
+    check_available(files)
 
 
 # ----------------------------------------------------------------------------------------------- encoders
