@@ -177,3 +177,16 @@ def test_dit_training_records_numerics_and_bf16_is_opt_in(tmp_path):
     with pytest.raises(ConfigError, match="precision fp32, requested bf16"):
         train_dit(cache, "test_dit_tiny", tmp_path / "run", steps=2, batch_size=4, log_every=1, ckpt_every=1,
                   progress=False, model_overrides={"num_classes": 8}, precision="bf16", stats=STATS)
+
+
+def test_serve_info_records_the_numerics(tmp_path):
+    from conftest import require_extra
+
+    require_extra("faiss", "faiss")
+    from svgfeat.heads.retrieval import FaissIndex
+    from svgfeat.serve.engine import SearchService
+
+    cache = svgfeat.create_model("test_tiny")
+    cache = svgfeat.extract("sample:digits/val", tmp_path / "c", encoder=cache, size=64, limit=4, progress=False)
+    svc = SearchService(FaissIndex().fit(cache))
+    assert Numerics.from_record(svc.info()["numerics"]) == Numerics()
