@@ -135,6 +135,16 @@ class Numerics:
         """``torch.compile(fn)`` when the compile flag is set, else ``fn``."""
         return torch.compile(fn) if self.compile else fn
 
+    def to_device(self, module: torch.nn.Module, device) -> torch.nn.Module:
+        """``module.to(device)``; on a device without float64 (mps) its float64 buffers (e.g. the four fixed
+        alignment statistics, used in float32 anyway) become float32 first instead of failing the move."""
+        if not self.has_float64:
+            for m in module.modules():
+                for name, b in m._buffers.items():
+                    if b is not None and b.dtype == torch.float64:
+                        m._buffers[name] = b.float()
+        return module.to(device)
+
     def require_float64(self, what: str) -> None:
         """Refuse (one line) a computation that needs float64 on the device when the device has none."""
         if not self.has_float64:

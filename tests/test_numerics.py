@@ -4,6 +4,7 @@ GPU availability is simulated where the machine has none (the availability check
 is asserted is the device type autocast actually runs on, the refusals, and the records written by the
 commands that run here on the CPU."""
 
+import functools
 import json
 
 import pytest
@@ -18,16 +19,23 @@ from svgfeat.training.ae_train import ae_numerics
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def _true_like(fn):
+    """A stand-in for an availability check that answers True (keeps ``__wrapped__``, which torch._dynamo reads)."""
+    fake = functools.wraps(fn)(lambda *a, **k: True)
+    fake.__wrapped__ = getattr(fn, "__wrapped__", fn)
+    return fake
+
+
 @pytest.fixture
 def fake_mps(monkeypatch):
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", _true_like(torch.backends.mps.is_available))
 
 
 @pytest.fixture
 def fake_xpu(monkeypatch):
     if not hasattr(torch, "xpu"):
         pytest.skip("this torch has no torch.xpu module")
-    monkeypatch.setattr(torch.xpu, "is_available", lambda: True)
+    monkeypatch.setattr(torch.xpu, "is_available", _true_like(torch.xpu.is_available))
 
 
 @pytest.fixture
@@ -129,6 +137,16 @@ def test_bf16_on_mps_is_refused_and_float64_is_kept_off_mps(fake_mps):
         n.require_float64("autoencoder training")
     with pytest.raises(ConfigError, match="float64"):
         ae_numerics("mps", "fp32")
+
+
+def test_no_float64_buffer_goes_to_mps(fake_mps):
+    enc = svgfeat.create_model("test_tiny")
+    assert any(b.dtype == torch.float64 for b in enc.buffers())  # the fixed alignment statistics
+    ref = enc.align.fixed_stats.clone()
+    moved = Numerics.for_device("mps").to_device(enc, "cpu")  # the move itself needs an mps device
+    assert not any(b.dtype == torch.float64 for b in moved.buffers())
+    assert torch.equal(moved.align.fixed_stats.isnan(), ref.isnan())
+    assert any(b.dtype == torch.float64 for b in Numerics().to_device(svgfeat.create_model("test_tiny"), "cpu").buffers())
 
 
 def test_mps_without_the_backend_is_refused(monkeypatch):

@@ -88,7 +88,7 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
 
             encoder = load_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, alignment=alignment,
                                    device=dev)
-        enc = encoder.to(dev).eval()
+        enc = opts.numerics.to_device(encoder, dev).eval()  # (mps: no float64 buffers)
         if enc.align is not None and enc.alignment != alignment:
             enc.set_alignment(alignment)
         groups = validate_groups(opts.groups, enc)
