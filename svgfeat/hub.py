@@ -222,7 +222,7 @@ def locate(f: HubFile) -> tuple[str | None, str]:
         if listing is UNKNOWN:
             return f.filename, "ask"
         if listing is not UNREACHABLE:
-            found = next((n for n in f.candidates if n in listing), None)
+            found = next((n for n in f.candidates if n in listing), None) or _cached(f)  # (a copy put there by hand)
             return (found, "listed") if found else (None, f"the repo has no such file at revision "
                                                           f"{f.revision or 'main'}")
     found = _cached(f)
@@ -294,7 +294,9 @@ def download(f: HubFile, role: str | None = None) -> tuple[Path, dict] | None:
     where = f" (--{role.replace('_', '-')} PATH, or {role}= in Python)" if role else ""
     manual = (f"download it by hand from {f.url} and pass its local path instead{where}, or copy the file into the "
               "Hugging Face cache" + (f" ({f.hint})" if f.hint else ""))
-    local_only = _offline() or _repo_files(f.repo_id, f.revision) is UNREACHABLE  # no retry storm on a dead network
+    listing = None if _offline() else _repo_files(f.repo_id, f.revision)
+    # the cached copy when offline, when the Hub is unreachable (no retry storm) or when the repo does not list it
+    local_only = _offline() or listing is UNREACHABLE or (listing is not UNKNOWN and f.filename not in listing)
     try:
         local = hf_hub_download(f.repo_id, f.filename, revision=f.revision, local_files_only=local_only)
     except LocalEntryNotFoundError:
