@@ -32,7 +32,8 @@ GOLDEN = ROOT.parent / "shared" / "golden"
 from svgfeat.generation.flow import flow_loss_from_noise  # noqa: E402
 from svgfeat.generation.sampling import sample  # noqa: E402
 from svgfeat.generation.train import LatentBatcher, step_noise  # noqa: E402
-from svgfeat.models.dit import SVGDiT, load_dit, test_dit_tiny  # noqa: E402
+from svgfeat.models.build import load_dit  # noqa: E402
+from svgfeat.models.dit import SVGDiT, test_dit_tiny  # noqa: E402
 
 
 def timeit(fn, reps: int, warmup: int = 1) -> float:
@@ -64,8 +65,7 @@ class ArrayCache:
 # ---------------------------------------------------------------------------------------------- 1
 def bench_training(batch: int, reps: int) -> dict:
     from svgfeat.extraction import extract
-    from svgfeat.models.registry import create_model
-    from svgfeat.models.svg import load_encoder
+    from svgfeat.models.build import create_model, load_encoder
 
     if (GOLDEN / "svg_ae_shared.ckpt").is_file():
         enc = load_encoder(dinov3=GOLDEN / "dinov3_vits16plus_random.pth", svg=GOLDEN / "svg_ae_shared.ckpt",

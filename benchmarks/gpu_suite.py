@@ -315,7 +315,7 @@ def latent_cache(args, cfg, tmp: Path):
 def bench_dit(args, cfg, tmp: Path) -> tuple[dict, object]:
     from svgfeat.generation.flow import flow_loss_from_noise
     from svgfeat.generation.train import LatentBatcher, step_noise
-    from svgfeat.models.registry import create_model
+    from svgfeat.models.build import create_model
 
     dev = torch.device(args.device)
     cache, source = latent_cache(args, cfg, tmp)

@@ -10,12 +10,12 @@ from ._version import __version__
 
 _LAZY = {
     # core (issue A)
-    "load_encoder": "svgfeat.models.svg",
+    "load_encoder": "svgfeat.models.build",
     "SVGEncoder": "svgfeat.models.svg",
     "SVGFeatures": "svgfeat.models.svg",
     "preprocess": "svgfeat.data.transforms",
-    "list_models": "svgfeat.models.registry",
-    "create_model": "svgfeat.models.registry",
+    "list_models": "svgfeat.models.build",
+    "create_model": "svgfeat.models.build",
     # cache / extraction (issue B)
     "open_cache": "svgfeat.cache",
     "FeatureCache": "svgfeat.cache",
@@ -31,7 +31,7 @@ _LAZY = {
     "PatchIndex": "svgfeat.heads.patch_retrieval",
     "LinearSegHead": "svgfeat.heads.segmentation",
     # generation (issue F)
-    "load_dit": "svgfeat.models.dit",
+    "load_dit": "svgfeat.models.build",
     "sample": "svgfeat.generation.sampling",
 }
 

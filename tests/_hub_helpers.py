@@ -46,25 +46,33 @@ def place(hf_home: Path, repo: str, filename: str, source: Path) -> Path:
     return dst
 
 
-def build_golden_hub(hf_home: Path, golden, yaml: bool = True, dit: bool = True) -> dict:
+def build_golden_hub(hf_home: Path, golden, yaml: bool = True, dit: bool = True, layout: str = "pretrained") -> dict:
     """Cache holding the golden files under the released names; returns {role: local source path}.
 
-    ``golden`` is conftest's ``golden_path`` (skips or fails per CI when absent)."""
+    ``golden`` is conftest's ``golden_path`` (skips or fails per CI when absent). ``layout``: where howlin/SVG
+    keeps its files: "pretrained" (``pretrained/autoencoder/...``, the official README's) or "root" (the same
+    paths without ``pretrained/``: ``checkpoints/...`` at the repo root)."""
     hf_home = Path(hf_home)
+
+    def put(home, repo, filename, source):  # the layout applies to howlin/SVG only
+        if layout == "root" and repo == "howlin/SVG" and filename.startswith("pretrained/"):
+            filename = filename[len("pretrained/"):]
+        return place(home, repo, filename, source)
+
     timm_file = timm_layout_dinov3(golden("dinov3_vits16plus_random.pth"), hf_home / "src" / "model.safetensors")
     src = {"dinov3": timm_file, "svg": golden("svg_ae_shared.ckpt"), "svg_config": golden("svg_ae_shared.yaml")}
-    place(hf_home, DINO_REPO, "model.safetensors", timm_file)
-    place(hf_home, "howlin/SVG", AE + ".ckpt", src["svg"])
+    put(hf_home, DINO_REPO, "model.safetensors", timm_file)
+    put(hf_home, "howlin/SVG", AE + ".ckpt", src["svg"])
     if yaml:
-        place(hf_home, "howlin/SVG", AE + ".yaml", src["svg_config"])
+        put(hf_home, "howlin/SVG", AE + ".yaml", src["svg_config"])
     if dit:
         src["dit"], src["dit_config"] = golden("svg_dit_shared.pt"), golden("svg_dit_shared.yaml")
-        place(hf_home, "howlin/SVG", DIT, src["dit"])
-        place(hf_home, "howlin/SVG", "pretrained/svg_xl_pretrained_config.yaml", src["dit_config"])
+        put(hf_home, "howlin/SVG", DIT, src["dit"])
+        put(hf_home, "howlin/SVG", "pretrained/svg_xl_pretrained_config.yaml", src["dit_config"])
         stats = Path(golden("README.md")).parent.parent / "reference" / "dinov3_sp_stats.pt"
         if stats.is_file():
             src["stats"] = stats
-            place(hf_home, "howlin/SVG", "dinov3_sp_stats.pt", stats)
+            put(hf_home, "howlin/SVG", "dinov3_sp_stats.pt", stats)
     return src
 
 

@@ -108,6 +108,11 @@ def test_checkpoint_config_and_fixed_stats(trained):
     cfg = read_safetensors_config(out / "encoder.safetensors")
     assert cfg["latent_channels"] == 72 and cfg["decoder"]["z_channels"] == 72
     assert cfg["residual"]["image_size"] == 64 and cfg["decoder"]["resolution"] == 64
+    from svgfeat.training.ae_state import latest_checkpoint, read_meta
+
+    rec = summary["numerics"]  # recorded in summary.json and in every checkpoint's config
+    assert rec["precision"] == "fp32" and rec["device_type"] == "cpu" and rec["autocast_dtype"] is None
+    assert read_meta(latest_checkpoint(out / "checkpoints"))["config"]["numerics"] == rec
     st = cfg["fixed_stats"]
     enc = summary["encoder_object"]
     ref = AlignmentStats()

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+import svgfeat
 from conftest import GOLDEN
 from conftest import needs_golden as _needs_golden
 from svgfeat.errors import CheckpointError, ConfigError
 from svgfeat.models import dit as dit_mod
+from svgfeat.models.build import load_dit
 from svgfeat.models.dit import (
     DiTConfig,
     SVGDiT,
     export_official_dit,
     infer_dit_config,
-    load_dit,
     save_dit,
     sincos_pos_embed_2d,
     svg_dit_b,
@@ -201,9 +202,9 @@ def test_config_validation():
 
 
 def test_registered_variants():
-    from svgfeat.models.registry import create_model, list_models
+    from svgfeat.models.build import create_model, list_models
 
     names = list_models(kind="dit")
     assert {"svg_dit_b", "svg_dit_l", "svg_dit_xl", "test_dit_tiny"} <= set(names)
     assert isinstance(create_model("test_dit_tiny", depth=1), SVGDiT)
-    assert dit_mod.load_dit is load_dit
+    assert svgfeat.load_dit is load_dit and not hasattr(dit_mod, "load_dit")  # the builder loads weights

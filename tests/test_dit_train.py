@@ -18,7 +18,7 @@ from conftest import ON_CI
 from svgfeat.errors import ConfigError
 from svgfeat.generation.stats import denormalize_tokens, load_stats, normalize_tokens, save_stats
 from svgfeat.generation.train import LatentBatcher, train_dit
-from svgfeat.models.dit import load_dit
+from svgfeat.models.build import load_dit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
 
@@ -113,7 +113,7 @@ def test_end_to_end_on_a_real_cache(tmp_path):
     """Encode real images (embedded digits) with the tiny encoder into a real cache, then train on it."""
     from svgfeat.cache import open_cache
     from svgfeat.extraction import extract
-    from svgfeat.models.registry import create_model
+    from svgfeat.models.build import create_model
 
     path = tmp_path / "cache"
     extract("sample:digits/train", path, encoder=create_model("test_tiny"), size=64, limit=16, groups=("latent",),
@@ -136,7 +136,7 @@ def test_train_dit_cli(tmp_path):
     from svgfeat.cache import open_cache
     from svgfeat.cli.train_dit import train_dit as cmd
     from svgfeat.extraction import extract
-    from svgfeat.models.registry import create_model
+    from svgfeat.models.build import create_model
 
     path = tmp_path / "cache"
     extract("sample:digits/train", path, encoder=create_model("test_tiny"), size=64, limit=8, groups=("latent",),

@@ -185,3 +185,145 @@ def test_cli_generate_pretrained_from_local_hub(offline_cache, tmp_path, capsys)
         main(["generate", "--pretrained", "--classes", "1", "--n", "1", "--steps", "1", "-o", str(tmp_path / "g")])
     assert e.value.code == 0, capsys.readouterr().err
     assert (tmp_path / "g" / "grid.png").is_file() and (tmp_path / "g" / "class0001_000.png").is_file()
+
+
+# ------------------------------------------------------------------------ both howlin/SVG layouts; all missing at once
+def _offline_at(monkeypatch, cache_dir):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_root_layout_checkpoints_at_repo_root_offline(tmp_path, golden, monkeypatch, images):
+    """howlin/SVG with ``checkpoints/...`` and ``autoencoder/...`` at the repo root (no ``pretrained/``)."""
+    src = build_golden_hub(tmp_path, golden, layout="root")
+    _offline_at(monkeypatch, tmp_path / "hub")
+    enc = svgfeat.load_encoder(pretrained=True)
+    assert enc.provenance["svg"]["filename"] == AE[len("pretrained/"):] + ".ckpt"
+    assert enc.provenance["svg_config"]["filename"] == AE[len("pretrained/"):] + ".yaml"
+    ref = svgfeat.load_encoder(dinov3=src["dinov3"], svg=src["svg"], svg_config=src["svg_config"])
+    assert torch.equal(enc.encode(images[:1]).latent, ref.encode(images[:1]).latent)
+    dit = svgfeat.load_dit("svg_dit_xl", pretrained=True)
+    assert dit.provenance["filename"] == "checkpoints/V1-SVG-XL-7000K-256x256.pt"
+    assert dit.config == svgfeat.load_dit(src["dit"], config=src["dit_config"]).config
+
+
+def test_pretrained_layout_is_still_found(offline_cache):
+    enc = svgfeat.load_encoder(pretrained=True)
+    assert enc.provenance["svg"]["filename"] == AE + ".ckpt"
+
+
+def test_every_missing_file_is_named_in_one_error(tmp_path, monkeypatch):
+    _offline_at(monkeypatch, tmp_path / "empty")
+    with pytest.raises(CheckpointError) as e:
+        svgfeat.load_encoder(pretrained=True)
+    msg = str(e.value)
+    assert msg.startswith("2 pretrained file(s) missing") and "HF_HUB_OFFLINE" in msg
+    assert f"model.safetensors from Hugging Face repo {DINO_REPO}" in msg and "--dinov3 PATH" in msg
+    assert f"{AE}.ckpt or {AE[len('pretrained/'):]}.ckpt from Hugging Face repo howlin/SVG" in msg
+    assert "--svg PATH" in msg and ".yaml" not in msg  # the optional YAML is not required
+
+
+def test_cli_generate_names_all_missing_files_in_one_line(tmp_path):
+    r = subprocess.run(["svgfeat", "generate", "--pretrained", "--classes", "1", "-o", str(tmp_path / "g")],
+                       env=hub_env(tmp_path / "empty_home"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: 4 pretrained file(s) missing"), r.stderr
+    for name in (DIT, "dinov3_sp_stats.pt", "model.safetensors", AE + ".ckpt"):
+        assert name in lines[0]
+    assert "Retrying" not in r.stderr and not (tmp_path / "g").exists()
+
+
+class _FakeHub:
+    """A local HTTP server answering the Hub's repo-tree API (what an online listing reads), counting requests."""
+
+    def __init__(self, trees: dict, status: int = 200):
+        import http.server
+        import threading
+
+        hub = self
+        self.requests: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                if "/tree/" in self.path:  # (huggingface_hub's session may ask other endpoints on its own)
+                    hub.requests.append(self.path)
+                repo = self.path.split("/api/models/", 1)[-1].split("/tree/", 1)[0]
+                body = json.dumps([{"type": "file", "path": p} for p in trees.get(repo, [])]).encode()
+                code = status if repo in trees else 404
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def online(tmp_path, monkeypatch):
+    """Online mode against a local fake Hub; an empty cache; the per-process listing memo cleared."""
+    from huggingface_hub import constants
+
+    from svgfeat import hub as hub_mod
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_mod, "_LISTINGS", {})
+    made = []
+
+    def start(trees, status=200):
+        made.append(_FakeHub(trees, status))
+        monkeypatch.setattr(constants, "ENDPOINT", made[-1].url)
+        return made[-1]
+
+    yield start
+    for h in made:
+        h.close()
+
+
+def test_online_one_listing_per_repo_picks_the_layout_that_exists(online):
+    from svgfeat.hub import check_available
+    from svgfeat.models.build import pretrained_files
+
+    root_ae = AE[len("pretrained/"):]
+    fake = online({"howlin/SVG": [root_ae + ".ckpt", "checkpoints/V1-SVG-XL-7000K-256x256.pt", "README.md"],
+                   DINO_REPO: ["model.safetensors"]})
+    files = {**pretrained_files("svg_vits16plus", ("dinov3", "svg", "svg_config")),
+             **pretrained_files("svg_dit_xl", ("dit", "dit_config"))}
+    got = check_available(files)
+    assert got["svg"].filename == root_ae + ".ckpt" and got["dit"].filename == "checkpoints/V1-SVG-XL-7000K-256x256.pt"
+    assert got["svg_config"] is None and got["dit_config"] is None  # optional and absent from the listing
+    assert got["dinov3"].filename == "model.safetensors"
+    assert sorted(p.split("/tree/")[0] for p in fake.requests) == sorted([f"/api/models/{DINO_REPO}",
+                                                                          "/api/models/howlin/SVG"])
+    # a required file the repo does not list is named (with every other one) at once, without asking again
+    with pytest.raises(CheckpointError, match=r"1 pretrained file\(s\) missing \(the repo has no such file"):
+        check_available(pretrained_files("svg_dit_xl", ("dit", "stats")))
+    assert len(fake.requests) == 2
+
+
+def test_online_hub_error_is_not_retried(online):
+    """A Hub answering 503 is asked once per repo (huggingface_hub itself would retry for ~30 s); then the cache
+    decides, and every missing file is named in one error."""
+    from svgfeat.hub import check_available
+    from svgfeat.models.build import pretrained_files
+
+    fake = online({"howlin/SVG": [], DINO_REPO: []}, status=503)
+    with pytest.raises(CheckpointError, match=r"2 pretrained file\(s\) missing \(it is not in the Hugging Face cache "
+                                              r"and the Hub could not be reached"):
+        check_available(pretrained_files("svg_vits16plus", ("dinov3", "svg", "svg_config")))
+    assert len(fake.requests) == 2

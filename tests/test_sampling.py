@@ -21,7 +21,7 @@ RUNS = json.loads((GOLDEN / "svg_dit_shared_ref.json").read_text())["runs"] if H
 
 @pytest.fixture(scope="module")
 def golden():
-    from svgfeat.models.dit import load_dit
+    from svgfeat.models.build import load_dit
 
     return load_dit(golden_path("svg_dit_shared.pt")), np.load(golden_path("svg_dit_shared_ref.npz"))
 
@@ -188,9 +188,9 @@ def test_generate_and_interpolate_cli(tmp_path):
     from svgfeat.cli.generate import generate
     from svgfeat.cli.interpolate import interpolate
     from svgfeat.generation.stats import save_stats
+    from svgfeat.models.build import create_model
     from svgfeat.models.dit import save_dit
     from svgfeat.models.dit import test_dit_tiny as tiny
-    from svgfeat.models.registry import create_model
 
     C = create_model("test_tiny").latent_channels
     torch.manual_seed(0)

@@ -75,7 +75,7 @@ def test_p_cache_through_stats_probe_knn_and_index(p_caches):
 
 
 def test_p_cache_trains_a_dit_and_samples_through_the_p_decoder(p_caches, p_weights):
-    from svgfeat.models.dit import load_dit
+    from svgfeat.models.build import load_dit
 
     d = p_caches
     out = run("train-dit", d / "train", "--model", "test_dit_tiny", "-o", d / "dit", "--steps", "2",

@@ -6,13 +6,20 @@ official ``dinov3_sp_stats.pt`` format ({"dinov3_sp_mean": [1,1,C], "dinov3_sp_s
 
 from __future__ import annotations
 
-from ..errors import CacheError
-from ..generation.stats import load_stats  # noqa: F401  (latent-stats IO home)
-from ..generation.stats import save_stats as save_official_stats  # noqa: F401
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import checkpoints as ck
+from ..errors import CacheError, CheckpointError, ConfigError
 from ..models.align import AlignmentStats, ChannelMoments
 from .atomic import write_json_atomic
 from .lock import cache_lock
 from .reader import open_cache
+
+MEAN_KEY, STD_KEY = "dinov3_sp_mean", "dinov3_sp_std"  # the official dinov3_sp_stats.pt keys
 
 
 def compute_stats(cache, groups=("latent",), batch_size: int = 2048, progress: bool = False) -> dict:
@@ -43,3 +50,61 @@ def compute_stats(cache, groups=("latent",), batch_size: int = 2048, progress: b
     return out
 
 
+# ---------------------------------------------------------------------------- latent-statistics files (one home)
+def load_stats(source) -> dict:
+    """Latent stats -> {"mean": float32 [C], "std": float32 [C]} (torch).
+
+    source: the official ``.pt`` ({dinov3_sp_mean, dinov3_sp_std}), an ``.npz``/``.safetensors`` with
+    mean/std, a ``stats.json`` (``svgfeat stats``), a cache folder, a dict with mean/std (numpy, torch or
+    lists), or an object with ``latent_stats()`` (a cache). The one latent-stats reader
+    (``svgfeat.generation.stats.load_stats`` is this function).
+    """
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        source = open_cache(source)
+    if hasattr(source, "latent_stats"):
+        source = source.latent_stats()
+        if source is None:
+            raise ConfigError("the cache has no latent statistics; run `svgfeat stats CACHE` first or pass stats")
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if not p.is_file():
+            raise ConfigError(f"latent stats file not found: {p}")
+        if p.suffix == ".json":
+            try:
+                source = json.loads(p.read_text())
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"latent stats {p}: unreadable JSON ({e})") from None
+            if isinstance(source, dict) and isinstance(source.get("latent"), dict):
+                source = source["latent"]
+        elif p.suffix == ".npz":
+            with np.load(p) as d:
+                source = {k: d[k] for k in d.files}
+        else:
+            source = ck.load_file(p)
+    if not isinstance(source, dict):
+        raise ConfigError(f"latent stats: expected a file, dict or cache, got {type(source).__name__}")
+    for mk, sk in ((MEAN_KEY, STD_KEY), ("mean", "std"), ("latent_mean", "latent_std")):
+        if mk in source and sk in source:
+            mean = torch.as_tensor(np.asarray(source[mk], dtype=np.float32)).reshape(-1)
+            std = torch.as_tensor(np.asarray(source[sk], dtype=np.float32)).reshape(-1)
+            break
+    else:
+        raise CheckpointError(f"latent stats: need keys ({MEAN_KEY}, {STD_KEY}) or (mean, std); got {sorted(source)}")
+    if mean.shape != std.shape:
+        raise ConfigError(f"latent stats: mean {tuple(mean.shape)} and std {tuple(std.shape)} differ in size")
+    if not torch.all(std > 0):
+        raise ConfigError("latent stats: std must be > 0 for every channel")
+    return {"mean": mean, "std": std}
+
+
+def save_stats(path, mean, std) -> Path:
+    """Write the official ``dinov3_sp_stats.pt`` layout (float32 [1,1,C] each)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    m = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(1, 1, -1)
+    s = torch.as_tensor(np.asarray(std, dtype=np.float32)).reshape(1, 1, -1)
+    torch.save({MEAN_KEY: m.contiguous(), STD_KEY: s.contiguous()}, p)
+    return p
+
+
+save_official_stats = save_stats

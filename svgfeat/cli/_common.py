@@ -74,7 +74,7 @@ def encoder_options(f):
 
 def build_encoder(dinov3, svg, svg_config, model, alignment, device):
     """Build an SVGEncoder from CLI options (thin wrapper over :func:`svgfeat.load_encoder`)."""
-    from ..models.svg import load_encoder
+    from ..models.build import load_encoder
 
     return load_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model,
                         alignment=alignment, device=device)

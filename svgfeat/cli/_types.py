@@ -95,7 +95,7 @@ class ModelName(click.ParamType):
         self.kind = kind
 
     def convert(self, value, param, ctx):
-        from ..models.registry import list_models
+        from ..models.build import list_models
 
         names = list_models(kind=self.kind)
         if value in names:

@@ -26,7 +26,8 @@ def doctor():
     """Report torch/CUDA/timm/faiss/mmseg availability and where weights were found."""
     import torch
 
-    from .. import __version__, list_models
+    from .._version import __version__
+    from ..models.build import list_models
 
     click.echo(f"svgfeat      {__version__}")
     click.echo(f"torch        {torch.__version__}  cuda={'yes' if torch.cuda.is_available() else 'no'}"

@@ -72,12 +72,16 @@ def generate(dit_path, dit_config, dinov3, svg, svg_config, model, alignment, de
     from ..generation.sampling import sample
     from ..generation.stats import denormalize_tokens, load_stats
     from ..hub import resolve
-    from ..models.dit import load_dit
+    from ..models.build import check_pretrained, load_dit
 
     if dit_path is None and not pretrained:
         raise click.UsageError("pass the DiT weights with --dit PATH, or --pretrained for the released SVG-XL")
     if stats_path is None and not pretrained:
         raise click.UsageError("pass the latent statistics with --stats PATH, or --pretrained for the released ones")
+    if pretrained:  # every missing Hub file named in one message, before anything is loaded
+        check_pretrained(("svg_dit_xl", {"dit": dit_path or "hf", "stats": stats_path or "hf",
+                                         "dit_config": None if dit_path or dit_config else "hf"}),
+                         (model or "svg_vits16plus", {"dinov3": dinov3, "svg": svg, "svg_config": svg_config}))
     dit = load_dit(dit_path or "svg_dit_xl", config=dit_config, device=device, pretrained=dit_path is None)
     stats_path = resolve(stats_path or "hf", "svg_dit_xl", "stats")[0]
     cls = _parse_classes(classes, dit.num_classes)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from ..numerics import Numerics
 from ._common import build_encoder, encoder_options, png_bytes, write_output
 from ._types import SIZE
 
@@ -44,8 +45,9 @@ def pca(images, out, dinov3, svg, svg_config, model, alignment, device, group, s
         pil, stems = [ds.load(i) for i in range(len(ds))], [Path(p).name for p in ds.paths]
     else:
         pil, stems = [load_image(p) for p in images], [Path(p).stem for p in images]
-    pics, ratios, tokens = pca_pictures(pil, enc, group=group, size=size, preset=preset, device=device,
-                                        fg_threshold=fg_threshold, invert=fg_invert, original=side_by_side)
+    with Numerics.for_device(device).autocast():  # fp32 (the one numerics object; PNGs only, recorded nowhere)
+        pics, ratios, tokens = pca_pictures(pil, enc, group=group, size=size, preset=preset, device=device,
+                                            fg_threshold=fg_threshold, invert=fg_invert, original=side_by_side)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     for pic, stem in zip(pics, stems):

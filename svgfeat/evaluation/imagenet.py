@@ -79,8 +79,8 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
     the val transform. ``probe_kwargs``: LinearProbe settings (lrs, weight_decays, optimizer, batch_size,
     iterations, epochs, min_iterations, schedule, normalize, select_on, heldout_fraction, random_state).
     """
-    from .. import extract
     from ..cache import check_compatible
+    from ..extraction import extract
     from ..heads.knn import KNNClassifier
     from ..heads.probe import LinearProbe
 
@@ -117,7 +117,7 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
     train_data, val_data = resolve_datasets(root, val_labels)
     depth = None
     if any(tm.startswith("last") for s in features + [st["knn_features"]] for tm in parse_spec(s)):
-        from ..models.svg import load_encoder
+        from ..models.build import load_encoder
 
         depth = load_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model).backbone.depth
     groups = extraction_groups(features + [st["knn_features"]], depth)
@@ -202,7 +202,8 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
                   "transform": train_cache.transform},
         "val": {"data": str(getattr(val_data, "spec", val_data)), "rows": len(val_cache),
                 "evaluated": int(len(labelled)), "cache": str(val_cache.root), "transform": val_cache.transform},
-        "encoder": enc, "transform": val_cache.transform, "primary_features": features[0],
+        "encoder": enc, "numerics": train_cache.manifest.get("numerics"),  # how the features were computed
+        "transform": val_cache.transform, "primary_features": features[0],
         "normalize": primary["normalize"], "normalize_note": primary["normalize_note"],
         "best": primary["best"], "selection": primary["selection"], "note": primary["note"],
         "heads": primary["heads"], "features": per_spec, "knn": knn_res, "timings": timings,

@@ -1,6 +1,7 @@
 """The encoder step: device batches -> requested groups in the cache dtype, on the CPU, without stalling.
 
-``precision`` is part of the request: fp32 (default, no autocast anywhere) or bf16 autocast. Every device
+``precision`` is part of the request: fp32 (default, no autocast anywhere) or bf16 autocast, run through the
+one :class:`~svgfeat.numerics.Numerics` object (autocast on the right device type). Every device
 operation runs inside the :class:`~svgfeat.device_staging.DeviceStage` scope (explicit device AND stream):
 inputs arrive through its pinned host ring, outputs leave through it with ``non_blocking=True``, and the
 returned :class:`Staged` carries the event recorded on that stream, which the shard writer waits on (so the
@@ -22,15 +23,21 @@ from ..cache.shards import DTYPES
 from ..device_staging import DeviceStage, Staged
 from ..models.align import AlignmentStats
 from ..models.svg import layers_needed
+from ..numerics import Numerics
 
 Encoded = Staged  # what the shard writer receives: ``.wait()`` -> {group: CPU tensor}
 
 
-def autocast_context(device, precision: str):
-    device = torch.device(device)
-    if precision == "bf16":
-        return torch.autocast(device.type if device.type in ("cuda", "cpu") else "cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def as_numerics(device, precision) -> Numerics:
+    """``precision`` may be a precision name (checked against ``device``) or a :class:`Numerics` already."""
+    if isinstance(precision, Numerics):
+        return precision
+    return Numerics.for_device(device, precision)
+
+
+def autocast_context(device, precision):
+    """The autocast block of ``precision`` on ``device`` (see :meth:`Numerics.autocast`)."""
+    return as_numerics(device, precision).autocast()
 
 
 @contextlib.contextmanager
@@ -52,7 +59,9 @@ class Encoding:
                  channels_last: bool | None = None, stage: DeviceStage | None = None):
         self.enc, self.groups, self.dtype = enc, list(groups), DTYPES[dtype]
         self.stage = stage if stage is not None else DeviceStage(device)
-        self.device, self.precision = self.stage.device, precision
+        self.device = self.stage.device
+        self.numerics = as_numerics(self.device, precision)
+        self.precision = self.numerics.precision
         self.layers = layers_needed(self.groups)
         self.cuda = self.device.type == "cuda"
         self.channels_last = self.cuda if channels_last is None else bool(channels_last)
@@ -61,7 +70,7 @@ class Encoding:
         self._forward = torch.compile(self._eager, dynamic=False) if compile else self._eager
 
     def _eager(self, x: torch.Tensor) -> dict:
-        with autocast_context(self.device, self.precision):
+        with self.numerics.autocast():
             f = self.enc.encode(x, layers=self.layers or None)
             out = {g: (self.enc.raw_residual(x) if g == "residual_raw" else f.group(g)) for g in self.groups}
         return {g: v.float().to(self.dtype) for g, v in out.items()}
@@ -85,17 +94,22 @@ class Encoding:
 
 
 @torch.no_grad()
-def fixed_stats_pass(enc, batches, device, precision: str = "fp32") -> dict:
-    """Fixed alignment statistics (:class:`AlignmentStats`) over normalised image batches (view 0)."""
+def fixed_stats_pass(enc, batches, device, precision="fp32") -> dict:
+    """Fixed alignment statistics (:class:`AlignmentStats`) over normalised image batches (view 0). The float64
+    sums stay on the device, or go to the CPU on a device without float64 (mps)."""
     acc = AlignmentStats()
+    num = as_numerics(torch.device(device), precision)
     stage = DeviceStage(device, slots=2)
     try:
         with stage.scope():
             for x in batches:
                 x = stage.to_device(x)
-                with autocast_context(stage.device, precision):
+                with num.autocast():
                     dino, res = enc.backbone(x).patch, enc.raw_residual(x)
-                acc.update(dino.float(), res.float())
+                dino, res = dino.float(), res.float()
+                if not num.has_float64:  # mps: the float64 sums stay on the CPU
+                    dino, res = dino.cpu(), res.cpu()
+                acc.update(dino, res)
             return acc.compute()
     finally:
         stage.close()

@@ -89,11 +89,11 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
     info, dev = D.setup(device)
     try:
         if encoder is None:
-            from ..models.svg import load_encoder
+            from ..models.build import load_encoder
 
             encoder = load_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, alignment=alignment,
                                    device=dev)
-        enc = encoder.to(dev).eval()
+        enc = opts.numerics.to_device(encoder, dev).eval()  # (mps: no float64 buffers)
         if enc.align is not None and enc.alignment != alignment:
             enc.set_alignment(alignment)
         groups = validate_groups(opts.groups, enc)
@@ -160,7 +160,7 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
             enc.align.set_fixed_stats(existing["encoder"]["fixed_stats"])
         else:
             enc.align.set_fixed_stats(_fixed_stats(enc, ds, n_items, opts, dev, progress and info.is_main))
-    encode = Encoding(enc, groups, opts.dtype, dev, opts.precision, compile=opts.compile,
+    encode = Encoding(enc, groups, opts.dtype, dev, opts.numerics, compile=opts.compile,
                       channels_last=opts.channels_last)
     request = dict(request, groups=encode.probe_groups(hw), encoder=encoder_spec(enc))
     if existing is not None:
@@ -173,7 +173,7 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
         out.mkdir(parents=True, exist_ok=True)
         manifest = {"format": "svgfeat-cache", "format_version": 1, "svgfeat_version": _version.__version__,
                     "created": (existing or {}).get("created") or datetime.now(timezone.utc).isoformat(),
-                    **request, "numerics": numerics(dev, opts.precision),
+                    **request, "numerics": numerics(dev, opts.numerics),
                     "throughput": throughput_record(opts, encode),
                     "provenance": _json_safe(enc.provenance), "view_seed": opts.view_seed,
                     "dataset": {**ds.describe(), "num_items": n_items}, "num_shards": num_shards,

@@ -11,14 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..cache.manifest import request_diff
 from ..cache.shards import DTYPES
 from ..data.gpu_decode import RESAMPLE_TAG
 from ..data.transforms import Transform
 from ..errors import CacheError, ConfigError
 from ..models.svg import BASE_GROUPS, layers_needed
+from ..numerics import Numerics
 
 DEFAULT_GROUPS = ("latent", "cls", "pooled")
 PRECISIONS = ("fp32", "bf16")
@@ -50,6 +49,11 @@ class Options:
     prefetch: int = 4
     expect_hw: tuple | None = None  # set by the engine for preset 'none' (the first image's size)
 
+    @property
+    def numerics(self) -> Numerics:
+        """The run's numerics (checked against this machine: ``cuda`` without CUDA is refused here)."""
+        return Numerics.for_device(self.device, self.precision, compile=self.compile)
+
     def __post_init__(self):
         def whole(name, v, lo):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -59,6 +63,7 @@ class Options:
             raise ConfigError(f"dtype {self.dtype!r}: expected one of {sorted(DTYPES)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        Numerics.for_device(self.device, self.precision)  # the device exists here and runs this precision, or one ConfigError now, before any write
         if self.alignment not in ("batch", "fixed"):
             raise ConfigError(f"alignment {self.alignment!r}: expected batch or fixed")
         for name in ("batch_size", "shard_size", "views"):
@@ -124,12 +129,12 @@ def encoder_spec(enc) -> dict:
             "latent_channels": enc.latent_channels, "embed_dim": enc.embed_dim, "patch_size": enc.patch_size}
 
 
-def numerics(device, precision: str) -> dict:
-    """Recorded with every cache: how the numbers were computed (only ``precision`` must match on resume)."""
-    import timm
-
-    return {"precision": precision, "device_type": torch.device(device).type, "torch": torch.__version__,
-            "timm": timm.__version__}
+def numerics(device, precision) -> dict:
+    """Recorded with every cache: how the numbers were computed (only ``precision`` must match on resume);
+    the record of the one :class:`~svgfeat.numerics.Numerics` object (``precision`` may already be one)."""
+    if isinstance(precision, Numerics):
+        return precision.record()
+    return Numerics.for_device(device, precision).record()
 
 
 def throughput_record(opts: Options, encoding) -> dict:

@@ -1,4 +1,6 @@
-"""Per-channel latent standardisation for diffusion (SVG ``feature_norm``) and the official stats file.
+"""Per-channel latent standardisation for diffusion (SVG ``feature_norm``).
+
+The statistics files are read and written by :mod:`svgfeat.cache.stats` (re-exported here).
 
 Tokens for the DiT are channel-last and standardised per channel: x = (z - mean_c) / std_c, with
 z [B,C,h,w] -> tokens [B,h*w,C] in row-major order. The official file ``dinov3_sp_stats.pt`` is
@@ -7,14 +9,11 @@ z [B,C,h,w] -> tokens [B,h*w,C] in row-major order. The official file ``dinov3_s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, ConfigError
-
-MEAN_KEY, STD_KEY = "dinov3_sp_mean", "dinov3_sp_std"
+from ..cache.stats import MEAN_KEY, STD_KEY, load_stats, save_stats  # noqa: F401  (stats IO lives in the cache layer)
+from ..errors import ConfigError
 
 
 def _vec(v, C: int, like: torch.Tensor, name: str) -> torch.Tensor:
@@ -44,65 +43,3 @@ def denormalize_tokens(x: torch.Tensor, mean, std, h: int | None = None, w: int 
         raise ConfigError(f"denormalize_tokens: grid {h}x{w} does not hold {N} tokens")
     z = x.float() * _vec(std, C, x, "std") + _vec(mean, C, x, "mean")
     return z.transpose(1, 2).reshape(B, C, h, w)
-
-
-def load_stats(source) -> dict:
-    """Latent stats -> {"mean": float32 [C], "std": float32 [C]} (torch).
-
-    source: the official ``.pt`` ({dinov3_sp_mean, dinov3_sp_std}), an ``.npz``/``.safetensors`` with
-    mean/std, a ``stats.json`` (``svgfeat stats``), a cache folder, a dict with mean/std (numpy, torch or
-    lists), or an object with ``latent_stats()`` (a cache). The one latent-stats reader
-    (``svgfeat.cache.stats.load_stats`` is this function).
-    """
-    if isinstance(source, (str, Path)) and Path(source).is_dir():
-        from ..cache import open_cache
-
-        source = open_cache(source)
-    if hasattr(source, "latent_stats"):
-        source = source.latent_stats()
-        if source is None:
-            raise ConfigError("the cache has no latent statistics; run `svgfeat stats CACHE` first or pass stats")
-    if isinstance(source, (str, Path)):
-        p = Path(source)
-        if not p.is_file():
-            raise ConfigError(f"latent stats file not found: {p}")
-        if p.suffix == ".json":
-            import json
-
-            try:
-                source = json.loads(p.read_text())
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"latent stats {p}: unreadable JSON ({e})") from None
-            if isinstance(source, dict) and isinstance(source.get("latent"), dict):
-                source = source["latent"]
-        elif p.suffix == ".npz":
-            with np.load(p) as d:
-                source = {k: d[k] for k in d.files}
-        else:
-            from .. import checkpoints as ck
-
-            source = ck.load_file(p)
-    if not isinstance(source, dict):
-        raise ConfigError(f"latent stats: expected a file, dict or cache, got {type(source).__name__}")
-    for mk, sk in ((MEAN_KEY, STD_KEY), ("mean", "std"), ("latent_mean", "latent_std")):
-        if mk in source and sk in source:
-            mean = torch.as_tensor(np.asarray(source[mk], dtype=np.float32)).reshape(-1)
-            std = torch.as_tensor(np.asarray(source[sk], dtype=np.float32)).reshape(-1)
-            break
-    else:
-        raise CheckpointError(f"latent stats: need keys ({MEAN_KEY}, {STD_KEY}) or (mean, std); got {sorted(source)}")
-    if mean.shape != std.shape:
-        raise ConfigError(f"latent stats: mean {tuple(mean.shape)} and std {tuple(std.shape)} differ in size")
-    if not torch.all(std > 0):
-        raise ConfigError("latent stats: std must be > 0 for every channel")
-    return {"mean": mean, "std": std}
-
-
-def save_stats(path, mean, std) -> Path:
-    """Write the official ``dinov3_sp_stats.pt`` layout (float32 [1,1,C] each)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    m = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(1, 1, -1)
-    s = torch.as_tensor(np.asarray(std, dtype=np.float32)).reshape(1, 1, -1)
-    torch.save({MEAN_KEY: m.contiguous(), STD_KEY: s.contiguous()}, p)
-    return p

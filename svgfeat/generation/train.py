@@ -25,6 +25,7 @@ import torch
 
 from .. import distributed as D
 from ..errors import CacheError, CheckpointError, ConfigError
+from ..numerics import Numerics
 from .data import BlockOrder, PrefetchReader
 from .flow import flow_loss_from_noise, shift_t
 from .stats import load_stats, save_stats
@@ -177,8 +178,10 @@ def save_checkpoint(ckdir: Path, step: int, model, ema, opt, extra: dict) -> Pat
     return final
 
 
-def load_checkpoint(ckdir: Path, model, ema, opt, device) -> int:
-    """Restore the newest checkpoint under ``ckdir`` into model/ema/opt; returns its step (0 if none)."""
+def load_checkpoint(ckdir: Path, model, ema, opt, device, numerics: Numerics | None = None) -> int:
+    """Restore the newest checkpoint under ``ckdir`` into model/ema/opt; returns its step (0 if none). A
+    checkpoint trained in another precision is refused (older checkpoints without a record were fp32 on CPU,
+    bf16 on CUDA)."""
     from safetensors.torch import load_file
 
     from .. import checkpoints as ck
@@ -194,6 +197,11 @@ def load_checkpoint(ckdir: Path, model, ema, opt, device) -> int:
         tensors = load_file(str(d / "optimizer.safetensors"))
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise CheckpointError(f"cannot resume from {d}: {e}") from None
+    if numerics is not None:
+        was = meta.get("numerics", {}).get("precision") or ("bf16" if torch.device(device).type == "cuda" else "fp32")
+        if was != numerics.precision:
+            raise ConfigError(f"cannot resume from {d}: it was trained with precision {was}, requested "
+                              f"{numerics.precision}; pass the same --precision, a new --out, or --no-resume")
     _optim_from_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("state.")}, meta["optimizer"], device)
     torch.set_rng_state(tensors["rng.torch_cpu"])
     if "rng.torch_cuda" in tensors and torch.cuda.is_available():
@@ -216,7 +224,8 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
               lr: float = 1e-4, weight_decay: float = 0.0, ema_decay: float = 0.9999, shift: float = 0.4,
               grad_clip: float | None = None, seed: int = 0, device="cpu", log_every: int = 50,
               ckpt_every: int = 5000, resume: bool = True, hflip: bool = False, stats=None,
-              model_overrides: dict | None = None, progress: bool = True, data_options: dict | None = None) -> dict:
+              model_overrides: dict | None = None, progress: bool = True, data_options: dict | None = None,
+              precision: str = "fp32", tf32: bool = False) -> dict:
     """Train a DiT on the ``latent`` group of a feature cache.
 
     cache: a cache path (``svgfeat.open_cache``) or an object with ``__len__``, ``read(group, rows)``,
@@ -225,11 +234,17 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
     stats: None (the cache's ``latent_stats()``), a stats file or dict(mean, std).
     data_options: keyword arguments of :class:`LatentBatcher` (``preload_limit``, ``block_rows``,
         ``window_blocks``, ``prefetch``, ``workers``) — caches larger than ``preload_limit`` stream from disk.
+    precision / tf32: the :class:`~svgfeat.numerics.Numerics` of the forward pass: fp32 by default (the official
+        recipe: fp32, with TF32 matmuls on CUDA = ``tf32=True``); ``precision="bf16"`` autocasts. Recorded in
+        ``train_config.json``, every checkpoint's ``trainer.json`` and the EMA file's config; a resume with other
+        numerics is refused.
     Returns {"step", "loss" (last logged), "out_dir", "ema"}.
     """
     from ..models.dit import SVGDiT
 
+    Numerics.for_device(device, precision, tf32=tf32)  # cuda without CUDA, bf16 where it cannot run: one error
     info, dev = D.setup(device)
+    numerics = Numerics.for_device(dev, precision, tf32=tf32)
     rank, world = info.rank, info.world
     if batch_size % world:
         raise ConfigError(f"global batch {batch_size} is not divisible by {world} ranks")
@@ -242,7 +257,7 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
         cache = open_cache(cache)
     out = Path(out_dir)
     if isinstance(model, str):
-        from ..models.registry import create_model
+        from ..models.build import create_model
 
         first = np.asarray(cache.read("latent", np.array([0])))
         C, h, w = first.shape[1:]
@@ -260,7 +275,7 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
     ckdir = out / "checkpoints"
-    start = load_checkpoint(ckdir, model, ema, opt, dev) if resume else 0
+    start = load_checkpoint(ckdir, model, ema, opt, dev, numerics) if resume else 0
     ddp = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -272,13 +287,13 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
         save_stats(out / "latent_stats.pt", data.mean.cpu(), data.std.cpu())
         (out / "train_config.json").write_text(json.dumps(dict(
             steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema_decay=ema_decay, shift=shift,
-            grad_clip=grad_clip, seed=seed, hflip=hflip, world_size=world, model=model.config.to_dict()), indent=1))
+            grad_clip=grad_clip, seed=seed, hflip=hflip, world_size=world, model=model.config.to_dict(),
+            numerics=numerics.record()), indent=1))
         if log_path.exists():  # drop lines logged after the checkpoint we resume from
             keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
             log_path.write_text("".join(ln + "\n" for ln in keep))
     lo, hi = rank * batch_size // world, (rank + 1) * batch_size // world
     N = data.h * data.w
-    amp = dev.type == "cuda"
     bar = None
     if progress and rank == 0 and start < steps:
         from tqdm import tqdm
@@ -288,7 +303,7 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
     for step in range(start, steps):
         t, x0, drop, flip = step_noise(step, seed, batch_size, N, data.C, shift, model.y_embedder.dropout_prob, dev)
         x1, y = data.batch(step, lo, hi, flip[lo:hi])
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with numerics.autocast():
             loss = flow_loss_from_noise(ddp, x1, y, t[lo:hi], x0[lo:hi], drop[lo:hi], grid=(data.h, data.w))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -312,7 +327,8 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
             bar.update(1)
         if done % ckpt_every == 0 or done == steps:
             if rank == 0:
-                save_checkpoint(ckdir, done, model, ema, opt, {"seed": seed, "world_size": world})
+                save_checkpoint(ckdir, done, model, ema, opt, {"seed": seed, "world_size": world,
+                                                               "numerics": numerics.record()})
             D.barrier(info)
     if bar is not None:
         bar.close()
@@ -321,7 +337,7 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
     if rank == 0:
         from ..models.dit import save_dit
 
-        save_dit(ema, ema_path)
+        save_dit(ema, ema_path, numerics=numerics.record())
     D.barrier(info)
     D.teardown(info)
     return {"step": max(start, steps), "loss": last, "out_dir": str(out), "ema": str(ema_path),

@@ -128,7 +128,7 @@ class SVGBackbone(BaseModule):
                  scales=PYRAMID_SCALES, norm_cfg=None, frozen: bool = True, alignment: str = "batch",
                  fixed_stats=None, init_cfg=None):
         super().__init__(init_cfg)
-        from ..models.svg import load_encoder
+        from ..models.build import load_encoder
 
         if group not in GROUPS:
             raise ConfigError(f"SVGBackbone group={group!r}: expected one of {GROUPS}")

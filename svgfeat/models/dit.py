@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import checkpoints as ck
-from ..errors import CheckpointError, ConfigError, SvgfeatError
+from ..errors import CheckpointError, ConfigError
 from .registry import register_model
 
 # --------------------------------------------------------------------------------------------------------
@@ -371,91 +371,11 @@ def read_dit_config(config) -> DiTConfig:
     return DiTConfig.from_dict(config)
 
 
-def _state_from_file(raw: dict, path) -> dict:
-    for key in ("ema", "model", "state_dict"):
-        if isinstance(raw.get(key), dict):
-            raw = raw[key]
-            break
-    if not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise CheckpointError(f"{path}: expected {{'ema': state_dict}}, {{'model': state_dict}} or a state dict "
-                              f"of tensors; top-level keys are {sorted(raw)[:10]}")
-    for prefix in ("module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in raw):
-            raw = {k[len(prefix):]: v for k, v in raw.items()}
-    return raw
-
-
-def load_dit(path="svg_dit_xl", config=None, device="cpu", pretrained: bool = False,
-             pretrained_cfg_overlay: dict | None = None) -> SVGDiT:
-    """Load an SVG DiT (eval mode) from an official ``.pt`` (``{"ema"|"model": sd}``) or svgfeat safetensors.
-
-    config: None (svgfeat metadata / sidecar JSON, else inferred from the key shapes), a DiTConfig or dict,
-    or a path to the official YAML (``model.params``) / svgfeat JSON. Keys are checked strictly.
-    ``model.provenance`` = {path, format, sha256, config} (+ repo, filename, revision for Hub files).
-    ``load_dit("svg_dit_xl", pretrained=True)`` fetches the released weights through the Hugging Face cache
-    (see :mod:`svgfeat.hub`); ``path`` may also be ``"hf"`` or ``"hf://ORG/NAME/file.pt[@revision]"``.
-    """
-    from ..hub import is_hub_spec, resolve
-    from .registry import list_models
-
-    name = "svg_dit_xl"
-    if isinstance(path, str) and path in list_models(kind="dit"):
-        if not pretrained:
-            raise ConfigError(f"load_dit({path!r}): a model name needs pretrained=True (or pass a weight file; "
-                              f"svgfeat.create_model({path!r}) builds it with random weights)")
-        name, path = path, "hf"
-    elif pretrained and path is None:
-        path = "hf"
-    hub_prov = None
-    if is_hub_spec(path):
-        path, hub_prov = resolve(path, name, "dit", pretrained_cfg_overlay)
-        if config is None and pretrained:
-            config = resolve("hf", name, "dit_config", pretrained_cfg_overlay)[0] if _has_role(name, "dit_config") \
-                else None
-    elif is_hub_spec(config):
-        config = resolve(config, name, "dit_config", pretrained_cfg_overlay)[0]
-    model = _load_dit_file(path, config, device)
-    if hub_prov:
-        model.provenance.update(hub_prov)
-    return model
-
-
-def _has_role(name: str, role: str) -> bool:
-    from ..hub import pretrained_cfg
-
-    return role in pretrained_cfg(name)
-
-
-def _load_dit_file(path, config, device) -> SVGDiT:
-    p = Path(path)
-    if p.suffix in (".yaml", ".yml", ".json"):
-        raise CheckpointError(f"{p} is a config file; pass the weights as path and the config as config=")
-    try:
-        raw = ck.load_file(p)
-    except SvgfeatError:
-        raise
-    except Exception as e:  # any other unpickler failure on a corrupt file
-        raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    sd = _state_from_file(raw, p)
-    fmt = "svgfeat" if p.suffix == ".safetensors" else "official"
-    if config is None and fmt == "svgfeat":
-        config = ck.read_safetensors_config(p)
-        for side in (p.with_suffix(".json"), Path(str(p) + ".json")):
-            if config is None and side.is_file():
-                config = side
-    cfg = infer_dit_config(sd) if config is None else read_dit_config(config)
-    with torch.device("meta"):
-        model = SVGDiT(cfg)
-    model = model.to_empty(device="cpu")
-    ck.load_strict(model, sd, "SVG DiT", str(p))
-    model.provenance = {"path": str(p.resolve()), "format": fmt, "sha256": ck.sha256_file(p),
-                        "config": cfg.to_dict()}
-    return model.to(device).eval()
-
-
-def save_dit(model: SVGDiT, path) -> Path:
-    """svgfeat format: safetensors with the config JSON in its metadata (key ``svgfeat_config``) + sidecar JSON."""
-    return ck.save_safetensors(path, model.state_dict(), {"kind": "dit", "config": model.config.to_dict()})
+def save_dit(model: SVGDiT, path, numerics: dict | None = None) -> Path:
+    """svgfeat format: safetensors with the config JSON in its metadata (key ``svgfeat_config``) + sidecar JSON;
+    ``numerics`` (a :meth:`svgfeat.numerics.Numerics.record`) is stored next to the config when given."""
+    meta = {"kind": "dit", "config": model.config.to_dict(), **({"numerics": numerics} if numerics else {})}
+    return ck.save_safetensors(path, model.state_dict(), meta)
 
 
 def export_official_dit(model: SVGDiT, path) -> tuple[Path, Path]:

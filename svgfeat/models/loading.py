@@ -1,4 +1,7 @@
-"""Build :class:`SVGEncoder` objects from weight files; save and export them.
+"""Build :class:`SVGEncoder` objects from local weight files; save and export them.
+
+The encoder half of the builder: :mod:`svgfeat.models.build` resolves Hub specs to local files and calls
+:func:`build_encoder`; nothing here touches the Hub.
 
 Accepted inputs: Meta DINOv3 ``.pth`` / timm ``.safetensors`` / ``"hf"`` (timm pretrained from the
 Hugging Face cache); official SVG Lightning ``.ckpt`` (with or without embedded ``encoder.*``) + YAML;
@@ -18,6 +21,7 @@ from ..errors import CheckpointError, ConfigError
 from .align import MODES
 from .decoder import official_ddconfig
 from .dinov3 import timm_to_meta
+from .registry import factory
 from .residual_rope import infer_rope_config
 from .svg import T2I_STAGES, SVGEncoder, _svg_config, _t2i_config
 
@@ -63,13 +67,9 @@ def infer_dino_variant(sd: dict, source: str = "") -> tuple[str, dict]:
     return base, over
 
 
-def read_dinov3(path) -> tuple[dict, dict]:
-    """Return (state dict in Meta or timm layout, provenance) for a DINOv3 weight source."""
-    from ..hub import is_hub_spec, resolve
-
-    hub_prov = None
-    if is_hub_spec(path):  # "hf" = timm/vit_small_plus_patch16_dinov3_qkvb.lvd1689m through the HF cache
-        path, hub_prov = resolve(path, "svg_vits16plus", "dinov3")
+def read_dinov3(path, hub_prov: dict | None = None) -> tuple[dict, dict]:
+    """Return (state dict in Meta or timm layout, provenance) for a local DINOv3 weight file (Hub specs are
+    resolved by :func:`svgfeat.models.build.read_dinov3`; ``hub_prov`` is their provenance)."""
     sd = ck.load_file(path)
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict) and "cls_token" not in sd:
         sd = sd["model"]
@@ -207,9 +207,7 @@ def build_encoder(dinov3=None, svg=None, svg_config=None, alignment="batch", dev
             family = resolve_family(parts, yaml_cfg, Path(svg).name, Path(svg_config).name if svg_config else "")
             config = _autoencoder_config(parts, yaml_cfg, family, variant, dino_over, stage, svg, svg_config)
     if model is not None and own_sd is None:
-        from .registry import create_model
-
-        enc = create_model(model)  # registered (seeded) init; weights below override it
+        enc = factory(model)()  # registered (seeded) init; weights below override it
         if enc.align is not None:
             enc.set_alignment(alignment)
     else:

@@ -1,7 +1,7 @@
 """The SVG encoder/autoencoder: frozen DINOv3 + residual encoder + alignment (+ pixel decoder).
 
 ``encode`` returns :class:`SVGFeatures`; ``decode`` maps a latent [B, C+r, h, w] back to pixels.
-``load_encoder`` is the public entry point that builds the model from weight files.
+Weights are read and models built by :mod:`svgfeat.models.build` (``load_encoder``).
 """
 
 from __future__ import annotations
@@ -320,30 +320,6 @@ def _register_t2i_stages():
 _register_t2i_stages()
 
 
-def _register_t2i_pretrained():
-    """Hub files of the released SVG-T2I autoencoders (KlingTeam/SVG-T2I, ``pre-trained/autoencoder/``).
-
-    DINOv3 comes from timm's Hub copy (the same weights as Meta's ``dinov3_vits16plus_pretrain_lvd1689m``).
-    The P YAMLs are registered as optional (the architecture is read from the weights anyway); the R YAMLs are
-    not registered: the released ones are copies of the P configs (``extra_vit_config: null``).
-    """
-    from ..hub import HubFile, register_pretrained
-
-    repo, root = "KlingTeam/SVG-T2I", "pre-trained/autoencoder"
-    dino = HubFile("timm/vit_small_plus_patch16_dinov3_qkvb.lvd1689m", "model.safetensors",
-                   hint="or Meta's dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth (also in KlingTeam/SVG-T2I "
-                        "pre-trained/)")
-    for fam in ("R", "P"):
-        for st, px in T2I_STAGES.items():
-            files = {"dinov3": dino, "svg": HubFile(repo, f"{root}/svg_autoencoder-{fam}-stage{st}.ckpt")}
-            if fam == "P":
-                files["svg_config"] = HubFile(repo, f"{root}/svg_autoencoder_P_stage{st}_{px}.yaml", optional=True)
-            register_pretrained(f"svg_t2i_{fam.lower()}_vits16plus_stage{st}", **files)
-
-
-_register_t2i_pretrained()
-
-
 @register_model("encoder")
 def dinov3_vits16plus(**overrides) -> SVGEncoder:
     """DINOv3 ViT-S/16+ alone (no residual, no decoder)."""
@@ -406,46 +382,6 @@ def test_tiny_dino(**overrides) -> SVGEncoder:
     torch.manual_seed(overrides.pop("seed", 0))
     return SVGEncoder(_svg_config("test_tiny_dino", "vit_small_plus", 64, dino_overrides=TINY_DINO,
                                   residual=False, **overrides))
-
-
-def load_encoder(dinov3=None, svg=None, svg_config=None, alignment: str = "batch", device="cpu",
-                 model: str | None = None, fixed_stats: dict | None = None, dtype=torch.float32,
-                 pretrained: bool = False, pretrained_cfg_overlay: dict | None = None,
-                 stage: int | None = None) -> SVGEncoder:
-    """Build an :class:`SVGEncoder` from weight files (see :mod:`svgfeat.models.loading`).
-
-    ``pretrained=True``: the released files of ``model`` (default ``svg_vits16plus``: DINOv3 ViT-S/16+ from
-    timm's Hub repo + the SVG autoencoder from ``howlin/SVG``) fetched through the Hugging Face cache, for
-    every file not given explicitly. Any weight argument may also be a Hub spec: ``"hf"`` (that model's
-    registered file) or ``"hf://ORG/NAME/path[@revision]"``. ``pretrained_cfg_overlay`` replaces registered
-    files by role (``dinov3``, ``svg``, ``svg_config``). Provenance of Hub files: repo, revision, sha256.
-
-    ``svg`` may be an original SVG checkpoint or an SVG-T2I Autoencoder-R / -P one (the family is read from
-    the weights and the YAML); ``stage`` records the SVG-T2I stage (else taken from a ``stage{n}`` file or
-    model name, e.g. ``svg_t2i_p_vits16plus_stage3``).
-    """
-    from ..hub import is_hub_spec, pretrained_cfg, resolve
-    from .loading import _stage_from_names, build_encoder
-
-    specs = {"dinov3": dinov3, "svg": svg, "svg_config": svg_config}
-    hub_model = model or "svg_vits16plus"
-    if pretrained:
-        cfg = pretrained_cfg(hub_model, pretrained_cfg_overlay)
-        specs = {role: v if v is not None else ("hf" if role in cfg else None) for role, v in specs.items()}
-    if stage is None and model and "t2i" in model:
-        stage = _stage_from_names(model)
-    hub_prov = {}
-    if any(is_hub_spec(v) for v in specs.values()):
-        for role, v in specs.items():
-            specs[role], hub_prov[role] = resolve(v, hub_model, role, pretrained_cfg_overlay)
-        model = None  # the architecture is read from the files, exactly as for the same files given by path
-    enc = build_encoder(dinov3=specs["dinov3"], svg=specs["svg"], svg_config=specs["svg_config"],
-                        alignment=alignment, device=device, model=model, fixed_stats=fixed_stats, dtype=dtype,
-                        stage=stage)
-    for role, prov in hub_prov.items():
-        if prov:
-            enc.provenance[role] = {**enc.provenance.get(role, {}), **prov}
-    return enc
 
 
 def seed_everything(seed: int) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import CacheError, ConfigError, DataError
 from ..heads.patch_retrieval import PatchIndex, load_any
 from ..heads.query import check_encoder
+from ..numerics import Numerics
 
 _CACHE_ROW = re.compile(r"^(?P<cache>.+):(?P<row>-?\d+)$")
 
@@ -41,7 +42,8 @@ class SearchService:
 
     ``encoder`` (optional) encodes image queries; its spec must match the index provenance (checked here)."""
 
-    def __init__(self, index, encoder=None, device="cpu"):
+    def __init__(self, index, encoder=None, device="cpu", numerics: Numerics | None = None):
+        self.numerics = numerics or Numerics.for_device(device)  # image queries are encoded under it
         if isinstance(index, (str, Path)):
             index = load_any(index, device=device)
         self.index, self.encoder, self.device = index, encoder, device
@@ -58,6 +60,7 @@ class SearchService:
     def info(self) -> dict:
         out = self.index.info()
         out["encoder_loaded"] = self.encoder is not None
+        out["numerics"] = self.numerics.record()
         return out
 
     def _results(self, D=None, nbr=None, hits=None) -> list[dict]:
@@ -72,7 +75,7 @@ class SearchService:
             raise ConfigError("image queries are encoded on the fly and need the index's encoder: pass "
                               f"--model/--dinov3/--svg matching the index (model {enc.get('model')!r}, dinov3 "
                               f"sha256 {enc.get('dinov3_sha256')!r}, svg sha256 {enc.get('svg_sha256')!r})")
-        with self._lock:
+        with self._lock, self.numerics.autocast():
             if self.patch:
                 return self._results(hits=self.index.search_images(image, self.encoder, region, k,
                                                                     device=self.device, aggregate=aggregate))

@@ -40,7 +40,7 @@ def autoencoder_config(backbone: str | None = None, size: int = 256, model: str 
     if size <= 0 or size % 16:
         raise ConfigError(f"size must be a positive multiple of 16, got {size}")
     if model is not None:
-        from ..models.registry import create_model, model_kind
+        from ..models.build import create_model, model_kind
 
         if model_kind(model) != "encoder":
             raise ConfigError(f"--model {model!r} is not an encoder")
@@ -83,7 +83,8 @@ def read_backbone_weights(dinov3) -> tuple[dict, dict, str, dict]:
 
     ``variant``/``overrides`` are what :func:`svgfeat.models.loading.infer_dino_variant` reads from the shapes:
     a standard DINOv3 gives (e.g.) ``("vit_small_plus", {})``."""
-    from ..models.loading import infer_dino_variant, read_dinov3
+    from ..models.build import read_dinov3
+    from ..models.loading import infer_dino_variant
 
     sd, prov = read_dinov3(dinov3)
     variant, overrides = infer_dino_variant(sd, str(dinov3))

@@ -22,7 +22,6 @@ with fixed-alignment statistics of the training data in its config) and, with ``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import sys
@@ -36,6 +35,7 @@ import torch
 from .. import distributed as D
 from ..errors import CheckpointError, ConfigError
 from ..models.align import AlignmentStats
+from ..numerics import Numerics
 from .ae_data import (
     AECropDataset,
     StreamBatchSampler,
@@ -127,11 +127,17 @@ class AETrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _autocast(device: torch.device, amp: str):
+def ae_numerics(device, amp: str) -> Numerics:
+    """The run's :class:`Numerics` from ``amp`` (auto: bf16 autocast on CUDA as documented, fp32 elsewhere);
+    recorded in the checkpoint config and summary.json. Refused on a device without float64 (the batch
+    statistics are float64 sums)."""
+    device = torch.device(device)
     use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
     if use and device.type != "cuda":
         raise ConfigError("bf16 autocast is only used on CUDA; pass amp='fp32' (--amp fp32) on CPU")
-    return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use else contextlib.nullcontext
+    num = Numerics.for_device(device, "bf16" if use else "fp32")
+    num.require_float64("autoencoder training (float64 batch statistics)")
+    return num
 
 
 @torch.no_grad()
@@ -200,11 +206,13 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
                           f"expected fields of AETrainConfig: {sorted(AETrainConfig.__dataclass_fields__)}")
     cfg = AETrainConfig(**{**asdict(cfg), **overrides})
     cfg.validate()
+    ae_numerics(device, cfg.amp)  # a device that is not here (cuda without CUDA) is one error, before setup
     info, dev = D.setup(device)
     try:
         if cfg.batch_size % info.world:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {info.world} ranks")
-        autocast = _autocast(dev, cfg.amp)
+        numerics = ae_numerics(dev, cfg.amp)
+        autocast = numerics.autocast
         dataset = open_dataset(data)
         crops = AECropDataset(dataset, cfg.size)
         weights = read_backbone_weights(dinov3) if dinov3 is not None else None
@@ -245,7 +253,8 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
             out.mkdir(parents=True, exist_ok=True)
         D.barrier(info)
         trainer_meta = {"trainer": cfg.to_json(), "lpips_used": lpips_used, "encoder": enc_cfg, "data": str(data),
-                        "data_len": len(dataset), "dinov3": prov.get("dinov3"), "world_size": info.world}
+                        "data_len": len(dataset), "dinov3": prov.get("dinov3"), "world_size": info.world,
+                        "numerics": numerics.record()}
         start = 0
         last = latest_checkpoint(ck_root) if resume else None
         if last is not None:
@@ -346,7 +355,8 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
         enc.align.set_fixed_stats(stats)
         summary = {"out": str(out), "steps": cfg.steps, "start_step": start, "first": first, "last": last_logs,
                    "lpips": lpips_used, "dinov3": prov.get("dinov3"),
-                   "checkpoint": str(final_ck), "fixed_stats": stats, "latent_channels": enc.latent_channels}
+                   "checkpoint": str(final_ck), "fixed_stats": stats, "latent_channels": enc.latent_channels,
+                   "numerics": numerics.record()}
         if info.is_main:
             summary["encoder"] = str(save_encoder(enc, out / "encoder.safetensors", include_backbone=random_dino))
             if cfg.export_official:
