@@ -35,12 +35,12 @@ class MultipleOf(click.ParamType):
 
 
 class Count(click.ParamType):
-    """An integer >= ``minimum`` (workers >= 0, batch sizes >= 1, limits >= 1)."""
+    """An integer >= ``minimum`` and <= ``maximum`` (workers >= 0, batch sizes >= 1, limits >= 1)."""
 
     name = "integer"
 
-    def __init__(self, minimum: int = 1, what: str = "a count"):
-        self.minimum, self.what = minimum, what
+    def __init__(self, minimum: int = 1, what: str = "a count", maximum: int | None = None):
+        self.minimum, self.what, self.maximum = minimum, what, maximum
 
     def convert(self, value, param, ctx):
         if isinstance(value, int) and not isinstance(value, bool):
@@ -50,9 +50,53 @@ class Count(click.ParamType):
                 v = int(str(value).strip())
             except ValueError:
                 v = None
-        if v is None or v < self.minimum:
-            self.fail(f"{str(value)!r}: expected {self.what}, an integer >= {self.minimum}", param, ctx)
+        if v is None or v < self.minimum or (self.maximum is not None and v > self.maximum):
+            top = f" and <= {self.maximum:,}" if self.maximum is not None else ""
+            self.fail(f"{str(value)[:40]!r}: expected {self.what}, an integer >= {self.minimum}{top}", param, ctx)
         return v
+
+
+class Real(click.ParamType):
+    """A finite float in ``[lo, hi]`` (``lo_open`` / ``hi_open`` exclude the ends): learning rates, weight decays,
+    temperatures, guidance scales. ``nan``, ``inf`` and out-of-range values are one-line errors."""
+
+    name = "float"
+
+    def __init__(self, lo: float | None = None, hi: float | None = None, what: str = "a number", *,
+                 lo_open: bool = False, hi_open: bool = False):
+        self.lo, self.hi, self.what, self.lo_open, self.hi_open = lo, hi, what, lo_open, hi_open
+
+    def _range(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return "finite"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            v = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            v = None
+        bad = (v is None or not math.isfinite(v)
+               or (self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)))
+               or (self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi))))
+        if bad:
+            self.fail(f"{str(value)[:40]!r}: expected {self.what}, a finite number {self._range()}", param, ctx)
+        return v
+
+
+class NonEmptyPath(click.Path):
+    """``click.Path`` that refuses an empty or blank string (``''`` would otherwise mean the current folder)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail(f"{value!r}: expected a path, got an empty string", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class Device(click.ParamType):
@@ -109,6 +153,11 @@ CROP = MultipleOf(PATCH, PATCH, "a crop side in pixels")
 DEVICE = Device()
 ENCODER = ModelName("encoder")
 DIT = ModelName("dit")
-WORKERS = Count(0, "a number of worker processes")
+WORKERS = Count(0, "a number of worker processes", 1024)
 POSITIVE = Count(1, "a positive integer")
 LIMIT = Count(1, "a number of items")
+UNIT_OPEN = Real(0, 1, "a fraction", lo_open=True)  # (0, 1]: recall targets, fractions
+LR = Real(0, 10, "a learning rate", lo_open=True)
+WEIGHT_DECAY = Real(0, 10, "a weight decay")
+TEMPERATURE = Real(0, 100, "a temperature", lo_open=True)
+K_NEIGHBOURS = Count(1, "a number of neighbours", 100_000)
