@@ -339,3 +339,75 @@ def test_protocol_train_and_val_presets_may_differ_at_the_same_size():
     check_same_transform(tr, SimpleNamespace(root="va", transform={"preset": "center-crop", "size": 224}))
     with pytest.raises(CacheError, match="size: train 224, val 256"):
         check_same_transform(tr, SimpleNamespace(root="va", transform={"preset": "center-crop", "size": 256}))
+
+
+# ------------------------------------------------------------------------------------------ every option at the edge
+def _base(cmd, tmp_path, img):
+    return {"knn": ["knn", "--train", tmp_path, "--val", tmp_path, "-o", tmp_path / "k.json"],
+            "probe": ["probe", "--train", tmp_path, "-o", tmp_path / "p.json"],
+            "eval": ["eval", "imagenet", "--root", "sample", "--model", "test_tiny", "-o", tmp_path / "e"],
+            "seg": ["seg", "train", "--data", "sample:digitseg", "--model", "test_tiny", "--out", tmp_path / "s"],
+            "depth": ["depth", "train", "--data", "sample:depth", "--model", "test_tiny", "--out", tmp_path / "d"],
+            "train-dit": ["train-dit", tmp_path, "-o", tmp_path / "dit"],
+            "generate": ["generate", "--classes", "1", "-o", tmp_path / "g"],
+            "train-ae": ["train-ae", "sample:photos", "--out", tmp_path / "ae", "--model", "test_tiny"],
+            "index": ["index", "build", tmp_path, "-o", tmp_path / "i.faiss"],
+            "search": ["search", img, "q"],
+            "serve": ["serve", img]}[cmd]
+
+
+BAD_OPTIONS = [  # (command, option, value): each must be refused while parsing, naming the option and the value
+    ("knn", "-k", "10^12"), ("knn", "-k", "1000000000000"), ("knn", "-k", "0"), ("knn", "-k", "10,nan"),
+    ("knn", "-T", "inf"), ("knn", "-T", "nan"), ("knn", "-T", "0"), ("knn", "-T", "-1"),
+    ("probe", "--wd", "nan"), ("probe", "--wd", "-1"), ("probe", "--lrs", "nan"), ("probe", "--lrs", "0.1,inf"),
+    ("probe", "--lrs", "0"), ("probe", "--heldout-fraction", "1.5"), ("probe", "--heldout-fraction", "nan"),
+    ("probe", "--iterations", "-5"), ("probe", "--epochs", "0"), ("probe", "--min-iterations", "-1"),
+    ("eval", "-T", "inf"), ("eval", "-k", "10^12"), ("eval", "--wd", "nan"),
+    ("seg", "--lr", "nan"), ("seg", "--lr", "-1"), ("seg", "--weight-decay", "nan"),
+    ("depth", "--lr", "nan"), ("depth", "--lr", "-1"), ("depth", "--grad-clip", "-1"),
+    ("train-dit", "--lr", "nan"), ("train-dit", "--lr", "-1"), ("train-dit", "--ema-decay", "2"),
+    ("train-dit", "--ema-decay", "nan"), ("train-dit", "--grad-clip", "-1"), ("train-dit", "--weight-decay", "inf"),
+    ("train-dit", "--shift", "0"), ("train-dit", "--class-dropout", "1.5"),
+    ("generate", "--cfg", "nan"), ("generate", "--cfg", "inf"), ("generate", "--shift", "0"),
+    ("generate", "--shift", "nan"), ("generate", "--steps", "1000000000"),
+    ("train-ae", "--lr", "nan"), ("train-ae", "--disc-weight", "nan"), ("train-ae", "--mask-ratio", "1.5"),
+    ("index", "--target-recall", "0"), ("index", "--target-recall", "1.5"), ("index", "--target-recall", "nan"),
+    ("index", "--time-budget", "inf"), ("index", "--time-budget", "-1"), ("index", "--nprobe", "0"),
+    ("search", "-k", "1000000000000"), ("serve", "--body-timeout", "nan"), ("serve", "--body-timeout", "inf"),
+]
+
+
+@pytest.mark.parametrize("cmd,opt,value", BAD_OPTIONS)
+def test_numeric_options_are_finite_and_in_range(capsys, tmp_path, img, cmd, opt, value):
+    line = one_line_error(capsys, *_base(cmd, tmp_path, img), opt, value)
+    assert opt in line and repr(value) in line and "expected" in line, line
+
+
+@pytest.mark.parametrize("args", [["extract", "", "-o", "OUT"], ["extract", "  ", "-o", "OUT"],
+                                  ["index", "build", "", "-o", "OUT"], ["stats", ""], ["train-dit", "", "-o", "OUT"]])
+def test_empty_path_is_refused_not_the_current_folder(capsys, tmp_path, args):
+    line = one_line_error(capsys, *[tmp_path / "o" if a == "OUT" else a for a in args])
+    assert "empty" in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_absurd_image_size_is_refused_with_an_estimate(capsys, tmp_path, img):
+    line = one_line_error(capsys, "extract", "sample:digits/val", "-o", tmp_path / "c", "--model", "test_tiny",
+                          "--size", "65536")
+    assert "--size" in line and "'65536'" in line and "4096" in line and "patches" in line, line
+    line = one_line_error(capsys, "encode", img, "-o", tmp_path / "f.safetensors", "--model", "test_tiny",
+                          "--size", "65536")
+    assert "'65536'" in line
+
+
+@pytest.mark.parametrize("spec", ["hf://../../etc/passwd", "hf://org/../x", "hf://org/name/../../x",
+                                  "hf://./name/f.pt", "hf://org/name/a\\..\\b", "hf://org/na me/f.pt"])
+def test_hub_specs_that_climb_out_are_refused(capsys, tmp_path, img, spec):
+    from svgfeat.errors import ConfigError
+    from svgfeat.hub import HubFile
+
+    with pytest.raises(ConfigError, match="Hub file spec"):
+        HubFile.parse(spec)
+    line = one_line_error(capsys, "encode", img, "-o", tmp_path / "f.safetensors", "--model", "test_tiny",
+                          "--svg", spec)
+    assert "Hub file spec" in line and not (tmp_path / "f.safetensors").exists()

@@ -65,7 +65,7 @@ def test_auto_tunes_nprobe_to_the_target_on_rows_held_out_of_the_index():
 
 
 def test_ivf_training_sample_follows_the_rule_of_thumb():
-    assert train_sample_size(4525, 1_281_167) == 64 * 4525  # 30..256 x nlist, not all 1.28M rows
+    assert train_sample_size(4525, 1_281_167) == 40 * 4525  # 30..256 x nlist, not all 1.28M rows
     assert train_sample_size(100, 1000) == 1000 and train_sample_size(10, 10_000, minimum=9000) == 9000
 
 

@@ -14,7 +14,7 @@ import click
 
 from ..errors import ConfigError
 from ._common import build_encoder, encoder_options
-from ._types import LIMIT, POSITIVE, SIZE, WORKERS
+from ._types import GRAD_CLIP, LIMIT, LR, POSITIVE, SEED, SIZE, WEIGHT_DECAY, WORKERS, Real
 
 PROTOCOL = dict(crop=(416, 544), iters=38400, warmup=12800, lr=3e-4, batch_size=16)
 SAMPLE = dict(crop=(96, 96), iters=150, warmup=15, lr=1e-2, batch_size=8)
@@ -62,7 +62,7 @@ def _crop_option(v: str) -> tuple[int, int]:
 
 
 data_options = [
-    click.option("--depth-scale", type=float, default=None,
+    click.option("--depth-scale", type=Real(0, 1e6, "raw units per metre", lo_open=True), default=None,
                  help="Raw depth units per metre (default 1000 for PNG = millimetres, 1 for .npy = metres)."),
     click.option("--split-file", type=click.Path(dir_okay=False), default=None,
                  help="List file 'rgb depth [focal]' per line (default: NYUv2's nyudepthv2_*_files_with_gt.txt)."),
@@ -97,17 +97,17 @@ def depth():
               help="Square side the cache resizes images to (default: the sample's 96; 480 otherwise).")
 @click.option("--iters", type=POSITIVE, default=None, help="Training iterations (38400; 150 for the sample).")
 @click.option("--batch-size", type=POSITIVE, default=None, help="Batch size (16; 8 for the sample).")
-@click.option("--lr", type=float, default=None, help="AdamW learning rate (3e-4; 1e-2 for the sample).")
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--grad-clip", type=float, default=35.0, show_default=True, help="Gradient-norm clip (0: off).")
+@click.option("--lr", type=LR, default=None, help="AdamW learning rate (3e-4; 1e-2 for the sample).")
+@click.option("--weight-decay", type=WEIGHT_DECAY, default=1e-4, show_default=True)
+@click.option("--grad-clip", type=GRAD_CLIP, default=35.0, show_default=True, help="Gradient-norm clip (0: off).")
 @click.option("--warmup", type=click.IntRange(min=0), default=None, help="Warm-up iterations (12800; 15 for the sample).")
 @click.option("--crop-size", default=None, help="Training crop H,W (416,544; 96,96 for the sample).")
 @click.option("--bins", "n_bins", type=click.IntRange(min=2), default=256, show_default=True, help="Depth bins.")
-@click.option("--min-depth", type=float, default=1e-3, show_default=True)
-@click.option("--max-depth", type=float, default=10.0, show_default=True)
+@click.option("--min-depth", type=Real(0, 1e4, "a depth in metres", lo_open=True), default=1e-3, show_default=True)
+@click.option("--max-depth", type=Real(0, 1e4, "a depth in metres", lo_open=True), default=10.0, show_default=True)
 @click.option("--no-tta", is_flag=True, help="Evaluate without flip test-time augmentation.")
 @click.option("--workers", type=WORKERS, default=0, show_default=True, help="DataLoader workers (online mode).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--eval-limit", type=LIMIT, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation after training.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
@@ -211,7 +211,7 @@ def eval_cmd(data, split, depth_scale, split_file, head_path, dinov3, svg, svg_c
 @click.option("--head", "head_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @encoder_options
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--max-display-depth", type=float, default=None,
+@click.option("--max-display-depth", type=Real(0, 1e4, "a depth in metres", lo_open=True), default=None,
               help="Depth mapped to the last colour (default: the head's max depth).")
 @click.option("--no-tta", is_flag=True, help="No flip test-time augmentation.")
 def predict(images, head_path, dinov3, svg, svg_config, model, alignment, device, out, max_display_depth, no_tta):

@@ -4,7 +4,7 @@ import click
 
 from ..evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from ._common import encoder_options
-from ._types import LIMIT, POSITIVE, SIZE, WORKERS
+from ._types import K_LIST, LIMIT, POSITIVE, SIZE, TEMPERATURE, WORKERS
 from .probe import probe_kwargs, probe_options
 
 _PROTOCOL_HELP = ("Named protocol fixing transforms, train views, probe grid/schedule/normalisation/selection and "
@@ -48,8 +48,8 @@ def eval_group():
 @click.option("--no-knn", is_flag=True, help="Skip the kNN evaluation.")
 @click.option("--knn-features", default=None,
               help="kNN feature spec [default: the protocol's: cls for dinov3/svgfeat, latent for svg].")
-@click.option("-k", "ks", default=None, help="kNN neighbour counts [default: the protocol's: 10,20,100,200].")
-@click.option("-T", "--temperature", default=None, type=float, help="kNN temperature [default: the protocol's: 0.07].")
+@click.option("-k", "ks", default=None, type=K_LIST, help="kNN neighbour counts [default: the protocol's: 10,20,100,200].")
+@click.option("-T", "--temperature", default=None, type=TEMPERATURE, help="kNN temperature [default: the protocol's: 0.07].")
 def imagenet(root, protocol, dinov3, svg, svg_config, model, alignment, device, out, val_labels, size, preset,
              batch_size, workers, train_views, limit, features, probe_batch_size, epochs, iterations, min_iterations,
              lrs, optimizer, wd, select_on, heldout_fraction, normalize, standardize, seed, no_knn, knn_features, ks,

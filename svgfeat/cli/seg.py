@@ -13,7 +13,7 @@ import click
 
 from ..errors import ConfigError
 from ._common import build_encoder, encoder_options, png_bytes, write_output
-from ._types import CROP, LIMIT, POSITIVE, WORKERS, Count
+from ._types import CROP, LIMIT, LR, POSITIVE, SEED, WEIGHT_DECAY, WORKERS, Count, Real
 
 PROTOCOL = dict(crop_size=512, iters=40000, warmup=1500, slide_crop=512, slide_stride=341)
 SAMPLE = dict(crop_size=64, iters=300, warmup=30, slide_crop=64, slide_stride=48)
@@ -71,8 +71,8 @@ def seg():
               help="Where the cache lives / is extracted (default OUT/cache).")
 @click.option("--iters", type=POSITIVE, default=None, help="Training iterations (40000; 300 for the sample).")
 @click.option("--batch-size", type=POSITIVE, default=16, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--weight-decay", type=float, default=1e-3, show_default=True)
+@click.option("--lr", type=LR, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=WEIGHT_DECAY, default=1e-3, show_default=True)
 @click.option("--warmup", type=Count(0, "a number of iterations"), default=None, help="Warm-up iterations (1500; 30 for the sample).")
 @click.option("--schedule", type=click.Choice(["cosine", "poly"]), default="cosine", show_default=True)
 @click.option("--crop-size", type=CROP, default=None, help="Training crop (512; 64 for the sample).")
@@ -80,7 +80,7 @@ def seg():
 @click.option("--slide-crop", type=CROP, default=None)
 @click.option("--slide-stride", type=POSITIVE, default=None)
 @click.option("--workers", type=WORKERS, default=0, show_default=True, help="DataLoader workers (online mode).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--eval-limit", type=LIMIT, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation after training.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
@@ -209,7 +209,7 @@ def eval_cmd(data, split, head_path, dinov3, svg, svg_config, model, alignment, 
 @click.option("--head", "head_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @encoder_options
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--alpha", type=float, default=0.5, show_default=True, help="Mask opacity in the overlay.")
+@click.option("--alpha", type=Real(0, 1, "an opacity"), default=0.5, show_default=True, help="Mask opacity in the overlay.")
 def predict(images, head_path, dinov3, svg, svg_config, model, alignment, device, out, alpha):
     """Segment IMAGES (paths, or sample:digitseg/val); writes <stem>_labels/_mask/_overlay.png to OUT."""
     import numpy as np
