@@ -83,5 +83,9 @@ def imagenet(root, protocol, dinov3, svg, svg_config, model, alignment, device, 
         click.echo(f"{'kNN ' + kn['features']:>12}: top-1 {kb['top1']:.2f}% (k={20 if '20' in kn['k'] else kn['best']['k']})")
     click.echo(f"selection: {res['note']}; features: {res['normalize']}")
     click.echo(f"-> {out}/results.json, results.md, lr_curve.png")
+    t = res.get("timings") or {}
+    if t:
+        click.echo("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
+                   + f"; total {sum(t.values()):.1f}s")
     if res.get("notice"):
         click.echo(f"NOTE: {res['notice']}")

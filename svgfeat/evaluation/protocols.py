@@ -134,6 +134,31 @@ def resolve(name: str, **overrides) -> tuple[Protocol, dict, list[dict]]:
     return p, used, deviations
 
 
+REFERENCE_TRAIN_IMAGES = 1_281_167  # ImageNet-1K train: the data the protocols' step counts are written for
+TINY_TRAIN_IMAGES = 20_000  # below this the data is "tiny": step counts scale with it
+MIN_TINY_STEPS = 100
+
+
+def scale_steps_to_data(st: dict, images: int, given=()) -> list[dict]:
+    """On tiny data (fewer than 20,000 train images) the protocol's step counts (``iterations``,
+    ``min_iterations``) scale with the data: ``steps x images / 1,281,167``, at least 100 -- DINOv3's 12,500 steps
+    are 10 epochs of ImageNet, not 12,500 passes over 1,438 digits. ``st`` is updated in place; returns one
+    deviation per scaled setting. Settings in ``given`` (set by the user) are left alone."""
+    if images >= TINY_TRAIN_IMAGES:
+        return []
+    out = []
+    for key in ("iterations", "min_iterations"):
+        v = st.get(key)
+        if key in given or not v or v <= MIN_TINY_STEPS:
+            continue
+        used = max(MIN_TINY_STEPS, -(-int(v) * images // REFERENCE_TRAIN_IMAGES))
+        st[key] = used
+        out.append(deviation(key, int(v), used, f"scaled to the data: {images:,} train images < {TINY_TRAIN_IMAGES:,} "
+                                                f"(tiny): {v:,} x {images:,} / {REFERENCE_TRAIN_IMAGES:,}, at least "
+                                                f"{MIN_TINY_STEPS}"))
+    return out
+
+
 def deviation(setting: str, protocol, used, note: str | None = None) -> dict:
     """A deviation record that is not a plain setting override (data, weights, clamped sizes)."""
     d = {"setting": setting, "protocol": protocol, "used": used}
@@ -142,4 +167,4 @@ def deviation(setting: str, protocol, used, note: str | None = None) -> dict:
     return d
 
 
-__all__ = ["DEFAULT_PROTOCOL", "PROTOCOLS", "Protocol", "deviation", "get_protocol", "resolve"]
+__all__ = ["DEFAULT_PROTOCOL", "PROTOCOLS", "Protocol", "deviation", "get_protocol", "resolve", "scale_steps_to_data"]
