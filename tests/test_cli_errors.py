@@ -411,3 +411,20 @@ def test_hub_specs_that_climb_out_are_refused(capsys, tmp_path, img, spec):
     line = one_line_error(capsys, "encode", img, "-o", tmp_path / "f.safetensors", "--model", "test_tiny",
                           "--svg", spec)
     assert "Hub file spec" in line and not (tmp_path / "f.safetensors").exists()
+
+
+def test_train_dit_that_cannot_fit_is_refused_with_the_estimate(capsys, tmp_path, monkeypatch):
+    from svgfeat.cache import from_arrays
+    from svgfeat.generation.memory_estimate import train_memory_bytes
+
+    lat = np.zeros((4, 392, 16, 16), np.float16)
+    c = from_arrays(tmp_path / "lat", {"latent": lat}, labels=np.arange(4) % 2, durable=False)
+    monkeypatch.setenv("SVGFEAT_MEMORY_BUDGET", "24GB")  # a 24 GB machine, whatever this one has
+    line = one_line_error(capsys, "train-dit", c.root, "-o", tmp_path / "run", "--model", "svg_dit_xl",
+                          "--steps", "1")
+    assert "svg_dit_xl at 256 samples per process needs about" in line and "676M parameters" in line, line
+    assert "more than the 24.0 GB" in line and "--batch-size" in line
+    assert not (tmp_path / "run").exists()
+    # the estimate grows with the batch and is dominated by parameters x 20 bytes when the batch is 1
+    a, b = (train_memory_bytes(676_000_000, 28, 1152, 16, 256, n) for n in (1, 2))
+    assert a["static"] == 20 * 676_000_000 and b["activations"] == 2 * a["activations"] > 0
