@@ -428,3 +428,28 @@ def test_train_dit_that_cannot_fit_is_refused_with_the_estimate(capsys, tmp_path
     # the estimate grows with the batch and is dominated by parameters x 20 bytes when the batch is 1
     a, b = (train_memory_bytes(676_000_000, 28, 1152, 16, 256, n) for n in (1, 2))
     assert a["static"] == 20 * 676_000_000 and b["activations"] == 2 * a["activations"] > 0
+
+
+def test_text_files_that_are_not_utf8_are_one_line(capsys, tmp_path, img):
+    from svgfeat.data import open_dataset
+    from svgfeat.data.datasets import flat_with_labels
+    from svgfeat.data.segmentation import open_seg_dataset, write_folder_dataset
+    from svgfeat.errors import DataError
+
+    lst = tmp_path / "list.txt"
+    lst.write_bytes(f"{img} 0\n".encode() + "caf\xe9.png 1\n".encode("latin-1"))
+    line = one_line_error(capsys, "extract", lst, "-o", tmp_path / "c", "--model", "test_tiny", "--size", "32")
+    assert "not UTF-8" in line and "0xe9" in line and "line 2" in line and str(lst) in line, line
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(DataError, match="file list .* not UTF-8"):
+        open_dataset(lst)
+    labels = tmp_path / "val.txt"
+    labels.write_bytes(b"a.png n01\n\xff\xfe\x00b.png n02\n")
+    with pytest.raises(DataError, match="label file .* not UTF-8 .*line 2"):
+        flat_with_labels(img.parent, labels)
+    seg = write_folder_dataset(open_seg_dataset("sample:digitseg/val"), tmp_path / "seg")
+    (seg / "classes.txt").write_bytes("fond\nchâteau\n".encode("cp1252"))
+    with pytest.raises(DataError, match="class list .* not UTF-8"):
+        open_seg_dataset(seg)
+    (seg / "classes.txt").write_bytes("\ufefffond\nchâteau\n".encode())  # UTF-8 with a BOM reads fine
+    assert open_seg_dataset(seg).classes[:2] == ["fond", "château"]
