@@ -280,3 +280,16 @@ def test_tiny_data_scales_the_protocol_step_counts():
     st = {"iterations": 12500, "min_iterations": 0}
     assert scale_steps_to_data(st, 20_000) == [] and st["iterations"] == 12500
     assert scale_steps_to_data(st, 200, given={"iterations"}) == [] and st["iterations"] == 12500
+
+
+def test_tiny_data_caps_the_protocol_train_views():
+    from svgfeat.evaluation.protocols import scale_views_to_data
+
+    st = {"train_views": 10}
+    devs = scale_views_to_data(st, 200)
+    assert st["train_views"] == 2 and devs[0]["protocol"] == 10 and devs[0]["used"] == 2 and "tiny" in devs[0]["note"]
+    for images, given in ((20_000, ()), (200, {"train_views"})):
+        st = {"train_views": 10}
+        assert scale_views_to_data(st, images, given) == [] and st["train_views"] == 10
+    st = {"train_views": 1}
+    assert scale_views_to_data(st, 200) == [] and st["train_views"] == 1

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..heads._features import aligned_labels, eval_rows, feature_matrix, groups_for_spec, parse_spec
-from .protocols import DEFAULT_PROTOCOL, deviation, resolve, scale_steps_to_data
+from .protocols import DEFAULT_PROTOCOL, deviation, resolve, scale_steps_to_data, scale_views_to_data
 from .report import markdown_report, plot_lr_curve
 
 DEFAULT_RANDOM_MODEL = "random_svg_vits16plus"  # root="sample" without weights: full SVG-S+ architecture, seeded
@@ -120,6 +120,8 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
     timings: dict[str, float] = {}
     t = time.time()
     train_data, val_data = resolve_datasets(root, val_labels)
+    deviations += scale_views_to_data(st, _train_images(train_data, limit),
+                                      given={"train_views"} if train_views is not None else set())
     depth = None
     if any(tm.startswith("last") for s in features + [st["knn_features"]] for tm in parse_spec(s)):
         from ..models.svg import load_encoder
@@ -222,6 +224,14 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
         md = md.replace("\n", f"\n\n> **Note:** {notice}.\n", 1)
     (out / "results.md").write_text(md)
     return results
+
+
+def _train_images(train_data, limit) -> int:
+    """Images the train split will hold (the dataset's length, capped by ``limit``)."""
+    from ..data import open_dataset
+
+    n = len(open_dataset(train_data) if isinstance(train_data, str) else train_data)
+    return min(n, int(limit)) if limit is not None else n
 
 
 PROBE_SETTINGS = ("lrs", "weight_decays", "optimizer", "probe_batch_size", "iterations", "epochs", "min_iterations",

@@ -159,6 +159,22 @@ def scale_steps_to_data(st: dict, images: int, given=()) -> list[dict]:
     return out
 
 
+TINY_TRAIN_VIEWS = 2
+
+
+def scale_views_to_data(st: dict, images: int, given=()) -> list[dict]:
+    """On tiny data the protocol's cached train views (DINOv3: 10, one per ImageNet epoch) are capped at 2: with
+    the step counts scaled (:func:`scale_steps_to_data`) every view is revisited many times anyway, and 10 views of
+    every image would make the extraction most of the run. Unless the user set ``train_views``."""
+    v = st.get("train_views")
+    if images >= TINY_TRAIN_IMAGES or "train_views" in given or not v or v <= TINY_TRAIN_VIEWS:
+        return []
+    st["train_views"] = TINY_TRAIN_VIEWS
+    return [deviation("train_views", int(v), TINY_TRAIN_VIEWS,
+                      f"scaled to the data: {images:,} train images < {TINY_TRAIN_IMAGES:,} (tiny): each view is "
+                      "revisited many times with the scaled step count")]
+
+
 def deviation(setting: str, protocol, used, note: str | None = None) -> dict:
     """A deviation record that is not a plain setting override (data, weights, clamped sizes)."""
     d = {"setting": setting, "protocol": protocol, "used": used}
@@ -167,4 +183,5 @@ def deviation(setting: str, protocol, used, note: str | None = None) -> dict:
     return d
 
 
-__all__ = ["DEFAULT_PROTOCOL", "PROTOCOLS", "Protocol", "deviation", "get_protocol", "resolve", "scale_steps_to_data"]
+__all__ = ["DEFAULT_PROTOCOL", "PROTOCOLS", "Protocol", "deviation", "get_protocol", "resolve", "scale_steps_to_data",
+           "scale_views_to_data"]
