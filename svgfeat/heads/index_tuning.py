@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from ..errors import ConfigError
 from .exact_search import recall_at_k
 
 TRAIN_PER_LIST = (30, 256)  # faiss's rule of thumb for k-means: points per centroid
@@ -137,3 +138,46 @@ def tune_search(search, truth: np.ndarray, k: int, name: str, vmin: int, vmax: i
     return {"param": name, "value": int(best), "recall": round(tried[best][0], 4), "met": bool(passing),
             "query_ms": round(tried[best][1], 4),
             "tried": [[int(v), round(r, 4)] for v, (r, _) in sorted(tried.items())], "why": "" if passing else why}
+
+
+def _no_polysemous(faiss, index) -> None:
+    """faiss's factory turns on polysemous training for PQ codes (slow simulated annealing, ~10x the training
+    time) although plain search never uses it; switch it off (``PQ{m}np`` in factory terms)."""
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    if hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False
+
+
+def make_index(faiss, factory: str, d: int, n: int, metric, src, rng, cosine: bool, *, train_size=None,
+               seed: int = 0, progress: bool = False):
+    """A faiss index for ``factory`` over ``n`` vectors of ``src``, trained when it needs it (IVF: our k-means on
+    a seeded sample of :func:`train_sample_size` vectors). faiss failures become one-line ConfigErrors."""
+    from . import index_factory as fac
+    from .exact_search import l2_normalize
+
+    try:
+        index = faiss.index_factory(d, factory, metric)
+    except RuntimeError as e:
+        raise ConfigError(f"faiss could not build factory {factory!r} for d={d}: "
+                          f"{str(e).strip().splitlines()[-1]}") from None
+    _no_polysemous(faiss, index)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = int(seed)
+    if index.is_trained:
+        return index
+    nlist = ivf.nlist if ivf is not None else 1
+    m = train_size or train_sample_size(nlist, n, fac.PQ_MIN_TRAIN + 16 if "PQ" in factory else 0)
+    _, xt = src.sample(m, rng)
+    xt = l2_normalize(xt) if cosine else np.ascontiguousarray(xt, dtype=np.float32)
+    if len(xt) < nlist:
+        raise ConfigError(f"{factory!r} needs at least nlist={nlist} training vectors, "
+                          f"got {len(xt)}; use a smaller IVF or 'auto'")
+    try:
+        train_ivf(faiss, index, xt, seed=seed, progress=progress)
+    except RuntimeError as e:
+        raise ConfigError(f"faiss could not train {factory!r} on {len(xt)} vectors: "
+                          f"{str(e).strip().splitlines()[-1]}") from None
+    return index

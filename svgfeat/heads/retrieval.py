@@ -277,33 +277,9 @@ class FaissIndex:
         return self
 
     def _train(self, faiss, factory: str, d: int, n: int, src, rng, cosine: bool):
-        """A faiss index for ``factory``, trained (IVF: our k-means on a 30–256 x nlist sample) when needed."""
         metric = faiss.METRIC_L2 if self._kind == "l2" else faiss.METRIC_INNER_PRODUCT
-        try:
-            index = faiss.index_factory(d, factory, metric)
-        except RuntimeError as e:
-            raise ConfigError(f"faiss could not build factory {factory!r} for d={d}: "
-                              f"{str(e).strip().splitlines()[-1]}") from None
-        _no_polysemous(faiss, index)
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None:
-            ivf.cp.seed = int(self.seed)
-        if index.is_trained:
-            return index
-        nlist = ivf.nlist if ivf is not None else 1
-        pq = "PQ" in factory
-        m = self.train_size or tune.train_sample_size(nlist, n, fac.PQ_MIN_TRAIN + 16 if pq else 0)
-        _, xt = src.sample(m, rng)
-        xt = l2_normalize(xt) if cosine else np.ascontiguousarray(xt, dtype=np.float32)
-        if len(xt) < nlist:
-            raise ConfigError(f"{factory!r} needs at least nlist={nlist} training vectors, "
-                              f"got {len(xt)}; use a smaller IVF or 'auto'")
-        try:
-            tune.train_ivf(faiss, index, xt, seed=self.seed, progress=self.progress)
-        except RuntimeError as e:
-            raise ConfigError(f"faiss could not train {factory!r} on {len(xt)} vectors: "
-                              f"{str(e).strip().splitlines()[-1]}") from None
-        return index
+        return tune.make_index(faiss, factory, d, n, metric, src, rng, cosine, train_size=self.train_size,
+                               seed=self.seed, progress=self.progress)
 
     def _measure_and_tune(self, faiss, qvecs, top, t0: float, held_out: str) -> dict:
         """recall@k of the held-out queries against exact search; when the index has a speed/recall knob that
@@ -545,16 +521,6 @@ def _reason(e: Exception) -> str:
     """A faiss/safetensors exception as a short one-line reason (without faiss's C++ source location)."""
     text = re.sub(r"^Error in .*? at \S+:\d+: ", "", " ".join(str(e).split()))
     return re.sub(r"^Error: '.*?' failed: ", "", text) or type(e).__name__
-
-
-def _no_polysemous(faiss, index) -> None:
-    """faiss's factory turns on polysemous training for PQ codes (slow simulated annealing, ~10x the training
-    time) although plain search never uses it; switch it off (``PQ{m}np`` in factory terms)."""
-    inner = faiss.downcast_index(index)
-    while isinstance(inner, faiss.IndexPreTransform):
-        inner = faiss.downcast_index(inner.index)
-    if hasattr(inner, "do_polysemous_training"):
-        inner.do_polysemous_training = False
 
 
 def _json_default(o):
