@@ -453,3 +453,33 @@ def test_text_files_that_are_not_utf8_are_one_line(capsys, tmp_path, img):
         open_seg_dataset(seg)
     (seg / "classes.txt").write_bytes("\ufefffond\nchâteau\n".encode())  # UTF-8 with a BOM reads fine
     assert open_seg_dataset(seg).classes[:2] == ["fond", "château"]
+
+
+@pytest.mark.parametrize("edit", ["ddconfig.z_channels: abc", "ddconfig.ch_mult: [1, x]", "ddconfig: [1, 2]",
+                                  "params: 5", "top: [list]", "bytes", "ddconfig.dropout: 2"])
+def test_yaml_configs_with_wrong_types_are_one_line(capsys, tmp_path, img, golden, edit):
+    import yaml
+
+    from svgfeat.checkpoints import load_yaml, svg_config_from_yaml
+    from svgfeat.errors import ConfigError
+
+    cfg = yaml.safe_load(golden("svg_ae_shared.yaml").read_text())
+    bad = tmp_path / "bad.yaml"
+    if edit == "top: [list]":
+        bad.write_text("- 1\n- 2\n")
+    elif edit == "bytes":
+        bad.write_bytes(b"model:\n  target: caf\xe9\n")
+    else:
+        key, value = edit.split(": ", 1)
+        node = cfg["model"] if key == "params" else cfg["model"]["params"]
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = yaml.safe_load(value)
+        bad.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="YAML"):
+        svg_config_from_yaml(load_yaml(bad))
+    line = one_line_error(capsys, "encode", img, "-o", tmp_path / "f.safetensors", "--dinov3",
+                          golden("dinov3_vits16plus_random.pth"), "--svg", golden("svg_ae_shared.ckpt"),
+                          "--svg-config", bad)
+    assert "YAML" in line and "Traceback" not in line, line
