@@ -42,7 +42,8 @@ def index():
               help="Approximate indexes: recall@10 to reach on held-out queries; the smallest nprobe / efSearch "
                    "reaching it becomes the index's default (unless --nprobe / --ef-search is given).")
 @click.option("--time-budget", default=540.0, show_default=True, type=Real(0, 7 * 86400, "seconds"),
-              help="Seconds of the whole build after which tuning stops with the best setting found.")
+              help="Seconds of the whole build after which tuning stops with the best setting found (tuning "
+                   "always gets a tenth of it).")
 @click.option("--val", "val", default=None, type=click.Path(exists=True, file_okay=False),
               help="Cache of held-out queries (same encoder) for the recall [default: 1000 rows of CACHE kept out "
                    "of the index until measured].")

@@ -88,7 +88,8 @@ class FaissIndex:
     target_recall: with a measured approximate index whose nprobe / efSearch is not given, the smallest setting
         reaching this recall@k is chosen and stored as the index's default (None: keep the defaults). When it
         cannot be reached, ``recall_`` says so (``met`` False, ``why``) with the best setting found.
-    time_budget: seconds of the whole build after which tuning stops with the best setting so far (None: none).
+    time_budget: seconds of the whole build after which tuning stops with the best setting so far, tuning always
+        getting at least a tenth of it (None: no limit).
     progress: tqdm bars on stderr for k-means training, adding and tuning.
     device: ``"cpu"`` or ``"cuda[:i]"`` (faiss-gpu; falls back to CPU with a warning).
     backend: ``"auto"`` (faiss, else exact torch for small data), ``"faiss"`` or ``"torch"`` (exact only).
@@ -305,7 +306,10 @@ class FaissIndex:
             setattr(self, attr, max(v, k) if name == "efSearch" else v)
             return self._search_normalized(qvecs, k)[1]
 
-        deadline = t0 + (self.time_budget if self.time_budget is not None else float("inf"))
+        # the budget covers the whole build, but tuning (a few searches of the held-out queries) always gets a
+        # tenth of it: a slow training pass must not leave the index at its first, worst setting
+        budget = self.time_budget if self.time_budget is not None else float("inf")
+        deadline = max(t0 + budget, time.perf_counter() + budget / 10)
         res = tune.tune_search(run, truth, k, name, vmin, vmax, self.target_recall, deadline, self.progress)
         setattr(self, attr, res["value"])
         if not res["met"] and ("PQ" in self.factory_ or "SQ" in self.factory_):
