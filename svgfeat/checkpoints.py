@@ -115,10 +115,37 @@ def load_yaml(path) -> dict:
     import yaml
 
     try:
-        with open(path) as f:
-            return yaml.safe_load(f) or {}
+        with open(path, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read YAML config {path}: {e}") from None
+        raise ConfigError(f"cannot read YAML config {path}: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"YAML config {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x}); save it as "
+                          "UTF-8") from None
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"YAML config {path}: expected a mapping at the top, got a {type(cfg).__name__}")
+    return cfg
+
+
+# AE YAML fields that must be positive integers / lists of them (a wrong type is one line, not a traceback)
+_YAML_INTS = ("z_channels", "resolution", "in_channels", "out_ch", "ch", "num_res_blocks", "embed_dim", "depth",
+              "num_heads", "patch_size", "hidden_size", "img_size", "out_channels", "mlp_dim", "num_layers")
+_YAML_INT_LISTS = ("ch_mult", "attn_resolutions")
+
+
+def _check_yaml_section(name: str, sec) -> dict:
+    if not isinstance(sec, dict):
+        raise ConfigError(f"YAML {name}: expected a mapping, got {type(sec).__name__} {str(sec)[:40]!r}")
+    for k, v in sec.items():
+        if k in _YAML_INTS and (type(v) is not int or v <= 0):
+            raise ConfigError(f"YAML {name}.{k}: expected a positive integer, got {str(v)[:40]!r}")
+        if k in _YAML_INT_LISTS and (not isinstance(v, list) or any(type(x) is not int or x < 0 for x in v)):
+            raise ConfigError(f"YAML {name}.{k}: expected a list of integers, got {str(v)[:40]!r}")
+        if k == "dropout" and (type(v) not in (int, float) or not 0 <= v < 1):
+            raise ConfigError(f"YAML {name}.{k}: expected a number in [0, 1), got {str(v)[:40]!r}")
+    return dict(sec)
 
 
 # ----------------------------------------------------------------------------- state-dict helpers
@@ -187,14 +214,18 @@ def svg_config_from_yaml(cfg: dict) -> dict:
     """Pick the parts of an official AE YAML that define the model (ddconfig, extra_vit_config, dino name)."""
     model = cfg.get("model", {}) if isinstance(cfg.get("model"), dict) else {}
     params = model.get("params", cfg.get("params", cfg))
+    if not isinstance(params, dict):
+        raise ConfigError(f"YAML model.params: expected a mapping, got {type(params).__name__}")
     out = {}
     if model.get("target"):
         out["target"] = str(model["target"])
     if params.get("ddconfig"):
-        out["ddconfig"] = dict(params["ddconfig"])
+        out["ddconfig"] = _check_yaml_section("model.params.ddconfig", params["ddconfig"])
     if params.get("extra_vit_config"):
-        out["extra_vit_config"] = dict(params["extra_vit_config"])
+        out["extra_vit_config"] = _check_yaml_section("model.params.extra_vit_config", params["extra_vit_config"])
     dc = params.get("dinoconfig") or {}
+    if not isinstance(dc, dict):
+        raise ConfigError(f"YAML model.params.dinoconfig: expected a mapping, got {type(dc).__name__}")
     if dc.get("model_name"):
         out["dino_model_name"] = dc["model_name"]
     if not (set(out) & {"ddconfig", "extra_vit_config"}):

@@ -28,6 +28,8 @@ from .errors import CheckpointError, ConfigError
 
 HF_WORDS = ("hf", "hub", "pretrained")
 HF_SCHEME = "hf://"
+_HUB_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_-])?")  # not '.', '..' or a trailing dot
+_HUB_REV = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 ENV_OVERRIDE = "SVGFEAT_PRETRAINED_{role}"  # e.g. SVGFEAT_PRETRAINED_SVG=hf://me/my-svg/ae.ckpt or a path
 
 
@@ -72,6 +74,12 @@ class HubFile:
         parts = body.split("/", 2)
         if len(parts) < 3 or not all(parts):
             raise ConfigError(f"Hub file spec {spec!r}: expected hf://ORG/NAME/path/in/repo[@revision]")
+        # names as the Hub spells them; a path inside the repo, never out of it (no '..', '.', '\\' or '//')
+        if not all(_HUB_NAME.fullmatch(p) for p in parts[:2]) or any(
+                seg in ("", ".", "..") for seg in parts[2].split("/")) or "\\" in parts[2] or (
+                rev is not None and not _HUB_REV.fullmatch(rev)):
+            raise ConfigError(f"Hub file spec {spec!r}: expected hf://ORG/NAME/path/in/repo[@revision] with ORG and "
+                              "NAME made of letters, digits, '-', '_', '.' and a path without '.' or '..' parts")
         return cls(f"{parts[0]}/{parts[1]}", parts[2], rev or None)
 
 

@@ -342,3 +342,147 @@ def test_protocol_train_and_val_presets_may_differ_at_the_same_size():
     check_same_transform(tr, SimpleNamespace(root="va", transform={"preset": "center-crop", "size": 224}))
     with pytest.raises(CacheError, match="size: train 224, val 256"):
         check_same_transform(tr, SimpleNamespace(root="va", transform={"preset": "center-crop", "size": 256}))
+
+
+# ------------------------------------------------------------------------------------------ every option at the edge
+def _base(cmd, tmp_path, img):
+    return {"knn": ["knn", "--train", tmp_path, "--val", tmp_path, "-o", tmp_path / "k.json"],
+            "probe": ["probe", "--train", tmp_path, "-o", tmp_path / "p.json"],
+            "eval": ["eval", "imagenet", "--root", "sample", "--model", "test_tiny", "-o", tmp_path / "e"],
+            "seg": ["seg", "train", "--data", "sample:digitseg", "--model", "test_tiny", "--out", tmp_path / "s"],
+            "depth": ["depth", "train", "--data", "sample:depth", "--model", "test_tiny", "--out", tmp_path / "d"],
+            "train-dit": ["train-dit", tmp_path, "-o", tmp_path / "dit"],
+            "generate": ["generate", "--classes", "1", "-o", tmp_path / "g"],
+            "train-ae": ["train-ae", "sample:photos", "--out", tmp_path / "ae", "--model", "test_tiny"],
+            "index": ["index", "build", tmp_path, "-o", tmp_path / "i.faiss"],
+            "search": ["search", img, "q"],
+            "serve": ["serve", img]}[cmd]
+
+
+BAD_OPTIONS = [  # (command, option, value): each must be refused while parsing, naming the option and the value
+    ("knn", "-k", "10^12"), ("knn", "-k", "1000000000000"), ("knn", "-k", "0"), ("knn", "-k", "10,nan"),
+    ("knn", "-T", "inf"), ("knn", "-T", "nan"), ("knn", "-T", "0"), ("knn", "-T", "-1"),
+    ("probe", "--wd", "nan"), ("probe", "--wd", "-1"), ("probe", "--lrs", "nan"), ("probe", "--lrs", "0.1,inf"),
+    ("probe", "--lrs", "0"), ("probe", "--heldout-fraction", "1.5"), ("probe", "--heldout-fraction", "nan"),
+    ("probe", "--iterations", "-5"), ("probe", "--epochs", "0"), ("probe", "--min-iterations", "-1"),
+    ("eval", "-T", "inf"), ("eval", "-k", "10^12"), ("eval", "--wd", "nan"),
+    ("seg", "--lr", "nan"), ("seg", "--lr", "-1"), ("seg", "--weight-decay", "nan"),
+    ("depth", "--lr", "nan"), ("depth", "--lr", "-1"), ("depth", "--grad-clip", "-1"),
+    ("train-dit", "--lr", "nan"), ("train-dit", "--lr", "-1"), ("train-dit", "--ema-decay", "2"),
+    ("train-dit", "--ema-decay", "nan"), ("train-dit", "--grad-clip", "-1"), ("train-dit", "--weight-decay", "inf"),
+    ("train-dit", "--shift", "0"), ("train-dit", "--class-dropout", "1.5"),
+    ("generate", "--cfg", "nan"), ("generate", "--cfg", "inf"), ("generate", "--shift", "0"),
+    ("generate", "--shift", "nan"), ("generate", "--steps", "1000000000"),
+    ("train-ae", "--lr", "nan"), ("train-ae", "--disc-weight", "nan"), ("train-ae", "--mask-ratio", "1.5"),
+    ("index", "--target-recall", "0"), ("index", "--target-recall", "1.5"), ("index", "--target-recall", "nan"),
+    ("index", "--time-budget", "inf"), ("index", "--time-budget", "-1"), ("index", "--nprobe", "0"),
+    ("search", "-k", "1000000000000"), ("serve", "--body-timeout", "nan"), ("serve", "--body-timeout", "inf"),
+]
+
+
+@pytest.mark.parametrize("cmd,opt,value", BAD_OPTIONS)
+def test_numeric_options_are_finite_and_in_range(capsys, tmp_path, img, cmd, opt, value):
+    line = one_line_error(capsys, *_base(cmd, tmp_path, img), opt, value)
+    assert opt in line and repr(value) in line and "expected" in line, line
+
+
+@pytest.mark.parametrize("args", [["extract", "", "-o", "OUT"], ["extract", "  ", "-o", "OUT"],
+                                  ["index", "build", "", "-o", "OUT"], ["stats", ""], ["train-dit", "", "-o", "OUT"]])
+def test_empty_path_is_refused_not_the_current_folder(capsys, tmp_path, args):
+    line = one_line_error(capsys, *[tmp_path / "o" if a == "OUT" else a for a in args])
+    assert "empty" in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_absurd_image_size_is_refused_with_an_estimate(capsys, tmp_path, img):
+    line = one_line_error(capsys, "extract", "sample:digits/val", "-o", tmp_path / "c", "--model", "test_tiny",
+                          "--size", "65536")
+    assert "--size" in line and "'65536'" in line and "4096" in line and "patches" in line, line
+    line = one_line_error(capsys, "encode", img, "-o", tmp_path / "f.safetensors", "--model", "test_tiny",
+                          "--size", "65536")
+    assert "'65536'" in line
+
+
+@pytest.mark.parametrize("spec", ["hf://../../etc/passwd", "hf://org/../x", "hf://org/name/../../x",
+                                  "hf://./name/f.pt", "hf://org/name/a\\..\\b", "hf://org/na me/f.pt"])
+def test_hub_specs_that_climb_out_are_refused(capsys, tmp_path, img, spec):
+    from svgfeat.errors import ConfigError
+    from svgfeat.hub import HubFile
+
+    with pytest.raises(ConfigError, match="Hub file spec"):
+        HubFile.parse(spec)
+    line = one_line_error(capsys, "encode", img, "-o", tmp_path / "f.safetensors", "--model", "test_tiny",
+                          "--svg", spec)
+    assert "Hub file spec" in line and not (tmp_path / "f.safetensors").exists()
+
+
+def test_train_dit_that_cannot_fit_is_refused_with_the_estimate(capsys, tmp_path, monkeypatch):
+    from svgfeat.cache import from_arrays
+    from svgfeat.generation.memory_estimate import train_memory_bytes
+
+    lat = np.zeros((4, 392, 16, 16), np.float16)
+    c = from_arrays(tmp_path / "lat", {"latent": lat}, labels=np.arange(4) % 2, durable=False)
+    monkeypatch.setenv("SVGFEAT_MEMORY_BUDGET", "24GB")  # a 24 GB machine, whatever this one has
+    line = one_line_error(capsys, "train-dit", c.root, "-o", tmp_path / "run", "--model", "svg_dit_xl",
+                          "--steps", "1")
+    assert "svg_dit_xl at 256 samples per process needs about" in line and "676M parameters" in line, line
+    assert "more than the 24.0 GB" in line and "--batch-size" in line
+    assert not (tmp_path / "run").exists()
+    # the estimate grows with the batch and is dominated by parameters x 20 bytes when the batch is 1
+    a, b = (train_memory_bytes(676_000_000, 28, 1152, 16, 256, n) for n in (1, 2))
+    assert a["static"] == 20 * 676_000_000 and b["activations"] == 2 * a["activations"] > 0
+
+
+def test_text_files_that_are_not_utf8_are_one_line(capsys, tmp_path, img):
+    from svgfeat.data import open_dataset
+    from svgfeat.data.datasets import flat_with_labels
+    from svgfeat.data.segmentation import open_seg_dataset, write_folder_dataset
+    from svgfeat.errors import DataError
+
+    lst = tmp_path / "list.txt"
+    lst.write_bytes(f"{img} 0\n".encode() + "caf\xe9.png 1\n".encode("latin-1"))
+    line = one_line_error(capsys, "extract", lst, "-o", tmp_path / "c", "--model", "test_tiny", "--size", "32")
+    assert "not UTF-8" in line and "0xe9" in line and "line 2" in line and str(lst) in line, line
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(DataError, match="file list .* not UTF-8"):
+        open_dataset(lst)
+    labels = tmp_path / "val.txt"
+    labels.write_bytes(b"a.png n01\n\xff\xfe\x00b.png n02\n")
+    with pytest.raises(DataError, match="label file .* not UTF-8 .*line 2"):
+        flat_with_labels(img.parent, labels)
+    seg = write_folder_dataset(open_seg_dataset("sample:digitseg/val"), tmp_path / "seg")
+    (seg / "classes.txt").write_bytes("fond\nchâteau\n".encode("cp1252"))
+    with pytest.raises(DataError, match="class list .* not UTF-8"):
+        open_seg_dataset(seg)
+    (seg / "classes.txt").write_bytes("\ufefffond\nchâteau\n".encode())  # UTF-8 with a BOM reads fine
+    assert open_seg_dataset(seg).classes[:2] == ["fond", "château"]
+
+
+@pytest.mark.parametrize("edit", ["ddconfig.z_channels: abc", "ddconfig.ch_mult: [1, x]", "ddconfig: [1, 2]",
+                                  "params: 5", "top: [list]", "bytes", "ddconfig.dropout: 2"])
+def test_yaml_configs_with_wrong_types_are_one_line(capsys, tmp_path, img, golden, edit):
+    import yaml
+
+    from svgfeat.checkpoints import load_yaml, svg_config_from_yaml
+    from svgfeat.errors import ConfigError
+
+    cfg = yaml.safe_load(golden("svg_ae_shared.yaml").read_text())
+    bad = tmp_path / "bad.yaml"
+    if edit == "top: [list]":
+        bad.write_text("- 1\n- 2\n")
+    elif edit == "bytes":
+        bad.write_bytes(b"model:\n  target: caf\xe9\n")
+    else:
+        key, value = edit.split(": ", 1)
+        node = cfg["model"] if key == "params" else cfg["model"]["params"]
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = yaml.safe_load(value)
+        bad.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="YAML"):
+        svg_config_from_yaml(load_yaml(bad))
+    line = one_line_error(capsys, "encode", img, "-o", tmp_path / "f.safetensors", "--dinov3",
+                          golden("dinov3_vits16plus_random.pth"), "--svg", golden("svg_ae_shared.ckpt"),
+                          "--svg-config", bad)
+    assert "YAML" in line and "Traceback" not in line, line

@@ -164,6 +164,8 @@ def test_sample_root_without_weights_uses_the_seeded_full_model(tmp_path, capsys
                 "--features", "latent", "--min-iterations", "30", "--lrs", "0.01,0.1", "-k", "5"]) == 0
     text = capsys.readouterr().out
     assert "weights are RANDOM (random_svg_vits16plus" in text and "--pretrained" in text
+    timings = [ln for ln in text.splitlines() if ln.startswith("stage timings: ")]
+    assert len(timings) == 1 and all(s in timings[0] for s in ("extract_train", "probe[latent]", "knn[cls]", "report"))
     res = json.loads((out / "results.json").read_text())
     assert res["encoder"]["model"] == "random_svg_vits16plus" and res["train"]["data"] == "sample:digits/train"
     assert res["weights"] == "random" and "only show that the pipeline works" in res["notice"]
@@ -261,3 +263,34 @@ def test_rrc224_and_resize256_crop224_presets():
 
 def torch_equal(a, b):
     return bool((a == b).all())
+
+
+def test_tiny_data_scales_the_protocol_step_counts():
+    """12,500 DINOv3 steps are 10 ImageNet epochs: on tiny data they scale with the images (at least 100), recorded
+    as deviations; what the user set and data of 20,000+ images keep the protocol's counts."""
+    from svgfeat.evaluation.protocols import scale_steps_to_data
+
+    st = {"iterations": 12500, "min_iterations": 0}
+    devs = scale_steps_to_data(st, 200)
+    assert st["iterations"] == 100 and len(devs) == 1 and devs[0]["protocol"] == 12500 and devs[0]["used"] == 100
+    assert "tiny" in devs[0]["note"]
+    st = {"iterations": 12500, "min_iterations": 0}
+    assert scale_steps_to_data(st, 15_000)[0]["used"] == 147 == st["iterations"]  # ceil(12500 * 15000 / 1281167)
+    st = {"iterations": None, "min_iterations": 1000}
+    assert scale_steps_to_data(st, 1438)[0]["setting"] == "min_iterations" and st["min_iterations"] == 100
+    st = {"iterations": 12500, "min_iterations": 0}
+    assert scale_steps_to_data(st, 20_000) == [] and st["iterations"] == 12500
+    assert scale_steps_to_data(st, 200, given={"iterations"}) == [] and st["iterations"] == 12500
+
+
+def test_tiny_data_caps_the_protocol_train_views():
+    from svgfeat.evaluation.protocols import scale_views_to_data
+
+    st = {"train_views": 10}
+    devs = scale_views_to_data(st, 200)
+    assert st["train_views"] == 2 and devs[0]["protocol"] == 10 and devs[0]["used"] == 2 and "tiny" in devs[0]["note"]
+    for images, given in ((20_000, ()), (200, {"train_views"})):
+        st = {"train_views": 10}
+        assert scale_views_to_data(st, images, given) == [] and st["train_views"] == 10
+    st = {"train_views": 1}
+    assert scale_views_to_data(st, 200) == [] and st["train_views"] == 1

@@ -49,19 +49,23 @@ def test_flat_equals_brute_force(small, metric):
 
 
 def test_ann_recall_on_100k_clustered_vectors():
-    """100k x 64-d Gaussian-mixture data (500 clusters, spread 0.7), 1000 held-out queries; IVF (nlist=4*sqrt(n))
-    and HNSW32 (what factory='auto' picks here) at default search settings vs exact faiss Flat. Their speed
-    against exact search is measured in benchmarks/bench_retrieval.py, not asserted here."""
+    """100k x 64-d Gaussian-mixture data (500 clusters, spread 0.7), 1000 new queries; IVF (nlist=4*sqrt(n), what
+    factory='auto' picks here) and HNSW32, their nprobe / efSearch tuned at build time to recall@10 >= 0.95 on
+    1000 rows held out of the index, vs exact faiss Flat. The recall they store predicts the recall on new
+    queries. Their speed against exact search is measured in benchmarks/bench_retrieval.py, not asserted here."""
     data = clustered(101_000, 64, seed=1)
     X, Q = data[:100_000], data[100_000:]
     I_exact = FaissIndex("Flat").fit(X).search(Q, 10)[1]
-    for factory in (f"IVF{fac.default_nlist(100_000)},Flat", "auto"):
+    for factory in ("auto", "HNSW32"):
         idx = FaissIndex(factory).fit(X)
         nbr = idx.search(Q, 10)[1]
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(nbr, I_exact)])
-        assert recall >= 0.95, (idx.factory_, recall)
-        assert idx.recall_["recall"] >= 0.95 and idx.recall_["queries"] == 1000
-    assert idx.factory_ == "HNSW32" and idx.search_params() == {"efSearch": 64}
+        rec = idx.recall_
+        assert rec["met"] and rec["recall"] >= 0.95 and rec["queries"] == 1000 and rec["held_out"] == "rows"
+        assert abs(recall - rec["recall"]) < 0.03 and recall >= 0.93, (idx.factory_, recall, rec)
+        assert idx.search_params() == rec["params"] and len(idx) == 100_000
+        if factory == "auto":
+            assert idx.factory_ == f"IVF{fac.default_nlist(100_000)},Flat"
 
 
 def test_auto_factory_rules():
@@ -71,7 +75,7 @@ def test_auto_factory_rules():
         with pytest.raises(ConfigError):
             fac.parse_memory(bad)
     assert fac.auto_factory(10_000, 384)[0] == "Flat"
-    assert fac.auto_factory(1_000_000, 384, "4GB")[0] == "HNSW32"
+    assert fac.auto_factory(1_000_000, 384, "4GB")[0] == f"IVF{fac.default_nlist(1_000_000)},Flat"
     nlist = fac.default_nlist(50_000_000)
     assert nlist == round(4 * np.sqrt(50_000_000))
     assert fac.auto_factory(50_000_000, 384, "100GB")[0] == f"IVF{nlist},Flat"
@@ -90,8 +94,10 @@ def test_auto_small_is_exact_and_any_factory_string(small):
     assert a.factory_ == "Flat" and a.recall_["recall"] == 1.0 and a.recall_["exact"]
     np.testing.assert_array_equal(a.search(Q, 5)[1], brute_force(X, Q, 5)[1])
     opq = FaissIndex("OPQ4,IVF8,PQ4", seed=3, train_size=1000).fit(X)
-    assert opq.recall_["queries"] == 1000 and 0 < opq.recall_["recall"] <= 1
-    assert opq.search_params() == {"nprobe": 8}
+    # 300 held-out rows (n/10); PQ4 codes cannot reach 0.95 on random data: the best nprobe is kept and the
+    # miss is said
+    assert opq.recall_["queries"] == 300 and 0 < opq.recall_["recall"] < 0.95 and not opq.recall_["met"]
+    assert "nprobe=8" in opq.recall_["why"] and opq.search_params() == {"nprobe": 8}
     truth = brute_force(X, Q, 10)[1]
 
     def recall(nbr):
@@ -122,7 +128,9 @@ def test_save_load_same_results(small, tmp_path, factory, backend):
     p = idx.save(tmp_path / "x.index")
     side = read_sidecar(p)
     assert side["factory"] == factory and side["metric"] == "cosine" and side["ntotal"] == len(X)
-    assert side["keys"] == "range" and side["meta"]["labels"][:8] == [0, 1, 2, 3, 4, 5, 6, 0]
+    # approximate indexes measured their recall on rows held out of the index, added last: keys say where
+    assert side["keys"] == ("range" if factory == "Flat" else "x.index.keys.npy")
+    assert side["meta"]["labels"][:8] == [0, 1, 2, 3, 4, 5, 6, 0]
     back = FaissIndex.load(p)
     D2, I2 = back.search(Q, 10)
     np.testing.assert_array_equal(I2, nbr)

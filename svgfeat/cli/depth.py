@@ -13,7 +13,7 @@ import click
 
 from ..errors import ConfigError
 from ._common import build_encoder, encoder_options
-from ._types import LIMIT, POSITIVE, SIZE, WORKERS
+from ._types import GRAD_CLIP, LIMIT, LR, POSITIVE, SEED, SIZE, WEIGHT_DECAY, WORKERS, Real
 
 DATA_HELP = "NYUv2 root, images/+depth/ folder, or sample:depth."
 
@@ -38,7 +38,7 @@ def _crop(ctx, param, v):
 def _data_options(f):
     f = click.option("--split-file", type=click.Path(dir_okay=False), default=None,
                      help="List file 'rgb depth [focal]' per line (default: NYUv2's nyudepthv2_*_files_with_gt.txt).")(f)
-    return click.option("--depth-scale", type=click.FloatRange(min=0, min_open=True), default=None,
+    return click.option("--depth-scale", type=Real(0, 1e6, "raw units per metre", lo_open=True), default=None,
                         help="Raw depth units per metre (default 1000 for 16-bit PNG = millimetres, 1 for .npy = "
                              "metres; 8-bit PNGs need it).")(f)
 
@@ -65,17 +65,17 @@ def depth():
               help="Square side the cache resizes images to (default: the sample's 96; 480 otherwise).")
 @click.option("--iters", type=POSITIVE, default=None, help="Training iterations (38400; 150 for the sample).")
 @click.option("--batch-size", type=POSITIVE, default=None, help="Global batch size (16; 8 for the sample).")
-@click.option("--lr", type=float, default=None, help="AdamW learning rate (3e-4; 1e-2 for the sample).")
-@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay (1e-4).")
-@click.option("--grad-clip", type=float, default=None, help="Gradient-norm clip (35; 0: off).")
+@click.option("--lr", type=LR, default=None, help="AdamW learning rate (3e-4; 1e-2 for the sample).")
+@click.option("--weight-decay", type=WEIGHT_DECAY, default=None, help="AdamW weight decay (1e-4).")
+@click.option("--grad-clip", type=GRAD_CLIP, default=None, help="Gradient-norm clip (35; 0: off).")
 @click.option("--warmup", type=click.IntRange(min=0), default=None, help="Warm-up iterations (12800; 15 for the sample).")
 @click.option("--crop-size", default=None, callback=_crop, help="Training crop H,W (416,544; 96,96 for the sample).")
 @click.option("--bins", "n_bins", type=click.IntRange(min=2), default=None, help="Depth bins (256).")
-@click.option("--min-depth", type=float, default=None, help="Smallest valid depth in metres (0.001).")
-@click.option("--max-depth", type=float, default=None, help="Largest valid depth in metres (10).")
+@click.option("--min-depth", type=Real(0, 1e4, "a depth in metres", lo_open=True), default=None, help="Smallest valid depth in metres (0.001).")
+@click.option("--max-depth", type=Real(0, 1e4, "a depth in metres", lo_open=True), default=None, help="Largest valid depth in metres (10).")
 @click.option("--no-tta", is_flag=True, help="Evaluate without flip test-time augmentation.")
 @click.option("--workers", type=WORKERS, default=0, show_default=True, help="DataLoader workers (online mode).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--eval-limit", type=LIMIT, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation after training.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
@@ -123,7 +123,7 @@ def eval_cmd(data, split, depth_scale, split_file, head_path, dinov3, svg, svg_c
 @click.option("--head", "head_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @encoder_options
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--max-display-depth", type=float, default=None,
+@click.option("--max-display-depth", type=Real(0, 1e4, "a depth in metres", lo_open=True), default=None,
               help="Depth mapped to the last colour (default: the head's max depth).")
 @click.option("--no-tta", is_flag=True, help="No flip test-time augmentation.")
 def predict(images, head_path, dinov3, svg, svg_config, model, alignment, device, out, max_display_depth, no_tta):

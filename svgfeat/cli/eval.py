@@ -4,7 +4,7 @@ import click
 
 from ..evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from ._common import encoder_options
-from ._types import LIMIT, POSITIVE, SIZE, WORKERS
+from ._types import K_LIST, LIMIT, POSITIVE, SIZE, TEMPERATURE, WORKERS
 from .probe import probe_kwargs, probe_options
 
 _PROTOCOL_HELP = ("Named protocol fixing transforms, train views, probe grid/schedule/normalisation/selection and "
@@ -48,8 +48,8 @@ def eval_group():
 @click.option("--no-knn", is_flag=True, help="Skip the kNN evaluation.")
 @click.option("--knn-features", default=None,
               help="kNN feature spec [default: the protocol's: cls for dinov3/svgfeat, latent for svg].")
-@click.option("-k", "ks", default=None, help="kNN neighbour counts [default: the protocol's: 10,20,100,200].")
-@click.option("-T", "--temperature", default=None, type=float, help="kNN temperature [default: the protocol's: 0.07].")
+@click.option("-k", "ks", default=None, type=K_LIST, help="kNN neighbour counts [default: the protocol's: 10,20,100,200].")
+@click.option("-T", "--temperature", default=None, type=TEMPERATURE, help="kNN temperature [default: the protocol's: 0.07].")
 def imagenet(root, protocol, dinov3, svg, svg_config, model, alignment, device, out, val_labels, size, preset,
              batch_size, workers, train_views, limit, features, probe_batch_size, epochs, iterations, min_iterations,
              lrs, optimizer, wd, select_on, heldout_fraction, normalize, standardize, seed, no_knn, knn_features, ks,
@@ -83,5 +83,9 @@ def imagenet(root, protocol, dinov3, svg, svg_config, model, alignment, device, 
         click.echo(f"{'kNN ' + kn['features']:>12}: top-1 {kb['top1']:.2f}% (k={20 if '20' in kn['k'] else kn['best']['k']})")
     click.echo(f"selection: {res['note']}; features: {res['normalize']}")
     click.echo(f"-> {out}/results.json, results.md, lr_curve.png")
+    t = res.get("timings") or {}
+    if t:
+        click.echo("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
+                   + f"; total {sum(t.values()):.1f}s")
     if res.get("notice"):
         click.echo(f"NOTE: {res['notice']}")

@@ -5,12 +5,12 @@ import sys
 import click
 
 from ._common import encoder_options, printable
-from ._types import LIMIT, POSITIVE, SIZE, WORKERS
+from ._types import LIMIT, POSITIVE, SIZE, WORKERS, NonEmptyPath, NonEmptyText
 
 
 @click.command()
-@click.argument("data")
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Cache directory.")
+@click.argument("data", type=NonEmptyText())
+@click.option("-o", "--out", required=True, type=NonEmptyPath(file_okay=False), help="Cache directory.")
 @encoder_options
 @click.option("--groups", default="latent,cls,pooled", show_default=True,
               help="Comma-separated groups: dino,residual,latent,cls,registers,pooled,residual_raw,cls_l<i>,"

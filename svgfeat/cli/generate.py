@@ -3,6 +3,7 @@
 import click
 
 from ._common import build_encoder, encoder_options, png_bytes, write_output
+from ._types import GUIDANCE, SEED, SHIFT, Count
 
 
 def _parse_classes(value: str, num_classes: int) -> list[int]:
@@ -50,16 +51,16 @@ def save_grid(images, rows: int, path) -> None:
               help="Latent mean/std (official dinov3_sp_stats.pt or a run's latent_stats.pt); default with "
                    "--pretrained: the released dinov3_sp_stats.pt.")
 @click.option("--classes", required=True, help="Comma-separated class ids, e.g. 207,360.")
-@click.option("--n", "n", default=4, show_default=True, type=click.IntRange(min=1), help="Samples per class.")
-@click.option("--steps", default=25, show_default=True, type=click.IntRange(min=1))
-@click.option("--cfg", default=1.5, show_default=True, type=float, help="Guidance scale (1 = none).")
+@click.option("--n", "n", default=4, show_default=True, type=Count(1, "a number of samples", 100_000), help="Samples per class.")
+@click.option("--steps", default=25, show_default=True, type=Count(1, "a number of sampling steps", 10_000))
+@click.option("--cfg", default=1.5, show_default=True, type=GUIDANCE, help="Guidance scale (1 = none).")
 @click.option("--cfg-mode", default="constant", show_default=True,
               help="constant | linear | late | early-<tau> | cfg_star-<K>-<r> | interval.")
 @click.option("--cfg-interval", default=None, help="lo,hi: guidance only for t in [lo, hi].")
 @click.option("--method", default="euler", show_default=True, type=click.Choice(["euler", "heun", "midpoint", "ab2"]))
-@click.option("--shift", default=0.15, show_default=True, type=float, help="Sampling time shift.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--shift", default=0.15, show_default=True, type=SHIFT, help="Sampling time shift.")
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--batch-size", default=16, show_default=True, type=Count(1, "a batch size", 65_536))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 def generate(dit_path, dit_config, dinov3, svg, svg_config, model, alignment, device, stats_path, classes, n, steps,
              cfg, cfg_mode, cfg_interval, method, shift, seed, batch_size, out, pretrained=False):

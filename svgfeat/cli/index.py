@@ -4,6 +4,8 @@ import json
 
 import click
 
+from ._types import UNIT_OPEN, Count, NonEmptyPath, Real
+
 
 @click.group()
 def index():
@@ -11,8 +13,8 @@ def index():
 
 
 @index.command()
-@click.argument("cache", type=click.Path(exists=True, file_okay=False))
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+@click.argument("cache", type=NonEmptyPath(exists=True, file_okay=False))
+@click.option("-o", "--out", "out", required=True, type=NonEmptyPath(dir_okay=False),
               help="Index file to write (a sidecar OUT.json is written beside it).")
 @click.option("--group", default=None,
               help="Cache group to index [default: pooled; dino with --patch].")
@@ -24,17 +26,29 @@ def index():
 @click.option("--max-memory", default=None,
               help="Memory budget, e.g. 4GB: --auto picks a factory within it [default: 4GB]; any factory that "
                    "does not fit is refused up front [default: the memory available now].")
-@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited per query.")
-@click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW search depth.")
+@click.option("--nprobe", type=Count(1, "a number of lists", 1 << 24), default=None,
+              help="IVF lists visited per query [default: tuned to --target-recall].")
+@click.option("--ef-search", type=Count(1, "a search depth", 1 << 20), default=None,
+              help="HNSW search depth [default: tuned to --target-recall].")
 @click.option("--gpu", is_flag=True, help="Build and search on the GPU (faiss-gpu); CPU if unavailable.")
 @click.option("--patch", is_flag=True, help="Index every patch vector (patch-level retrieval).")
-@click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--stride", type=Count(1, "a patch stride", 64), default=1, show_default=True,
               help="--patch: keep patches on every STRIDE-th grid row and column.")
-@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=None,
+@click.option("--fraction", type=UNIT_OPEN, default=None,
               help="--patch: keep a random fraction of the patches (seeded).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of training samples / subsampling.")
+@click.option("--seed", default=0, show_default=True, type=Count(0, "a seed"),
+              help="Seed of training samples / subsampling.")
+@click.option("--target-recall", default=0.95, show_default=True, type=UNIT_OPEN,
+              help="Approximate indexes: recall@10 to reach on held-out queries; the smallest nprobe / efSearch "
+                   "reaching it becomes the index's default (unless --nprobe / --ef-search is given).")
+@click.option("--time-budget", default=540.0, show_default=True, type=Real(0, 7 * 86400, "seconds"),
+              help="Seconds of the whole build after which tuning stops with the best setting found (tuning "
+                   "always gets a tenth of it).")
+@click.option("--val", "val", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Cache of held-out queries (same encoder) for the recall [default: 1000 rows of CACHE kept out "
+                   "of the index until measured].")
 def build(cache, out, group, factory, metric, auto, max_memory, nprobe, ef_search, gpu, patch, stride, fraction,
-          seed):
+          seed, target_recall, time_budget, val):
     """Index the vectors of CACHE (memory-mapped, added in batches) and write OUT + OUT.json."""
     from ..cache import open_cache
     from ..heads.index_factory import parse_memory
@@ -47,18 +61,25 @@ def build(cache, out, group, factory, metric, auto, max_memory, nprobe, ef_searc
     if patch:
         from ..heads.patch_retrieval import PatchIndex
 
+        if val is not None:
+            raise click.BadParameter("--val applies to global indexes; patch indexes hold out patches of CACHE")
         idx = PatchIndex(factory, metric, group=group or "dino", stride=stride, fraction=fraction, seed=seed,
-                         nprobe=nprobe, ef_search=ef_search, max_memory=max_memory, device=device).fit(c)
+                         nprobe=nprobe, ef_search=ef_search, max_memory=max_memory, device=device,
+                         target_recall=target_recall, time_budget=time_budget, progress=True).fit(c)
     else:
         if stride != 1 or fraction is not None:
             raise click.BadParameter("--stride/--fraction subsample patches and need --patch")
         from ..heads.retrieval import FaissIndex
 
         idx = FaissIndex(factory, metric, group=group or "pooled", nprobe=nprobe, ef_search=ef_search,
-                         max_memory=max_memory, seed=seed, device=device).fit(c)
+                         max_memory=max_memory, seed=seed, device=device, target_recall=target_recall,
+                         time_budget=time_budget, progress=True).fit(c, queries=open_cache(val) if val else None)
     path = idx.save(out)
     _print_info(idx.info())
     click.echo(f"wrote {path} and {path.name}.json")
+    rec = idx.info().get("recall") or {}
+    if rec.get("met") is False:
+        click.echo(f"warning: recall@{rec['k']} target {rec['target']} not met: {recall_line(rec)}", err=True)
 
 
 @index.command()
@@ -96,8 +117,7 @@ def _print_info(info: dict) -> None:
         click.echo("search:    " + ", ".join(f"{k}={v}" for k, v in info["search_params"].items()))
     rec = info.get("recall")
     if rec:
-        how = "exact search" if rec.get("exact") else f"measured on {rec['queries']} held-out queries"
-        click.echo(f"recall@{rec['k']}: {rec['recall']:.4f} ({how})")
+        click.echo(f"recall@{rec['k']}: {recall_line(rec)}")
     if enc:
         click.echo(f"encoder:   {enc.get('model')} (dinov3 sha256 {enc.get('dinov3_sha256')}, svg sha256 "
                    f"{enc.get('svg_sha256')}, alignment {enc.get('alignment')})")
@@ -108,3 +128,16 @@ def _print_info(info: dict) -> None:
         click.echo(f"cache:     {prov['cache']}")
     if info.get("build_seconds") is not None:
         click.echo(f"built in:  {info['build_seconds']:.2f} s")
+
+
+def recall_line(rec: dict) -> str:
+    """The stored recall in words: value, how it was measured, the target and whether it was met (and why not)."""
+    if rec.get("exact"):
+        return f"{rec['recall']:.4f} (exact search)"
+    src = {"val": "queries from --val", "rows": "rows held out of the index"}.get(rec.get("held_out"), "queries")
+    text = f"{rec['recall']:.4f} (measured on {rec['queries']} {src}"
+    if rec.get("params"):
+        text += ", " + ", ".join(f"{k}={v}" for k, v in rec["params"].items())
+    if rec.get("target") is not None:
+        text += f"; target {rec['target']} " + ("met" if rec.get("met") else f"NOT met: {rec.get('why') or ''}")
+    return text + ")"

@@ -6,7 +6,7 @@ import click
 
 from ..errors import ConfigError
 from ._common import write_output
-from ._types import DEVICE
+from ._types import DEVICE, K_LIST, TEMPERATURE
 
 
 @click.command()
@@ -16,8 +16,8 @@ from ._types import DEVICE
               help="Validation feature cache (the queries).")
 @click.option("--features", default="cls", show_default=True,
               help="Feature spec (see `svgfeat probe`); DINO's kNN protocol uses the CLS token.")
-@click.option("-k", "ks", default="10,20,100,200", show_default=True, help="Comma-separated neighbour counts.")
-@click.option("-T", "--temperature", default=0.07, show_default=True, type=float, help="Vote weight exp(sim/T).")
+@click.option("-k", "ks", default="10,20,100,200", show_default=True, type=K_LIST, help="Comma-separated neighbour counts.")
+@click.option("-T", "--temperature", default=0.07, show_default=True, type=TEMPERATURE, help="Vote weight exp(sim/T).")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "faiss", "torch"]))
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device of the torch backend.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Results JSON.")

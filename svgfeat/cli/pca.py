@@ -15,7 +15,7 @@ import click
 
 from ..numerics import Numerics
 from ._common import build_encoder, encoder_options, png_bytes, write_output
-from ._types import SIZE
+from ._types import SIZE, Real
 
 
 @click.command()
@@ -25,7 +25,7 @@ from ._types import SIZE
 @click.option("--group", type=click.Choice(["dino", "latent"]), default="dino", show_default=True)
 @click.option("--size", type=SIZE, default=448, show_default=True, help="Input size (multiple of 16).")
 @click.option("--preset", type=click.Choice(["resize", "svg", "center-crop"]), default="resize", show_default=True)
-@click.option("--fg-threshold", type=float, default=None,
+@click.option("--fg-threshold", type=Real(0, 1, "a threshold"), default=None,
               help="Keep tokens whose first component (scaled to [0, 1]) exceeds this, e.g. 0.5.")
 @click.option("--fg-invert", is_flag=True, help="Foreground is *below* the threshold (PCA sign is arbitrary).")
 @click.option("--side-by-side/--pca-only", default=True, show_default=True,

@@ -6,7 +6,7 @@ import click
 
 from ..errors import ConfigError
 from ._common import write_output
-from ._types import DEVICE, POSITIVE
+from ._types import DEVICE, LR_LIST, POSITIVE, SEED, STEPS, WD_LIST, Real
 
 
 def parse_floats(text, name: str):
@@ -34,25 +34,25 @@ def _probe_option_list(from_protocol: bool):
 
     tail = " [default: the protocol's]" if from_protocol else ""
     return [
-        click.option("--epochs", type=int, help="Epochs over the train set." + tail, **d(10)),
-        click.option("--iterations", default=None, type=int,
+        click.option("--epochs", type=STEPS, help="Epochs over the train set." + tail, **d(10)),
+        click.option("--iterations", default=None, type=STEPS,
                      help="Total SGD steps (overrides --epochs; DINOv3: 12500 at batch 1024)." + tail),
-        click.option("--min-iterations", type=int, help="Train at least this many steps (small datasets)." + tail,
+        click.option("--min-iterations", type=STEPS, help="Train at least this many steps (small datasets)." + tail,
                      **d(1000)),
-        click.option("--lrs", default=None,
+        click.option("--lrs", default=None, type=LR_LIST,
                      help="Comma-separated base learning rates (default DINOv3's 13: 1e-5..0.1), scaled by batch/256."),
         click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="Optimizer." + tail, **d("sgd")),
-        click.option("--wd", "wd", help="Comma-separated weight-decay grid." + tail, **d("0")),
+        click.option("--wd", "wd", type=WD_LIST, help="Comma-separated weight-decay grid." + tail, **d("0")),
         click.option("--select-on", type=click.Choice(["heldout", "val"]),
                      help="Pick the best head on a held-out split of train (unbiased) or on val (DINOv3 protocol)."
                           + tail, **d("heldout")),
-        click.option("--heldout-fraction", type=float, help="Share of train held out for selection." + tail,
+        click.option("--heldout-fraction", type=Real(0, 1, "a fraction", lo_open=True, hi_open=True), help="Share of train held out for selection." + tail,
                      **d(0.1)),
         click.option("--normalize", type=click.Choice(["zscore", "none", "batchnorm"]),
                      help=NORMALIZE_HELP + (" [default: the protocol's: svgfeat zscore, dinov3/svg none]"
                                             if from_protocol else ""), **d("zscore")),
         click.option("--standardize", is_flag=True, hidden=True, help="Alias of --normalize zscore."),
-        click.option("--seed", type=int, help="Seed of the split, batch order and crops.", **d(0)),
+        click.option("--seed", type=SEED, help="Seed of the split, batch order and crops.", **d(0)),
     ]
 
 

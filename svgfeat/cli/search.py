@@ -5,20 +5,23 @@ import json
 import click
 
 from ._common import encoder_options, printable, write_output
+from ._types import K_NEIGHBOURS, Count
 
 
 @click.command()
 @click.argument("index_path", metavar="INDEX", type=click.Path(exists=True, dir_okay=False))
 @click.argument("queries", metavar="QUERY...", nargs=-1, required=True)
-@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Neighbours per query.")
+@click.option("-k", "k", default=10, show_default=True, type=K_NEIGHBOURS, help="Neighbours per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
               help="Write an HTML page with query and result thumbnails.")
 @click.option("--region", default=None, help="Patch indexes: query region ROW0:ROW1,COL0:COL1 of the patch grid.")
 @click.option("--aggregate", type=click.Choice(["max", "sum"]), default="max", show_default=True,
               help="Patch indexes: per-image score (best patch, or sum over query patches).")
-@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="Override the IVF lists visited.")
-@click.option("--ef-search", type=click.IntRange(min=1), default=None, help="Override the HNSW search depth.")
+@click.option("--nprobe", type=Count(1, "a number of lists", 1 << 24), default=None,
+              help="Override the IVF lists visited [default: the one tuned at build time].")
+@click.option("--ef-search", type=Count(1, "a search depth", 1 << 20), default=None,
+              help="Override the HNSW search depth [default: the one tuned at build time].")
 @encoder_options
 def search(index_path, queries, k, as_json, html_out, region, aggregate, nprobe, ef_search, dinov3, svg,
            svg_config, model, alignment, device):
@@ -44,6 +47,13 @@ def search(index_path, queries, k, as_json, html_out, region, aggregate, nprobe,
     if as_json:
         click.echo(json.dumps(out, indent=1))
     else:
+        params = flat.search_params()
+        if params:  # approximate: say with which settings, and what recall they were measured to give
+            from .index import recall_line
+
+            rec = flat.recall_
+            click.echo(f"index: {flat.factory_}, " + ", ".join(f"{k}={v}" for k, v in params.items())
+                       + (f"; recall@{rec['k']} at build: {recall_line(rec)}" if rec else ""))
         for item in out:
             click.echo(f"query: {printable(item['query'])}")
             for rank, r in enumerate(item["results"], 1):

@@ -11,7 +11,7 @@ import functools
 import click
 
 from ._common import build_encoder, encoder_options
-from ._types import CROP, LIMIT, POSITIVE, WORKERS, Count
+from ._types import CROP, LIMIT, LR, POSITIVE, SEED, WEIGHT_DECAY, WORKERS, Count, Real
 
 DATA_HELP = "ADE20K root, images/+masks/ folder, or sample:digitseg."
 
@@ -38,8 +38,8 @@ def seg():
               help="Where the cache lives / is extracted (default OUT/cache).")
 @click.option("--iters", type=POSITIVE, default=None, help="Training iterations (40000; 300 for the sample).")
 @click.option("--batch-size", type=POSITIVE, default=None, help="Global batch size (16), split over torchrun ranks.")
-@click.option("--lr", type=float, default=None, help="AdamW learning rate (1e-3).")
-@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay (1e-3).")
+@click.option("--lr", type=LR, default=None, help="AdamW learning rate (1e-3).")
+@click.option("--weight-decay", type=WEIGHT_DECAY, default=None, help="AdamW weight decay (1e-3).")
 @click.option("--warmup", type=Count(0, "a number of iterations"), default=None, help="Warm-up iterations (1500; 30 for the sample).")
 @click.option("--schedule", type=click.Choice(["cosine", "poly"]), default=None, help="lr decay (cosine).")
 @click.option("--crop-size", type=CROP, default=None, help="Training crop (512; 64 for the sample).")
@@ -47,7 +47,7 @@ def seg():
 @click.option("--slide-crop", type=CROP, default=None)
 @click.option("--slide-stride", type=POSITIVE, default=None)
 @click.option("--workers", type=WORKERS, default=0, show_default=True, help="DataLoader workers (online mode).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--eval-limit", type=LIMIT, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation after training.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
@@ -92,7 +92,7 @@ def eval_cmd(data, split, head_path, dinov3, svg, svg_config, model, alignment, 
 @click.option("--head", "head_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @encoder_options
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--alpha", type=float, default=0.5, show_default=True, help="Mask opacity in the overlay.")
+@click.option("--alpha", type=Real(0, 1, "an opacity"), default=0.5, show_default=True, help="Mask opacity in the overlay.")
 def predict(images, head_path, dinov3, svg, svg_config, model, alignment, device, out, alpha):
     """Segment IMAGES (paths, or sample:digitseg/val); writes <stem>_labels/_mask/_overlay.png to OUT."""
     from ..evaluation.dense import predict_dense

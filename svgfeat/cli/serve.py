@@ -3,6 +3,7 @@
 import click
 
 from ._common import encoder_options
+from ._types import K_NEIGHBOURS, SECONDS, Count
 
 
 @click.command()
@@ -11,13 +12,13 @@ from ._common import encoder_options
               help="Interface to bind (loopback by default; 0.0.0.0 exposes the service to the network).")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--max-upload", default="10MB", show_default=True, help="Largest accepted upload, e.g. 10MB.")
-@click.option("--max-concurrent", default=4, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-concurrent", default=4, show_default=True, type=Count(1, "a number of requests", 1024),
               help="Searches running at once; more get 503.")
-@click.option("--max-k", default=100, show_default=True, type=click.IntRange(min=1), help="Largest k accepted.")
+@click.option("--max-k", default=100, show_default=True, type=K_NEIGHBOURS, help="Largest k accepted.")
 @click.option("--cache", "caches", multiple=True, metavar="NAME=CACHE",
               help="A feature cache whose rows clients may query as {\"cache_row\": \"NAME:ROW\"} (repeatable). "
                    "The index's own source cache is always available as 'index'; clients never name paths.")
-@click.option("--body-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--body-timeout", default=30.0, show_default=True, type=SECONDS,
               help="Seconds a client may take to send its request body (then 408).")
 @click.option("--verbose", is_flag=True, help="Log every request.")
 @encoder_options

@@ -2,9 +2,11 @@
 
 import click
 
+from ._types import NonEmptyPath
+
 
 @click.command()
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path", type=NonEmptyPath(exists=True, file_okay=False))
 @click.option("--groups", default="latent", show_default=True, help="Comma-separated groups.")
 @click.option("--official", type=click.Path(dir_okay=False), default=None,
               help="Also write the official dinov3_sp_stats.pt format for the first group.")

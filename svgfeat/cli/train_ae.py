@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ._types import DEVICE, ENCODER, SIZE, WORKERS
+from ._types import DEVICE, ENCODER, LOSS_WEIGHT, LR, PROBABILITY, SEED, SIZE, WORKERS, Count, Real
 
 BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_plus"]
 
@@ -26,17 +26,17 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
 @click.option("--steps", default=100_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Global batch (split over torchrun ranks).")
-@click.option("--lr", default=1e-4, show_default=True, type=float)
-@click.option("--disc-lr", default=None, type=float, help="Discriminator lr (default: --lr).")
-@click.option("--disc-start", default=2501, show_default=True, type=int,
+@click.option("--lr", default=1e-4, show_default=True, type=LR)
+@click.option("--disc-lr", default=None, type=LR, help="Discriminator lr (default: --lr).")
+@click.option("--disc-start", default=2501, show_default=True, type=Count(0, "a step", 100_000_000),
               help="Iteration at which the adversarial loss starts (official 5001 Lightning steps = 2501).")
-@click.option("--disc-weight", default=0.5, show_default=True, type=float)
-@click.option("--perceptual-weight", default=1.0, show_default=True, type=float)
+@click.option("--disc-weight", default=0.5, show_default=True, type=LOSS_WEIGHT)
+@click.option("--perceptual-weight", default=1.0, show_default=True, type=LOSS_WEIGHT)
 @click.option("--reduction", type=click.Choice(["sum", "mean"]), default="sum", show_default=True,
               help="Reconstruction loss: per-image pixel sum (official) or mean.")
-@click.option("--mask-ratio", default=None, type=float, help="Residual masking probability (default 0.1).")
-@click.option("--residual-dropout", default=None, type=float, help="Residual ViT dropout (default 0.1).")
-@click.option("--rope-rescale", default=None, type=float,
+@click.option("--mask-ratio", default=None, type=PROBABILITY, help="Residual masking probability (default 0.1).")
+@click.option("--residual-dropout", default=None, type=PROBABILITY, help="Residual ViT dropout (default 0.1).")
+@click.option("--rope-rescale", default=None, type=Real(0, 100, "a RoPE rescale factor", lo_open=True),
               help="DINOv3 train-mode RoPE rescale factor; 2 reproduces the official run (default: off).")
 @click.option("--batch-stats", type=click.Choice(["global", "local"]), default="global", show_default=True,
               help="Under torchrun: alignment/BatchNorm/adaptive-weight statistics over the global batch, or "
@@ -51,7 +51,7 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
               help="torchvision vgg16 state dict (vgg16-397923af.pth).")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
               help="auto = bf16 autocast on CUDA, fp32 elsewhere.")
-@click.option("--seed", default=23, show_default=True, type=int)
+@click.option("--seed", default=23, show_default=True, type=SEED)
 @click.option("--workers", default=min(4, os.cpu_count() or 1), show_default=True, type=WORKERS)
 @click.option("--log-every", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--ckpt-every", default=2000, show_default=True, type=click.IntRange(min=1))

@@ -5,21 +5,34 @@ Runs as is on one device, or under ``torchrun --nproc_per_node N svgfeat train-d
 
 import click
 
-from ._types import DEVICE, DIT, POSITIVE
+from ._types import (
+    DECAY,
+    DEVICE,
+    DIT,
+    LR,
+    POSITIVE,
+    PROBABILITY,
+    SEED,
+    SHIFT,
+    WEIGHT_DECAY,
+    Count,
+    NonEmptyPath,
+    Real,
+)
 
 
 @click.command("train-dit")
-@click.argument("cache", type=click.Path(exists=True, file_okay=False))
+@click.argument("cache", type=NonEmptyPath(exists=True, file_okay=False))
 @click.option("--model", default="svg_dit_xl", show_default=True, type=DIT, help="Registered DiT (svg_dit_b/l/xl, test_dit_tiny).")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
-@click.option("--steps", default=400_000, show_default=True, type=click.IntRange(min=0))
+@click.option("--steps", default=400_000, show_default=True, type=Count(0, "a number of steps", 100_000_000))
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Global batch.")
-@click.option("--lr", default=1e-4, show_default=True, type=float)
-@click.option("--weight-decay", default=0.0, show_default=True, type=float)
-@click.option("--ema-decay", default=0.9999, show_default=True, type=float)
-@click.option("--shift", default=0.4, show_default=True, type=float, help="Training time shift s.")
-@click.option("--grad-clip", default=None, type=float, help="Clip the gradient norm (off by default).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--lr", default=1e-4, show_default=True, type=LR)
+@click.option("--weight-decay", default=0.0, show_default=True, type=WEIGHT_DECAY)
+@click.option("--ema-decay", default=0.9999, show_default=True, type=DECAY)
+@click.option("--shift", default=0.4, show_default=True, type=SHIFT, help="Training time shift s.")
+@click.option("--grad-clip", default=None, type=Real(0, 1e6, "a gradient-norm clip", lo_open=True), help="Clip the gradient norm (off by default).")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="cpu or cuda (each torchrun rank uses its local GPU).")
 @click.option("--log-every", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--ckpt-every", default=50_000, show_default=True, type=click.IntRange(min=1))
@@ -28,7 +41,7 @@ from ._types import DEVICE, DIT, POSITIVE
 @click.option("--stats", "stats_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Latent stats (.pt official layout or .npz); default: the cache's `svgfeat stats` output.")
 @click.option("--num-classes", type=POSITIVE, default=None, help="Override the DiT's class count (default 1000).")
-@click.option("--class-dropout", type=float, default=None, help="Label dropout for CFG (default 0.1).")
+@click.option("--class-dropout", type=PROBABILITY, default=None, help="Label dropout for CFG (default 0.1).")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
               help="Forward-pass numerics (recorded; a resume in another precision is refused). bf16: autocast.")
 @click.option("--tf32", is_flag=True, help="Allow TF32 float32 matmuls on CUDA (the official recipe; recorded).")

@@ -35,6 +35,7 @@ from PIL import Image
 from ..errors import DataError
 from .datasets import ImageDataset
 from .decode import load_image
+from .textfile import read_text_lines
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEPTH_EXTS = (".png", ".npy")
@@ -244,10 +245,7 @@ def _inside(root: Path, rel: str, where: str) -> str:
 
 def _read_list(root: Path, list_file: Path) -> tuple[list[str], list[str]]:
     images, depths = [], []
-    try:
-        lines = list_file.read_text().splitlines()
-    except OSError as e:
-        raise DataError(f"cannot read split file {list_file}: {e}") from None
+    lines = read_text_lines(list_file, "split file")
     for n, line in enumerate(lines, 1):
         parts = line.split()
         if not parts:

@@ -29,6 +29,7 @@ from PIL import Image
 from ..errors import DataError
 from .datasets import ImageDataset
 from .decode import load_image
+from .textfile import read_text_lines
 from .transforms import normalize
 
 IGNORE_INDEX = 255
@@ -342,7 +343,7 @@ def open_seg_dataset(spec, split: str | None = None, num_classes: int | None = N
     images, masks = _pair(root, img_dir, mask_dir)
     cls_file = root / "classes.txt"
     if cls_file.is_file():
-        classes = [ln.strip() for ln in cls_file.read_text().splitlines() if ln.strip()]
+        classes = [ln.strip() for ln in read_text_lines(cls_file, "class list") if ln.strip()]
     else:
         k = int(num_classes) if num_classes else _scan_num_classes(root, masks)
         classes = [f"class {i}" for i in range(k)]

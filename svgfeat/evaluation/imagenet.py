@@ -23,13 +23,14 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..heads._features import aligned_labels, eval_rows, feature_matrix, groups_for_spec, parse_spec
-from .protocols import DEFAULT_PROTOCOL, deviation, resolve
+from .protocols import DEFAULT_PROTOCOL, deviation, resolve, scale_steps_to_data, scale_views_to_data
 from .report import markdown_report, plot_lr_curve
 
 DEFAULT_RANDOM_MODEL = "random_svg_vits16plus"  # root="sample" without weights: full SVG-S+ architecture, seeded
 RANDOM_NOTICE = ("weights are RANDOM ({model}, fixed seed): these numbers only show that the pipeline works; "
                  "add --pretrained for the released weights (or pass --dinov3/--svg)")
 BASE_EXTRACT_GROUPS = ("latent", "cls", "pooled")
+SAMPLE_LIMIT = 200  # root="sample" without --limit: 200 train + 200 val digits, every stage within about a minute
 
 
 def resolve_datasets(root, val_labels=None):
@@ -111,10 +112,16 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
         notice = RANDOM_NOTICE.format(model=model)
         if progress:
             print(f"note: {notice}")
-    deviations += data_deviations(root, limit, dinov3, svg, model, needs_svg=proto.name != "dinov3")
+    sample_default = str(root) == "sample" and limit is None
+    if sample_default:
+        limit = SAMPLE_LIMIT
+    deviations += data_deviations(root, limit, dinov3, svg, model, needs_svg=proto.name != "dinov3",
+                                  sample_default=sample_default)
     timings: dict[str, float] = {}
     t = time.time()
     train_data, val_data = resolve_datasets(root, val_labels)
+    deviations += scale_views_to_data(st, _train_images(train_data, limit),
+                                      given={"train_views"} if train_views is not None else set())
     depth = None
     if any(tm.startswith("last") for s in features + [st["knn_features"]] for tm in parse_spec(s)):
         from ..models.build import load_encoder
@@ -147,6 +154,8 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
     if len(labelled) == 0:
         raise DataError(f"the val set {val_cache.root} has no labels")
     yv = y_val_all[labelled]
+    images = len(np.unique(train_cache.sample_ids))
+    deviations += scale_steps_to_data(st, images, given={k for k in PROBE_SETTINGS if pk.get(k) is not None})
 
     probe_kw = dict(lrs=st["lrs"], weight_decays=st["weight_decays"], optimizer=st["optimizer"],
                     batch_size=int(st["probe_batch_size"]), iterations=st["iterations"], epochs=int(st["epochs"]),
@@ -210,28 +219,40 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
         "weights": "random" if notice else "loaded", **({"notice": notice} if notice else {}),
     }
     out.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    plot_lr_curve(lr_series(per_spec), out / "lr_curve.png")
+    timings["report"] = time.time() - t
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
     md = markdown_report(results)
     if notice:  # right under the title
         md = md.replace("\n", f"\n\n> **Note:** {notice}.\n", 1)
     (out / "results.md").write_text(md)
-    plot_lr_curve(lr_series(per_spec), out / "lr_curve.png")
     return results
+
+
+def _train_images(train_data, limit) -> int:
+    """Images the train split will hold (the dataset's length, capped by ``limit``)."""
+    from ..data import open_dataset
+
+    n = len(open_dataset(train_data) if isinstance(train_data, str) else train_data)
+    return min(n, int(limit)) if limit is not None else n
 
 
 PROBE_SETTINGS = ("lrs", "weight_decays", "optimizer", "probe_batch_size", "iterations", "epochs", "min_iterations",
                   "schedule", "normalize", "select_on", "heldout_fraction")
 
 
-def data_deviations(root, limit, dinov3, svg, model, needs_svg: bool = True) -> list[dict]:
+def data_deviations(root, limit, dinov3, svg, model, needs_svg: bool = True, sample_default: bool = False) -> list[dict]:
     """Deviations of the data and weights from any ImageNet-1K protocol (``needs_svg``: the protocol's
-    features include the trained SVG residual encoder)."""
+    features include the trained SVG residual encoder; ``sample_default``: the limit is the sample's default)."""
     out = []
     if str(root) == "sample":
         out.append(deviation("data", "ImageNet-1K (1.28M train / 50k val)", "sample:digits",
                              "embedded 8x8 digits upscaled: a smoke test of the protocol, not an ImageNet number"))
     if limit is not None:
-        out.append(deviation("limit", None, int(limit), "only the first N images of each split"))
+        out.append(deviation("limit", None, int(limit), f"the sample's quick default: the first {limit} images of each "
+                             "split (the sample has 1,438 train / 359 val; --limit 1438 for all)" if sample_default
+                             else "only the first N images of each split"))
     want = "DINOv3 ViT-S/16+ LVD-1689M" + (" + trained SVG residual encoder" if needs_svg else "")
     if dinov3 is None:
         out.append(deviation("weights", want, f"random weights ({model})", "accuracies are meaningless"))

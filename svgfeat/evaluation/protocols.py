@@ -177,6 +177,47 @@ def resolve(name: str, **overrides) -> tuple[Protocol, dict, list[dict]]:
     return p, used, deviations
 
 
+REFERENCE_TRAIN_IMAGES = 1_281_167  # ImageNet-1K train: the data the protocols' step counts are written for
+TINY_TRAIN_IMAGES = 20_000  # below this the data is "tiny": step counts scale with it
+MIN_TINY_STEPS = 100
+
+
+def scale_steps_to_data(st: dict, images: int, given=()) -> list[dict]:
+    """On tiny data (fewer than 20,000 train images) the protocol's step counts (``iterations``,
+    ``min_iterations``) scale with the data: ``steps x images / 1,281,167``, at least 100 -- DINOv3's 12,500 steps
+    are 10 epochs of ImageNet, not 12,500 passes over 1,438 digits. ``st`` is updated in place; returns one
+    deviation per scaled setting. Settings in ``given`` (set by the user) are left alone."""
+    if images >= TINY_TRAIN_IMAGES:
+        return []
+    out = []
+    for key in ("iterations", "min_iterations"):
+        v = st.get(key)
+        if key in given or not v or v <= MIN_TINY_STEPS:
+            continue
+        used = max(MIN_TINY_STEPS, -(-int(v) * images // REFERENCE_TRAIN_IMAGES))
+        st[key] = used
+        out.append(deviation(key, int(v), used, f"scaled to the data: {images:,} train images < {TINY_TRAIN_IMAGES:,} "
+                                                f"(tiny): {v:,} x {images:,} / {REFERENCE_TRAIN_IMAGES:,}, at least "
+                                                f"{MIN_TINY_STEPS}"))
+    return out
+
+
+TINY_TRAIN_VIEWS = 2
+
+
+def scale_views_to_data(st: dict, images: int, given=()) -> list[dict]:
+    """On tiny data the protocol's cached train views (DINOv3: 10, one per ImageNet epoch) are capped at 2: with
+    the step counts scaled (:func:`scale_steps_to_data`) every view is revisited many times anyway, and 10 views of
+    every image would make the extraction most of the run. Unless the user set ``train_views``."""
+    v = st.get("train_views")
+    if images >= TINY_TRAIN_IMAGES or "train_views" in given or not v or v <= TINY_TRAIN_VIEWS:
+        return []
+    st["train_views"] = TINY_TRAIN_VIEWS
+    return [deviation("train_views", int(v), TINY_TRAIN_VIEWS,
+                      f"scaled to the data: {images:,} train images < {TINY_TRAIN_IMAGES:,} (tiny): each view is "
+                      "revisited many times with the scaled step count")]
+
+
 def deviation(setting: str, protocol, used, note: str | None = None) -> dict:
     """A deviation record that is not a plain setting override (data, weights, clamped sizes)."""
     d = {"setting": setting, "protocol": protocol, "used": used}
@@ -186,4 +227,4 @@ def deviation(setting: str, protocol, used, note: str | None = None) -> dict:
 
 
 __all__ = ["DEFAULT_PROTOCOL", "DENSE_PROTOCOLS", "PROTOCOLS", "Protocol", "dense_protocol", "deviation", "get_protocol",
-           "resolve"]
+           "resolve", "scale_steps_to_data", "scale_views_to_data"]

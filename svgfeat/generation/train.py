@@ -262,6 +262,9 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
         first = np.asarray(cache.read("latent", np.array([0])))
         C, h, w = first.shape[1:]
         ov = {"in_channels": int(C), **({"input_size": int(h)} if h == w else {}), **(model_overrides or {})}
+        from .memory_estimate import check_train_memory
+
+        check_train_memory(model, ov, batch_size // world, dev)  # refused up front with the estimate, not OOM-killed
         torch.manual_seed(seed)
         model = create_model(model, **ov)
     if not isinstance(model, SVGDiT):

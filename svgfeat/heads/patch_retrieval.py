@@ -142,16 +142,19 @@ class PatchIndex:
     def __init__(self, factory: str = "auto", metric: str = "cosine", *, group: str = "dino", stride: int = 1,
                  fraction: float | None = None, seed: int = 0, nprobe: int | None = None,
                  ef_search: int | None = None, max_memory=None, batch_size: int = 16384, device="cpu",
-                 backend: str = "auto"):
+                 backend: str = "auto", target_recall: float | None = 0.95, time_budget: float | None = None,
+                 progress: bool = False):
         self.factory, self.metric, self.group = factory, metric, group
         self.stride, self.fraction, self.seed = stride, fraction, seed
         self.nprobe, self.ef_search, self.max_memory = nprobe, ef_search, max_memory
         self.batch_size, self.device, self.backend = batch_size, device, backend
+        self.target_recall, self.time_budget, self.progress = target_recall, time_budget, progress
 
     def _inner(self) -> FaissIndex:
         return FaissIndex(self.factory, self.metric, group=self.group, nprobe=self.nprobe,
                           ef_search=self.ef_search, max_memory=self.max_memory, seed=self.seed,
-                          batch_size=self.batch_size, device=self.device, backend=self.backend)
+                          batch_size=self.batch_size, device=self.device, backend=self.backend,
+                          target_recall=self.target_recall, time_budget=self.time_budget, progress=self.progress)
 
     def fit(self, X, y=None, *, paths=None, labels=None, provenance: dict | None = None) -> PatchIndex:
         """Build from a FeatureCache (group ``self.group``) or patch grids ``X`` [n, C, h, w]. Returns self."""

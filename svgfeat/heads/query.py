@@ -67,11 +67,50 @@ class CacheSource:
 
 
 # ----------------------------------------------------------------------------- provenance
+DIGEST_FIELDS = ("created", "num_rows", "groups", "encoder", "transform", "dataset_fingerprint")
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of what names a cache's contents: its creation time, rows, groups, encoder, transform, dataset
+    fingerprint and every shard's file, rows and sha256. A rebuilt cache gets a new digest; metadata added later
+    (statistics, verification) does not change it."""
+    import hashlib
+    import json
+
+    shards = [[s.get("file"), s.get("rows"), s.get("sha256")] for s in manifest.get("shards") or []
+              if isinstance(s, dict)]
+    body = {f: manifest.get(f) for f in DIGEST_FIELDS}
+    body["shards"] = shards
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_source_current(prov: dict | None, index_path, patch: bool = False) -> None:
+    """Refuse an index whose source cache was rebuilt since (its manifest digest differs from the one recorded):
+    its ids would name other images. A source that is gone or unreadable, or an index without a recorded
+    digest (arrays, older svgfeat), cannot be checked and passes."""
+    from ..cache.manifest import read_manifest
+
+    want = (prov or {}).get("cache_digest")
+    root = (prov or {}).get("cache")
+    if not isinstance(want, str) or not isinstance(root, str) or not (Path(root) / "manifest.json").is_file():
+        return
+    try:
+        got = manifest_digest(read_manifest(root, validate=False))
+    except CacheError:
+        return
+    if got != want:
+        raise CacheError(f"{index_path}: stale index: its source cache {root} was rebuilt after the index was built "
+                         f"(manifest digest {want[:12]} now {got[:12]}), so its ids would name other images; rebuild "
+                         f"it with `svgfeat index build {root} -o {index_path}{' --patch' if patch else ''} ...`")
+
+
 def cache_provenance(cache, group: str) -> dict:
-    """What an index built from ``cache``/``group`` records: encoder spec, transform, group, cache + dataset."""
+    """What an index built from ``cache``/``group`` records: encoder spec, transform, group, cache + dataset,
+    and the cache's manifest digest (:func:`manifest_digest`), so a rebuilt source is noticed."""
     ds = cache.manifest.get("dataset", {})
     return {"encoder": dict(cache.encoder_spec), "transform": dict(cache.transform), "group": group,
-            "cache": str(cache.root), "cache_created": cache.manifest.get("created"),
+            "cache": str(cache.root), "cache_digest": manifest_digest(cache.manifest),
+            "cache_created": cache.manifest.get("created"),
             "dataset_root": ds.get("root"), "dataset_fingerprint": cache.manifest.get("dataset_fingerprint"),
             "alignment": cache.manifest.get("alignment")}
 

@@ -29,13 +29,22 @@ import torch
 from .._version import __version__
 from ..errors import CacheError, ConfigError, DataError, MissingDependencyError, SvgfeatError
 from . import index_factory as fac
+from . import index_tuning as tune
 from .exact_search import TopK, as_float32, batch_scores, exact_search, l2_normalize, recall_at_k
-from .faiss_gpu import GPU_MAX_K, gpu_clustering_index, to_gpu
-from .query import ArraySource, CacheSource, cache_provenance, check_cache_query, is_cache
+from .faiss_gpu import GPU_MAX_K, to_gpu
+from .index_sidecar import SIDECAR_FORMAT, read_sidecar  # noqa: F401  (re-exported)
+from .index_tuning import bar
+from .query import (
+    ArraySource,
+    CacheSource,
+    cache_provenance,
+    check_cache_query,
+    check_source_current,
+    is_cache,
+)
 
 TORCH_EXACT_MAX = 1 << 28  # n*d floats (1 GiB of float32) searched exactly in torch when faiss is absent
 METRICS = ("cosine", "l2", "ip")
-SIDECAR_FORMAT = "svgfeat-index"
 
 
 def import_faiss(required: bool = True):
@@ -72,27 +81,38 @@ class FaissIndex:
     max_memory: memory budget (bytes or ``"4GB"``). ``"auto"`` picks a factory within it (None: 4 GB); every
         factory is checked against it before anything is read (None: against the memory available now), and an
         index that cannot fit is refused with a ConfigError suggesting ``--auto`` / IVF-PQ.
-    train_size: vectors sampled (seeded) to train IVF/PQ (None: ``max(50·nlist, 10000)`` capped at n).
-    measure_recall: measure recall@``recall_k`` against exact search on ``recall_queries`` sampled vectors while
-        building (None: for every approximate index). Self-matches are excluded, so the sample acts held-out.
+    train_size: vectors sampled (seeded) to train IVF/PQ (None: 64·nlist, within faiss's 30–256·nlist rule, at
+        least 10k for PQ, capped at n); the coarse quantiser is trained by our k-means (progress per iteration).
+    measure_recall: measure recall@``recall_k`` against exact search on ``recall_queries`` held-out queries while
+        building (None: for every approximate index). The queries are ``fit(..., queries=)`` (e.g. a val cache)
+        or up to n/10 rows of the data kept out of the index until measured, then added.
+    target_recall: with a measured approximate index whose nprobe / efSearch is not given, the smallest setting
+        reaching this recall@k is chosen and stored as the index's default (None: keep the defaults). When it
+        cannot be reached, ``recall_`` says so (``met`` False, ``why``) with the best setting found.
+    time_budget: seconds of the whole build after which tuning stops with the best setting so far, tuning always
+        getting at least a tenth of it (None: no limit).
+    progress: tqdm bars on stderr for k-means training, adding and tuning.
     device: ``"cpu"`` or ``"cuda[:i]"`` (faiss-gpu; falls back to CPU with a warning).
     backend: ``"auto"`` (faiss, else exact torch for small data), ``"faiss"`` or ``"torch"`` (exact only).
 
     Learned attributes: ``factory_`` (resolved string), ``factory_reason_``, ``ntotal_``, ``dim_``, ``backend_``,
     ``keys_`` (int64 [n]), ``provenance_`` (dict or None), ``meta_`` ({"paths", "labels", "classes"}),
-    ``recall_`` ({"k", "recall", "queries"} or None), ``build_seconds_``, ``memory_estimate_`` (bytes).
+    ``recall_`` ({"k", "recall", "queries", "target", "met", "why", "params", ...} or None), ``build_seconds_``,
+    ``memory_estimate_`` (bytes).
     """
 
     def __init__(self, factory: str = "Flat", metric: str = "cosine", *, group: str = "pooled",
                  nprobe: int | None = None, ef_search: int | None = None, max_memory=None,
                  train_size: int | None = None, seed: int = 0, measure_recall: bool | None = None,
                  recall_queries: int = 1000, recall_k: int = 10, batch_size: int = 16384,
-                 device="cpu", backend: str = "auto"):
+                 device="cpu", backend: str = "auto", target_recall: float | None = 0.95,
+                 time_budget: float | None = None, progress: bool = False):
         self.factory, self.metric, self.group = factory, metric, group
         self.nprobe, self.ef_search, self.max_memory = nprobe, ef_search, max_memory
         self.train_size, self.seed, self.measure_recall = train_size, seed, measure_recall
         self.recall_queries, self.recall_k, self.batch_size = recall_queries, recall_k, batch_size
         self.device, self.backend = device, backend
+        self.target_recall, self.time_budget, self.progress = target_recall, time_budget, progress
 
     # ------------------------------------------------------------------ sklearn plumbing
     def get_params(self, deep: bool = True) -> dict:
@@ -127,15 +147,23 @@ class FaissIndex:
         if not isinstance(self.factory, str) or not self.factory.strip():
             raise ConfigError(f"factory must be a faiss index_factory string or 'auto', got {self.factory!r}")
 
-    def fit(self, X, y=None, *, group: str | None = None, paths=None, labels=None, provenance: dict | None = None):
+    def fit(self, X, y=None, *, group: str | None = None, paths=None, labels=None, provenance: dict | None = None,
+            queries=None):
         """Build the index from a FeatureCache (group ``group or self.group``, streamed in batches) or from
         vectors ``X`` [n, d] (numpy / torch, any device). ``y``/``labels``/``paths`` attach metadata to array
-        inputs (a cache brings its own). ``provenance`` (arrays only) enables query checks. Returns self."""
+        inputs (a cache brings its own). ``provenance`` (arrays only) enables query checks. ``queries``: held-out
+        vectors or a cache (same encoder) for the recall measurement (None: rows of X held out). Returns self."""
         self._validate()
+        qsrc = None
         if is_cache(X):
             g = group or self.group
             src = CacheSource(X, g)
             prov = cache_provenance(X, g)
+            if is_cache(queries):
+                check_cache_query(prov, queries, g)
+                qsrc = CacheSource(queries, g)
+            elif queries is not None:
+                qsrc = ArraySource(queries)
             meta = {"paths": list(X.paths), "labels": X.labels.tolist(), "classes": list(X.classes),
                     "root": X.manifest.get("dataset", {}).get("root")}
         else:
@@ -148,7 +176,9 @@ class FaissIndex:
             for name, v in (("paths", meta["paths"]), ("labels", meta["labels"])):
                 if v is not None and len(v) != src.n:
                     raise DataError(f"{name} has {len(v)} entries but X has {src.n} rows")
-        return self._build(src, prov, meta)
+            if queries is not None:
+                qsrc = ArraySource(queries)
+        return self._build(src, prov, meta, queries=qsrc)
 
     def _resolve_factory(self, n: int, d: int) -> tuple[str, str]:
         if self.factory.strip().lower() == "auto":
@@ -170,7 +200,7 @@ class FaissIndex:
                 f"Searching {n} x {d} vectors (above the exact torch fallback limit of {TORCH_EXACT_MAX} floats)")
         return None, "torch"
 
-    def _build(self, src, prov, meta, what: str = "index", hint: str = ""):
+    def _build(self, src, prov, meta, what: str = "index", hint: str = "", queries=None):
         t0 = time.perf_counter()
         n, d = src.n, src.d
         factory, reason = self._resolve_factory(n, d)
@@ -187,82 +217,107 @@ class FaissIndex:
         self.provenance_, self.meta_ = prov, meta
         self._gpu = None
 
+        # held-out queries: `queries` (e.g. a val cache) when given, else rows of the data kept out of the index
+        # until the recall is measured (added afterwards, so every row stays searchable)
+        held = np.zeros(0, np.int64)
+        qvecs = top = None
+        if measure:
+            if queries is not None:
+                _, qvecs = queries.sample(min(self.recall_queries, queries.n), np.random.default_rng(self.seed + 1))
+                if qvecs.shape[1] != d:
+                    raise DataError(f"recall queries have dimension {qvecs.shape[1]}, the indexed vectors {d}")
+            else:
+                nq = min(self.recall_queries, max(1, n // 10))
+                held, qvecs = src.sample(nq, np.random.default_rng(self.seed + 1))
+            qvecs = l2_normalize(qvecs) if cosine else np.ascontiguousarray(qvecs, dtype=np.float32)
+            top = TopK(len(qvecs), self.recall_k, largest=kind == "ip")
+            qt = torch.from_numpy(qvecs)
+
         index = None
         if faiss is not None:
-            metric = faiss.METRIC_L2 if kind == "l2" else faiss.METRIC_INNER_PRODUCT
-            try:
-                index = faiss.index_factory(d, factory, metric)
-            except RuntimeError as e:
-                raise ConfigError(f"faiss could not build factory {factory!r} for d={d}: "
-                                  f"{str(e).strip().splitlines()[-1]}") from None
-            _no_polysemous(faiss, index)
-            ivf = faiss.try_extract_index_ivf(index)
-            if ivf is not None:
-                ivf.cp.seed = int(self.seed)
-                gid = _gpu_id(faiss, self.device)
-                if gid is not None and not index.is_trained:  # the coarse k-means runs on the GPU
-                    gpu_km = gpu_clustering_index(faiss, gid, ivf.d)  # referenced until training is done
-                    ivf.clustering_index = gpu_km
-                nlist = ivf.nlist if ivf is not None else 1
-                m = self.train_size or min(n, max(50 * nlist, fac.PQ_MIN_TRAIN + 16))
-                _, xt = src.sample(m, rng)
-                xt = l2_normalize(xt) if cosine else xt
-                if len(xt) < (ivf.nlist if ivf is not None else 1):
-                    raise ConfigError(f"{factory!r} needs at least nlist={ivf.nlist} training vectors, "
-                                      f"got {len(xt)}; use a smaller IVF or 'auto'")
-                try:
-                    index.train(xt)
-                except RuntimeError as e:
-                    raise ConfigError(f"faiss could not train {factory!r} on {len(xt)} vectors: "
-                                      f"{str(e).strip().splitlines()[-1]}") from None
-                if ivf is not None and ivf.clustering_index is not None:
-                    ivf.clustering_index = None  # the GPU k-means index is not part of the trained index
-
-        qkeys = qvecs = top = None
-        if measure:
-            qkeys, qvecs = src.sample(min(self.recall_queries, n), np.random.default_rng(self.seed + 1))
-            qvecs = l2_normalize(qvecs) if cosine else qvecs
-            top = TopK(len(qkeys), self.recall_k + 1, largest=kind == "ip")
-            qt = torch.from_numpy(qvecs)
+            index = self._train(faiss, factory, d, n, src, rng, cosine)
 
         keys, pos = [], 0
         store = torch.empty((n, d), dtype=torch.float32) if index is None else None  # torch backend: one matrix
-        for bkeys, xb in src.batches(self.batch_size):
-            xb = l2_normalize(xb) if cosine else np.ascontiguousarray(xb, dtype=np.float32)
-            if index is not None:
-                index.add(xb)
-            else:
-                store[pos:pos + len(xb)] = torch.from_numpy(xb)
-            pos += len(xb)
-            if top is not None:
-                top.update(batch_scores(qt, torch.from_numpy(xb), kind), torch.from_numpy(bkeys)[None])
-            keys.append(np.asarray(bkeys, dtype=np.int64))
+        with bar(-(-n // self.batch_size), f"adding {n} vectors", "batch", self.progress) as pb:
+            for bkeys, xb in src.batches(self.batch_size):
+                xb = l2_normalize(xb) if cosine else np.ascontiguousarray(xb, dtype=np.float32)
+                bkeys = np.asarray(bkeys, dtype=np.int64)
+                if len(held):
+                    keep = ~np.isin(bkeys, held)
+                    bkeys, xb = bkeys[keep], np.ascontiguousarray(xb[keep])
+                if index is not None:
+                    index.add(xb)
+                else:
+                    store[pos:pos + len(xb)] = torch.from_numpy(xb)
+                pos += len(xb)
+                if top is not None and len(xb):
+                    top.update(batch_scores(qt, torch.from_numpy(xb), kind), torch.from_numpy(bkeys)[None])
+                keys.append(bkeys)
+                pb.update(1)
         self.keys_ = np.concatenate(keys) if keys else np.zeros(0, np.int64)
         self.ntotal_ = len(self.keys_)
         self._index = index
-        assert pos == n, f"source yielded {pos} vectors, expected {n}"
         self._vectors = store
         self._applied = None
-        self._to_device()
         self.recall_ = {"k": self.recall_k, "recall": 1.0, "queries": 0, "exact": True} if exact else None
         if top is not None:
-            self.recall_ = self._measure(qkeys, qvecs, top)
+            self.recall_ = self._measure_and_tune(faiss, qvecs, top, t0,
+                                                  "val" if queries is not None else "rows")
+        if len(held):  # the held-out rows join the index now that the recall is measured
+            if index is not None:
+                index.add(qvecs)
+            else:
+                store[pos:pos + len(qvecs)] = torch.from_numpy(qvecs)
+            pos += len(qvecs)
+            self.keys_ = np.concatenate([self.keys_, held])
+            self.ntotal_ = len(self.keys_)
+        assert pos == n, f"source yielded {pos} vectors, expected {n}"
+        self._applied = None
+        self._to_device()
         self.build_seconds_ = time.perf_counter() - t0
         return self
 
-    def _measure(self, qkeys, qvecs, top) -> dict:
+    def _train(self, faiss, factory: str, d: int, n: int, src, rng, cosine: bool):
+        metric = faiss.METRIC_L2 if self._kind == "l2" else faiss.METRIC_INNER_PRODUCT
+        return tune.make_index(faiss, factory, d, n, metric, src, rng, cosine, train_size=self.train_size,
+                               seed=self.seed, progress=self.progress, gid=_gpu_id(faiss, self.device))
+
+    def _measure_and_tune(self, faiss, qvecs, top, t0: float, held_out: str) -> dict:
+        """recall@k of the held-out queries against exact search; when the index has a speed/recall knob that
+        the user did not fix (nprobe / efSearch), the smallest setting reaching ``target_recall`` is chosen
+        within the build-time budget and kept as the index's default."""
         k = self.recall_k
-        _, Ie = top.result()
-        _, Ia = self._search_normalized(qvecs, k + 1)
+        _, truth = top.result()
+        spec = tune.knob(faiss, self._index, self.factory_) if faiss is not None else None
+        fixed = spec is not None and (self.nprobe if spec[0] == "nprobe" else self.ef_search) is not None
+        out = {"k": k, "queries": len(qvecs), "exact": fac.is_exact(self.factory_), "held_out": held_out}
+        if spec is None or fixed or self.target_recall is None:
+            _, got = self._search_normalized(qvecs, k)
+            out["recall"] = round(recall_at_k(got, truth, k), 4)
+            if self.target_recall is not None:
+                out.update(target=self.target_recall, met=out["recall"] >= self.target_recall,
+                           why="" if out["recall"] >= self.target_recall else
+                           ("the search parameters were given" if fixed else f"{self.factory_} has no search knob"))
+            return out
+        name, vmin, vmax = spec
+        attr = "nprobe" if name == "nprobe" else "ef_search"
 
-        def drop_self(nbr, key):
-            row = [int(v) for v in nbr if v != key]
-            return (row + [-1] * (k + 1))[:k]
+        def run(v):
+            setattr(self, attr, max(v, k) if name == "efSearch" else v)
+            return self._search_normalized(qvecs, k)[1]
 
-        Ie = np.array([drop_self(r, q) for r, q in zip(Ie, qkeys)], np.int64)
-        Ia = np.array([drop_self(r, q) for r, q in zip(Ia, qkeys)], np.int64)
-        return {"k": k, "recall": round(recall_at_k(Ia, Ie, k), 4), "queries": len(qkeys),
-                "exact": fac.is_exact(self.factory_)}
+        # the budget covers the whole build, but tuning (a few searches of the held-out queries) always gets a
+        # tenth of it: a slow training pass must not leave the index at its first, worst setting
+        budget = self.time_budget if self.time_budget is not None else float("inf")
+        deadline = max(t0 + budget, time.perf_counter() + budget / 10)
+        res = tune.tune_search(run, truth, k, name, vmin, vmax, self.target_recall, deadline, self.progress)
+        setattr(self, attr, res["value"])
+        if not res["met"] and ("PQ" in self.factory_ or "SQ" in self.factory_):
+            res["why"] += "; compressed codes limit the recall (raise --max-memory for IVF-Flat)"
+        out.update(recall=res["recall"], target=self.target_recall, met=res["met"], why=res["why"],
+                   params={name: res["value"]}, query_ms=res["query_ms"], tried=res["tried"])
+        return out
 
     def _to_device(self) -> None:
         if self.backend_ == "torch":
@@ -447,6 +502,7 @@ class FaissIndex:
         """Load an index written by :meth:`save` (the sidecar decides the backend)."""
         path = Path(path)
         side = read_sidecar(path)
+        check_source_current(side.get("provenance"), path, patch=side.get("kind") == "patch")
         params = {k: v for k, v in side.get("params", {}).items() if k in cls().get_params()}
         obj = cls(**{**params, "device": device})
         obj._restore(path, side)
@@ -490,36 +546,6 @@ def _reason(e: Exception) -> str:
     """A faiss/safetensors exception as a short one-line reason (without faiss's C++ source location)."""
     text = re.sub(r"^Error in .*? at \S+:\d+: ", "", " ".join(str(e).split()))
     return re.sub(r"^Error: '.*?' failed: ", "", text) or type(e).__name__
-
-
-def _no_polysemous(faiss, index) -> None:
-    """faiss's factory turns on polysemous training for PQ codes (slow simulated annealing, ~10x the training
-    time) although plain search never uses it; switch it off (``PQ{m}np`` in factory terms)."""
-    inner = faiss.downcast_index(index)
-    while isinstance(inner, faiss.IndexPreTransform):
-        inner = faiss.downcast_index(inner.index)
-    if hasattr(inner, "do_polysemous_training"):
-        inner.do_polysemous_training = False
-
-
-def read_sidecar(path) -> dict:
-    """The JSON sidecar of an index file (CacheError if missing or not an svgfeat index)."""
-    path = Path(path)
-    side_path = path.with_name(path.name + ".json")
-    if not path.exists() or not side_path.exists():
-        missing = path if not path.exists() else side_path
-        raise CacheError(f"index not found: {missing} (build one with `svgfeat index build CACHE -o {path}`)")
-    try:
-        side = json.loads(side_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise CacheError(f"{side_path}: corrupt index sidecar: {e}") from None
-    if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
-        got = side.get("format") if isinstance(side, dict) else type(side).__name__
-        raise CacheError(f"{side_path}: not an svgfeat index sidecar (format={got!r})")
-    missing = [k for k in ("factory", "metric", "dim", "ntotal", "backend") if k not in side]
-    if missing:
-        raise CacheError(f"{side_path}: index sidecar lacks {missing}; rebuild it with `svgfeat index build`")
-    return side
 
 
 def _json_default(o):
