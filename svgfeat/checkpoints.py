@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import re
 import zipfile
 from pathlib import Path
 
@@ -87,28 +85,30 @@ def read_safetensors_config(path) -> dict | None:
 
 
 def save_safetensors(path, state_dict: dict, config: dict | None = None, sidecar_json: bool = True) -> Path:
-    """Write ``state_dict`` (+ JSON ``config`` in the metadata and beside it) atomically."""
+    """Write ``state_dict`` (+ JSON ``config`` in the metadata and beside it), each file atomically."""
     from safetensors.torch import save_file
+
+    from .cache.atomic import atomic_path, write_bytes_atomic
 
     p = Path(path)
     if p.exists() and not p.is_file():  # never rename a temporary file over a device or a folder
         raise CheckpointError(f"cannot write {p}: it exists and is not a regular file")
-    p.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     meta = {CONFIG_KEY: json.dumps(config, sort_keys=True)} if config is not None else None
-    tmp = p.with_name(p.name + ".tmp")
-    try:
+    with atomic_path(p) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, p)
-    except Exception as e:  # noqa: BLE001 - never leave a half-written file; report I/O failures as OSError
-        tmp.unlink(missing_ok=True)
-        code = re.search(r"os error (\d+)", str(e))
-        if isinstance(e, OSError) or code is None:
-            raise
-        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(p)) from None
     if config is not None and sidecar_json:
-        p.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        write_bytes_atomic(p.with_suffix(".json"), json.dumps(config, indent=2, sort_keys=True).encode())
     return p
+
+
+def save_torch(path, obj) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (temp file beside it, fsync, rename)."""
+    from .cache.atomic import atomic_file
+
+    with atomic_file(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def load_yaml(path) -> dict:

@@ -383,6 +383,7 @@ def test_overwrite_removes_only_what_svgfeat_wrote(copy):
     os.symlink(outside, copy / "shard-00009.safetensors")  # not named by the manifest: not ours
     (copy / ".shard-00001.safetensors.tmp-123").write_bytes(b"partial")
     (copy / "stats.json").write_text("{}")
+    (copy / ".svgfeat.lock").write_text("")  # left by a crashed writer (a finished run deletes it)
     names = sorted(p.name for p in owned_files(copy))
     assert names == sorted([".shard-00001.safetensors.tmp-123", ".svgfeat.lock", "manifest.json", "stats.json",
                             *[f"shard-0000{i}.{e}" for i in range(3) for e in ("json", "safetensors")]])

@@ -29,8 +29,9 @@ from ._types import DEVICE, DIT, POSITIVE
               help="Latent stats (.pt official layout or .npz); default: the cache's `svgfeat stats` output.")
 @click.option("--num-classes", type=POSITIVE, default=None, help="Override the DiT's class count (default 1000).")
 @click.option("--class-dropout", type=float, default=None, help="Label dropout for CFG (default 0.1).")
+@click.option("--overwrite", is_flag=True, help="Replace files in OUT that svgfeat did not write.")
 def train_dit(cache, model, out, steps, batch_size, lr, weight_decay, ema_decay, shift, grad_clip, seed, device,
-              log_every, ckpt_every, resume, hflip, stats_path, num_classes, class_dropout):
+              log_every, ckpt_every, resume, hflip, stats_path, num_classes, class_dropout, overwrite):
     """Train a DiT on the `latent` group of CACHE (per-channel standardised tokens)."""
     from ..generation.train import train_dit as run
 
@@ -41,6 +42,7 @@ def train_dit(cache, model, out, steps, batch_size, lr, weight_decay, ema_decay,
         overrides["class_dropout_prob"] = class_dropout
     r = run(cache, model, out, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
             ema_decay=ema_decay, shift=shift, grad_clip=grad_clip, seed=seed, device=device, log_every=log_every,
-            ckpt_every=ckpt_every, resume=resume, hflip=hflip, stats=stats_path, model_overrides=overrides)
+            ckpt_every=ckpt_every, resume=resume, hflip=hflip, stats=stats_path, model_overrides=overrides,
+            overwrite=overwrite)
     loss = "n/a" if r["loss"] is None else f"{r['loss']:.4f}"
     click.echo(f"step {r['step']}: loss {loss}; EMA weights -> {r['ema']} (log: {out}/log.jsonl)")

@@ -99,10 +99,11 @@ def load_stats(source) -> dict:
 
 
 def save_stats(path, mean, std) -> Path:
-    """Write the official ``dinov3_sp_stats.pt`` layout (float32 [1,1,C] each)."""
+    """Write the official ``dinov3_sp_stats.pt`` layout (float32 [1,1,C] each), atomically."""
+    from .. import checkpoints as ck
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     m = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(1, 1, -1)
     s = torch.as_tensor(np.asarray(std, dtype=np.float32)).reshape(1, 1, -1)
-    torch.save({MEAN_KEY: m.contiguous(), STD_KEY: s.contiguous()}, p)
+    ck.save_torch(p, {MEAN_KEY: m.contiguous(), STD_KEY: s.contiguous()})
     return p

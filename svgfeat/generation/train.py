@@ -149,26 +149,47 @@ def _optim_from_tensors(opt, tensors: dict, meta: dict, device):
 
 
 def save_checkpoint(ckdir: Path, step: int, model, ema, opt, extra: dict) -> Path:
+    """Write ``ckdir/<step>`` (every file fsync'd, the folder renamed into place when whole) and point
+    ``latest.json`` at it; a failure (full disk) leaves the previous checkpoint as it was and no temp files."""
     from safetensors.torch import save_file
 
+    from ..cache.atomic import atomic_path, write_bytes_atomic
     from ..models.dit import save_dit
 
     final = ckdir / f"{step:07d}"
     tmp = ckdir / f".{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_dit(model, tmp / "model.safetensors")
-    save_dit(ema, tmp / "ema.safetensors")
-    tensors, meta = _optim_to_tensors(opt)
-    rng = {"rng.torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["rng.torch_cuda"] = torch.cuda.get_rng_state()
-    save_file({**tensors, **rng}, str(tmp / "optimizer.safetensors"))
-    (tmp / "trainer.json").write_text(json.dumps({"step": step, "optimizer": meta, **extra}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    (ckdir / "latest.json").write_text(json.dumps({"step": step, "dir": final.name}))
+    try:
+        tmp.mkdir(parents=True)
+        save_dit(model, tmp / "model.safetensors")
+        save_dit(ema, tmp / "ema.safetensors")
+        tensors, meta = _optim_to_tensors(opt)
+        rng = {"rng.torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["rng.torch_cuda"] = torch.cuda.get_rng_state()
+        with atomic_path(tmp / "optimizer.safetensors") as t:
+            save_file({**tensors, **rng}, str(t))
+        write_bytes_atomic(tmp / "trainer.json", json.dumps({"step": step, "optimizer": meta, **extra},
+                                                            indent=1).encode())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_bytes_atomic(ckdir / "latest.json", json.dumps({"step": step, "dir": final.name}).encode())
     return final
+
+
+RUN_FILES = ("latent_stats.pt", "train_config.json", "log.jsonl", "ema.safetensors", "ema.json",
+             "checkpoints/latest.json")
+
+
+def check_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a run folder holding one of the files train-dit writes that svgfeat did not write."""
+    from ..cache.atomic import check_output
+
+    for name in RUN_FILES:
+        check_output(Path(out) / name, overwrite, "run folder file")
 
 
 def load_checkpoint(ckdir: Path, model, ema, opt, device) -> int:
@@ -210,7 +231,8 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
               lr: float = 1e-4, weight_decay: float = 0.0, ema_decay: float = 0.9999, shift: float = 0.4,
               grad_clip: float | None = None, seed: int = 0, device="cpu", log_every: int = 50,
               ckpt_every: int = 5000, resume: bool = True, hflip: bool = False, stats=None,
-              model_overrides: dict | None = None, progress: bool = True, data_options: dict | None = None) -> dict:
+              model_overrides: dict | None = None, progress: bool = True, data_options: dict | None = None,
+              overwrite: bool = False) -> dict:
     """Train a DiT on the ``latent`` group of a feature cache.
 
     cache: a cache path (``svgfeat.open_cache``) or an object with ``__len__``, ``read(group, rows)``,
@@ -219,10 +241,13 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
     stats: None (the cache's ``latent_stats()``), a stats file or dict(mean, std).
     data_options: keyword arguments of :class:`LatentBatcher` (``preload_limit``, ``block_rows``,
         ``window_blocks``, ``prefetch``, ``workers``) — caches larger than ``preload_limit`` stream from disk.
+    overwrite: replace run-folder files (``RUN_FILES``) that svgfeat did not write (else refused up front).
     Returns {"step", "loss" (last logged), "out_dir", "ema"}.
     """
+    from ..cache.atomic import mark_written, write_bytes_atomic
     from ..models.dit import SVGDiT
 
+    check_run_folder(Path(out_dir), overwrite)
     info, dev = D.setup(device)
     rank, world = info.rank, info.world
     if batch_size % world:
@@ -264,12 +289,13 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_stats(out / "latent_stats.pt", data.mean.cpu(), data.std.cpu())
-        (out / "train_config.json").write_text(json.dumps(dict(
+        write_bytes_atomic(out / "train_config.json", json.dumps(dict(
             steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema_decay=ema_decay, shift=shift,
-            grad_clip=grad_clip, seed=seed, hflip=hflip, world_size=world, model=model.config.to_dict()), indent=1))
+            grad_clip=grad_clip, seed=seed, hflip=hflip, world_size=world, model=model.config.to_dict()),
+            indent=1).encode())
         if log_path.exists():  # drop lines logged after the checkpoint we resume from
             keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
-            log_path.write_text("".join(ln + "\n" for ln in keep))
+            write_bytes_atomic(log_path, "".join(ln + "\n" for ln in keep).encode())
     lo, hi = rank * batch_size // world, (rank + 1) * batch_size // world
     N = data.h * data.w
     amp = dev.type == "cuda"
@@ -299,6 +325,7 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
             if rank == 0:
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"step": done, "loss": last, "lr": lr, "time": round(time.time() - t0, 3)}) + "\n")
+                mark_written(log_path)
                 if bar is not None:
                     bar.set_postfix(loss=f"{last:.4f}")
             acc, acc_n = torch.zeros((), device=dev), 0

@@ -462,9 +462,10 @@ def export_official_dit(model: SVGDiT, path) -> tuple[Path, Path]:
     """Write the official layout: ``{"ema": state_dict}`` .pt and a ``model.params`` YAML beside it."""
     import yaml
 
+    from ..cache.atomic import write_bytes_atomic
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"ema": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, p)
+    ck.save_torch(p, {"ema": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
     c = model.config
     params = dict(input_size=c.input_size, patch_size=1, in_channels=c.in_channels, hidden_size=c.hidden_size,
                   depth=c.depth, num_heads=c.num_heads, mlp_ratio=float(c.mlp_ratio),
@@ -473,5 +474,5 @@ def export_official_dit(model: SVGDiT, path) -> tuple[Path, Path]:
     doc = {"basic": {"rf": True, "shift": 0.4, "image_size": 16 * c.input_size, "feature_norm": True},
            "model": {"target": "models.models_SVG.DiT", "params": params}}
     y = p.with_suffix(".yaml")
-    y.write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_bytes_atomic(y, yaml.safe_dump(doc, sort_keys=False).encode())
     return p, y
