@@ -25,6 +25,7 @@ from .. import _version
 from .. import distributed as D
 from ..cache.atomic import write_json_atomic
 from ..cache.manifest import MANIFEST, read_manifest
+from ..cache.owned import refuse_foreign_cache_names
 from ..cache.reader import open_cache
 from ..errors import CacheError, ConfigError
 from . import output
@@ -143,6 +144,8 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
         if info.is_main:
             output.remove_previous(out)
         existing = None
+    if existing is None:  # a user's own shard-00000.safetensors is never replaced, --overwrite or not
+        refuse_foreign_cache_names(out)
     D.barrier(info)
     transform = opts.transform
     hw = (transform.size, transform.size)
