@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import regular_files
 from .errors import CheckpointError, ConfigError
 
 CONFIG_KEY = "svgfeat_config"  # safetensors metadata key holding the JSON config
@@ -28,7 +29,7 @@ def sha256_file(path) -> str:
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
         h = hashlib.sha256()
-        with open(p, "rb") as f:
+        with regular_files.opened(p, "weight file", error=CheckpointError) as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         _SHA_CACHE[key] = h.hexdigest()
@@ -41,6 +42,7 @@ def _check_exists(path) -> Path:
         raise CheckpointError(f"weight file not found: {p}")
     if p.is_dir():
         raise CheckpointError(f"expected a weight file, got a directory: {p}")
+    regular_files.check_regular(p, "weight file", error=CheckpointError)
     if p.stat().st_size == 0:
         raise CheckpointError(f"weight file is empty (0 bytes): {p}")
     return p
@@ -49,16 +51,21 @@ def _check_exists(path) -> Path:
 def load_file(path) -> dict:
     """Read a weight file into a dict (tensors and plain containers). Never executes pickled code."""
     p = _check_exists(path)
+    with regular_files.checked_path(p, "weight file", error=CheckpointError) as q:  # never a FIFO or device
+        return _load_checked(p, q)
+
+
+def _load_checked(p: Path, q: str) -> dict:
     if p.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file as st_load
 
         try:
-            return st_load(str(p))
+            return st_load(q)
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{p.name}: not a valid safetensors file (truncated or corrupt?): {e}") from None
     try:
-        return torch.load(str(p), map_location="cpu", weights_only=True)
+        return torch.load(q, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e).splitlines()[0] if str(e) else "unsupported pickle content"
         if "Weights only load failed" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
@@ -77,8 +84,11 @@ def read_safetensors_config(path) -> dict | None:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with regular_files.checked_path(path, "weight file", error=CheckpointError) as q, \
+                safe_open(q, framework="pt") as f:
             meta = f.metadata() or {}
+    except CheckpointError:
+        raise
     except Exception as e:  # safetensors raises several types for a corrupt header
         raise CheckpointError(f"{Path(path).name}: not a valid safetensors file: {e}") from None
     return json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
@@ -114,10 +124,10 @@ def save_torch(path, obj) -> Path:
 def load_yaml(path) -> dict:
     import yaml
 
+    text = regular_files.read_text(path, "YAML config", error=ConfigError)
     try:
-        with open(path) as f:
-            return yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
+        return yaml.safe_load(text) or {}
+    except (yaml.YAMLError, RecursionError) as e:
         raise ConfigError(f"cannot read YAML config {path}: {e}") from None
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-MAX_META_BYTES = 64 << 20  # a JSON/YAML config, sidecar, label or file list larger than this is refused
+MAX_META_BYTES = 64 << 20  # a JSON/YAML config or sidecar larger than this is refused
+LIST_BYTES = 1 << 30  # a file list, label file or split list (1.28M lines are ~80 MB)
 _PROC_FD = "/proc/self/fd"
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..regular_files import LIST_BYTES, read_text
 from .datasets import ImageDataset
 from .decode import load_image
 
@@ -232,10 +233,7 @@ def _inside(root: Path, rel: str, where: str) -> str:
 
 def _read_list(root: Path, list_file: Path) -> tuple[list[str], list[str]]:
     images, depths = [], []
-    try:
-        lines = list_file.read_text().splitlines()
-    except OSError as e:
-        raise DataError(f"cannot read split file {list_file}: {e}") from None
+    lines = read_text(list_file, "split file", LIST_BYTES, error=DataError).splitlines()
     for n, line in enumerate(lines, 1):
         parts = line.split()
         if not parts:

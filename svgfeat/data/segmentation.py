@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..regular_files import read_text
 from .datasets import ImageDataset
 from .decode import load_image
 from .transforms import normalize
@@ -318,8 +319,8 @@ def open_seg_dataset(spec, split: str | None = None, num_classes: int | None = N
             break
     images, masks = _pair(root, img_dir, mask_dir)
     cls_file = root / "classes.txt"
-    if cls_file.is_file():
-        classes = [ln.strip() for ln in cls_file.read_text().splitlines() if ln.strip()]
+    if cls_file.exists() or cls_file.is_symlink():  # a FIFO or folder named classes.txt is refused, not skipped
+        classes = [ln.strip() for ln in read_text(cls_file, "class list", error=DataError).splitlines() if ln.strip()]
     else:
         k = int(num_classes) if num_classes else _scan_num_classes(root, masks)
         classes = [f"class {i}" for i in range(k)]

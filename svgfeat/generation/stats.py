@@ -64,20 +64,27 @@ def load_stats(source) -> dict:
             raise ConfigError("the cache has no latent statistics; run `svgfeat stats CACHE` first or pass stats")
     if isinstance(source, (str, Path)):
         p = Path(source)
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError(f"latent stats file not found: {p}")
         if p.suffix == ".json":
             import json
 
+            from ..regular_files import read_text
+
             try:
-                source = json.loads(p.read_text())
-            except (OSError, ValueError) as e:
+                source = json.loads(read_text(p, "latent stats", error=ConfigError))
+            except (ValueError, RecursionError) as e:
                 raise ConfigError(f"latent stats {p}: unreadable JSON ({e})") from None
             if isinstance(source, dict) and isinstance(source.get("latent"), dict):
                 source = source["latent"]
         elif p.suffix == ".npz":
-            with np.load(p) as d:
-                source = {k: d[k] for k in d.files}
+            from ..regular_files import opened
+
+            try:
+                with opened(p, "latent stats", error=ConfigError) as f, np.load(f, allow_pickle=False) as d:
+                    source = {k: d[k] for k in d.files}
+            except (OSError, ValueError, EOFError) as e:
+                raise ConfigError(f"latent stats {p}: not a readable .npz file ({e})") from None
         else:
             from .. import checkpoints as ck
 

@@ -194,20 +194,19 @@ def check_run_folder(out: Path, overwrite: bool) -> None:
 
 def load_checkpoint(ckdir: Path, model, ema, opt, device) -> int:
     """Restore the newest checkpoint under ``ckdir`` into model/ema/opt; returns its step (0 if none)."""
-    from safetensors.torch import load_file
-
     from .. import checkpoints as ck
+    from ..regular_files import read_text
 
     latest = ckdir / "latest.json"
     if not latest.is_file():
         return 0
-    d = ckdir / json.loads(latest.read_text())["dir"]
     try:
-        meta = json.loads((d / "trainer.json").read_text())
+        d = ckdir / json.loads(read_text(latest, "checkpoint pointer", error=CheckpointError))["dir"]
+        meta = json.loads(read_text(d / "trainer.json", "trainer state", error=CheckpointError))
         ck.load_strict(model, ck.load_file(d / "model.safetensors"), "DiT (resume)", str(d))
         ck.load_strict(ema, ck.load_file(d / "ema.safetensors"), "DiT EMA (resume)", str(d))
-        tensors = load_file(str(d / "optimizer.safetensors"))
-    except (OSError, json.JSONDecodeError, KeyError) as e:
+        tensors = ck.load_file(d / "optimizer.safetensors")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"cannot resume from {d}: {e}") from None
     _optim_from_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("state.")}, meta["optimizer"], device)
     torch.set_rng_state(tensors["rng.torch_cpu"])

@@ -28,6 +28,7 @@ import torch
 
 from .._version import __version__
 from ..errors import CacheError, ConfigError, DataError, MissingDependencyError, SvgfeatError
+from ..regular_files import checked_path, opened, read_text
 from . import index_factory as fac
 from .exact_search import TopK, as_float32, batch_scores, exact_search, l2_normalize, recall_at_k
 from .query import ArraySource, CacheSource, cache_provenance, check_cache_query, is_cache
@@ -437,14 +438,17 @@ class FaissIndex:
             if side.get("keys", "range") == "range":
                 self.keys_ = np.arange(self.ntotal_, dtype=np.int64)
             else:
-                self.keys_ = np.load(path.with_name(side["keys"]), allow_pickle=False).astype(np.int64)
+                with opened(path.with_name(side["keys"]), "index keys", error=CacheError) as f:
+                    self.keys_ = np.load(f, allow_pickle=False).astype(np.int64)
             if self.backend_ == "torch":
                 from safetensors.torch import load_file
 
-                self._vectors = load_file(str(path))["vectors"].float()
+                with checked_path(path, "index", error=CacheError) as q:
+                    self._vectors = load_file(q)["vectors"].float()
             else:
                 faiss = import_faiss()
-                self._index = faiss.read_index(str(path))
+                with checked_path(path, "index", error=CacheError) as q:
+                    self._index = faiss.read_index(q)
         except SvgfeatError:
             raise
         except Exception as e:  # noqa: BLE001 - whatever the decoder says, the file is not a usable index
@@ -484,8 +488,8 @@ def read_sidecar(path) -> dict:
         missing = path if not path.exists() else side_path
         raise CacheError(f"index not found: {missing} (build one with `svgfeat index build CACHE -o {path}`)")
     try:
-        side = json.loads(side_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        side = json.loads(read_text(side_path, "index sidecar", error=CacheError))
+    except (json.JSONDecodeError, RecursionError) as e:
         raise CacheError(f"{side_path}: corrupt index sidecar: {e}") from None
     if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
         got = side.get("format") if isinstance(side, dict) else type(side).__name__

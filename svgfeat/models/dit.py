@@ -353,14 +353,16 @@ def read_dit_config(config) -> DiTConfig:
         return config
     if isinstance(config, (str, Path)):
         p = Path(config)
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError(f"DiT config file not found: {p}")
         if p.suffix in (".yaml", ".yml"):
             config = ck.load_yaml(p)
         else:
+            from ..regular_files import read_text
+
             try:
-                config = json.loads(p.read_text())
-            except json.JSONDecodeError as e:
+                config = json.loads(read_text(p, "DiT config", error=ConfigError))
+            except (json.JSONDecodeError, RecursionError) as e:
                 raise ConfigError(f"DiT config {p} is not valid JSON/YAML: {e}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"DiT config: expected a dict, DiTConfig or file path, got {type(config).__name__}")
