@@ -327,9 +327,11 @@ def open_seg_dataset(spec, split: str | None = None, num_classes: int | None = N
     return SegDataset(root, images, masks, classes, reduce_zero_label=False, name=f"folder/{img_dir.name}")
 
 
-def write_folder_dataset(ds: SegDataset, out, layout: str = "folder", split: str = "train") -> Path:
-    """Write ``ds`` to disk as PNG pairs: ``layout='folder'`` (images/, masks/, classes.txt) or ``'ade20k'``
-    (images/<training|validation>/*.jpg is replaced by lossless *.png, annotations/... with raw labels + 1).
+def write_folder_dataset(ds: SegDataset, out, layout: str = "folder", split: str = "train",
+                         image_ext: str = ".png") -> Path:
+    """Write ``ds`` to disk as image/mask pairs: ``layout='folder'`` (images/, masks/, classes.txt) or
+    ``'ade20k'`` (images/<training|validation>/, annotations/... with raw labels + 1). Images are lossless
+    ``*.png`` unless ``image_ext=".jpg"`` (what mmseg's ADE20KDataset reads); masks are always PNG.
 
     Useful to feed the embedded sample to mmseg's file-based pipelines.
     """
@@ -346,7 +348,7 @@ def write_folder_dataset(ds: SegDataset, out, layout: str = "folder", split: str
     for i in range(len(ds)):
         img, mask = ds.load_pair(i)
         stem = Path(ds.paths[i]).stem
-        img.save(img_dir / f"{stem}.png")
+        img.save(img_dir / f"{stem}{image_ext}", **({"quality": 95} if image_ext == ".jpg" else {}))
         m = mask.copy()
         if layout == "ade20k":  # raw ADE convention: 0 = ignored "other", class k stored as k + 1
             m = np.where(mask == IGNORE_INDEX, 0, mask + 1)
