@@ -109,6 +109,13 @@ def test_index_sidecar_keys_and_file(fifo, tmp_path):
     refused(good, lambda: FaissIndex.load(good))
 
 
+def test_fid_statistics_file(fifo):
+    from svgfeat.evaluation.fid import read_npz
+
+    f = fifo("ref.npz")
+    refused(f, lambda: read_npz(f, ["mu", "sigma"]))
+
+
 def test_dataset_lists_labels_and_classes(fifo, tmp_path):
     from PIL import Image
 

@@ -201,7 +201,10 @@ def read_npz(path, keys) -> tuple[list[str], dict]:
     file when it is not a readable .npz archive (empty, truncated, pickled, a bare .npy, ...). Never unpickles."""
     import zipfile
 
+    from ..regular_files import check_regular
+
     bad = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError)
+    check_regular(path, "statistics file", error=DataError)  # a FIFO would block np.load
     try:
         d = np.load(path, allow_pickle=False)
     except bad as e:
