@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import re
 import zipfile
 from pathlib import Path
 
 import torch
 
+from . import regular_files
 from .errors import CheckpointError, ConfigError
 
 CONFIG_KEY = "svgfeat_config"  # safetensors metadata key holding the JSON config
@@ -30,7 +29,7 @@ def sha256_file(path) -> str:
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
         h = hashlib.sha256()
-        with open(p, "rb") as f:
+        with regular_files.opened(p, "weight file", error=CheckpointError) as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         _SHA_CACHE[key] = h.hexdigest()
@@ -43,6 +42,7 @@ def _check_exists(path) -> Path:
         raise CheckpointError(f"weight file not found: {p}")
     if p.is_dir():
         raise CheckpointError(f"expected a weight file, got a directory: {p}")
+    regular_files.check_regular(p, "weight file", error=CheckpointError)
     if p.stat().st_size == 0:
         raise CheckpointError(f"weight file is empty (0 bytes): {p}")
     return p
@@ -51,16 +51,21 @@ def _check_exists(path) -> Path:
 def load_file(path) -> dict:
     """Read a weight file into a dict (tensors and plain containers). Never executes pickled code."""
     p = _check_exists(path)
+    with regular_files.checked_path(p, "weight file", error=CheckpointError) as q:  # never a FIFO or device
+        return _load_checked(p, q)
+
+
+def _load_checked(p: Path, q: str) -> dict:
     if p.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file as st_load
 
         try:
-            return st_load(str(p))
+            return st_load(q)
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{p.name}: not a valid safetensors file (truncated or corrupt?): {e}") from None
     try:
-        return torch.load(str(p), map_location="cpu", weights_only=True)
+        return torch.load(q, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e).splitlines()[0] if str(e) else "unsupported pickle content"
         if "Weights only load failed" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
@@ -79,49 +84,51 @@ def read_safetensors_config(path) -> dict | None:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with regular_files.checked_path(path, "weight file", error=CheckpointError) as q, \
+                safe_open(q, framework="pt") as f:
             meta = f.metadata() or {}
+    except CheckpointError:
+        raise
     except Exception as e:  # safetensors raises several types for a corrupt header
         raise CheckpointError(f"{Path(path).name}: not a valid safetensors file: {e}") from None
     return json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
 
 
 def save_safetensors(path, state_dict: dict, config: dict | None = None, sidecar_json: bool = True) -> Path:
-    """Write ``state_dict`` (+ JSON ``config`` in the metadata and beside it) atomically."""
+    """Write ``state_dict`` (+ JSON ``config`` in the metadata and beside it), each file atomically."""
     from safetensors.torch import save_file
+
+    from .atomic import atomic_path, write_bytes_atomic
 
     p = Path(path)
     if p.exists() and not p.is_file():  # never rename a temporary file over a device or a folder
         raise CheckpointError(f"cannot write {p}: it exists and is not a regular file")
-    p.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     meta = {CONFIG_KEY: json.dumps(config, sort_keys=True)} if config is not None else None
-    tmp = p.with_name(p.name + ".tmp")
-    try:
+    with atomic_path(p) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, p)
-    except Exception as e:  # noqa: BLE001 - never leave a half-written file; report I/O failures as OSError
-        tmp.unlink(missing_ok=True)
-        code = re.search(r"os error (\d+)", str(e))
-        if isinstance(e, OSError) or code is None:
-            raise
-        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(p)) from None
     if config is not None and sidecar_json:
-        p.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        write_bytes_atomic(p.with_suffix(".json"), json.dumps(config, indent=2, sort_keys=True).encode())
     return p
+
+
+def save_torch(path, obj) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (temp file beside it, fsync, rename)."""
+    from .atomic import atomic_file
+
+    with atomic_file(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def load_yaml(path) -> dict:
     import yaml
 
+    text = regular_files.read_text(path, "YAML config", error=ConfigError)
     try:
-        with open(path, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
+        cfg = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as e:
         raise ConfigError(f"cannot read YAML config {path}: {' '.join(str(e).split())}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"YAML config {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x}); save it as "
-                          "UTF-8") from None
     if cfg is None:
         return {}
     if not isinstance(cfg, dict):

@@ -275,7 +275,7 @@ def test_symlinks_out_and_special_files_are_never_read(copy):
     assert r.returncode == 1
     assert "shard-00000.safetensors' in" in r.stderr and "resolves outside" in r.stderr
     assert "shard-00001.json' in" in r.stderr
-    assert "shard-00002.safetensors is not a regular file" in r.stderr
+    assert "shard-00002.safetensors is a FIFO, not a regular file" in r.stderr
 
 
 def test_manifest_symlinked_to_a_device_or_fifo(copy, cli):
@@ -383,6 +383,7 @@ def test_overwrite_removes_only_what_svgfeat_wrote(copy):
     os.symlink(outside, copy / "shard-00009.safetensors")  # not named by the manifest: not ours
     (copy / ".shard-00001.safetensors.tmp-123").write_bytes(b"partial")
     (copy / "stats.json").write_text("{}")
+    (copy / ".svgfeat.lock").write_text("")  # left by a crashed writer (a finished run deletes it)
     names = sorted(p.name for p in owned_files(copy))
     assert names == sorted([".shard-00001.safetensors.tmp-123", ".svgfeat.lock", "manifest.json", "stats.json",
                             *[f"shard-0000{i}.{e}" for i in range(3) for e in ("json", "safetensors")]])
@@ -425,7 +426,8 @@ def test_outputs_follow_the_umask(tmp_path):
 def test_write_errors_are_one_line_and_leave_no_temp_file(tmp_path, monkeypatch, err):
     import errno
 
-    from svgfeat.cache import atomic
+    from svgfeat import atomic
+    from svgfeat.cache.shards import write_shard
 
     def fail(fd):
         raise OSError(getattr(errno, err), os.strerror(getattr(errno, err)))
@@ -433,7 +435,7 @@ def test_write_errors_are_one_line_and_leave_no_temp_file(tmp_path, monkeypatch,
     monkeypatch.setattr(atomic.os, "fsync", fail)
     with pytest.raises(CacheError, match=rf"cannot write {tmp_path}/shard-00000.safetensors: "
                                          rf"{os.strerror(getattr(errno, err))}$"):
-        atomic.write_shard(tmp_path / "shard-00000.safetensors", {"cls": np.ones((2, 2), np.float32)})
+        write_shard(tmp_path / "shard-00000.safetensors", {"cls": np.ones((2, 2), np.float32)})
     with pytest.raises(CacheError, match="cannot write"):
         svgfeat.from_arrays(tmp_path / "c", {"cls": np.ones((2, 2), np.float32)})
     assert list(tmp_path.glob("*.safetensors")) == []
@@ -442,7 +444,7 @@ def test_write_errors_are_one_line_and_leave_no_temp_file(tmp_path, monkeypatch,
 
 def test_unwritable_target_is_a_one_line_error(tmp_path):
     """A real failing write (no injection): the parent of the target is a file."""
-    from svgfeat.cache.atomic import write_json_atomic
+    from svgfeat.atomic import write_json_atomic
 
     (tmp_path / "afile").write_text("x")
     with pytest.raises(CacheError, match=f"cannot write {tmp_path}/afile/x.json: Not a directory$"):

@@ -164,7 +164,7 @@ def test_overwrite_replaces_a_cache_and_keeps_user_files(tmp_path):
         svgfeat.from_arrays(out, {"x": np.zeros((2, 2), np.float32)})
     c = svgfeat.from_arrays(out, {"x": np.zeros((2, 2), np.float32)}, overwrite=True)
     assert len(c) == 2 and sorted(p.name for p in out.iterdir()) == [
-        ".svgfeat.lock", "README.txt", "manifest.json", "shard-00000.json", "shard-00000.safetensors"]
+        "README.txt", "manifest.json", "shard-00000.json", "shard-00000.safetensors"]
 
 
 def test_device_views_release(tmp_path):

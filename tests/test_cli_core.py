@@ -46,7 +46,7 @@ def test_extract_stats_info_on_sample(tmp_path):
     r = run("extract", "sample:digits/val", "-o", tmp_path / "c", "--model", "test_tiny", "--size", "64",
             "--limit", "40", "--groups", "latent,pooled")
     assert r.returncode == 0, r.stderr
-    r = run("stats", tmp_path / "c", "--official", tmp_path / "s.pt")
+    r = run("stats", tmp_path / "c", "--write-official", tmp_path / "s.pt")
     assert r.returncode == 0, r.stderr
     st = torch.load(tmp_path / "s.pt", weights_only=True)
     lat = svgfeat.open_cache(tmp_path / "c").read("latent").astype(np.float64)

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent / "svgfeat"
 # lowest first; a name is a top-level module or package of svgfeat ("" = the package's own __init__)
 LAYERS = [
     ["_version", "errors"],
+    ["regular_files", "atomic"],
     ["numerics", "checkpoints", "distributed", "device_staging"],
     ["hub"],
     ["data", "models"],

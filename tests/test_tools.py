@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
     cfg.model.test_cfg = dict(mode="slide", crop_size=(64, 64), stride=(48, 48))
     for dl in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
         dl.update(num_workers=0, persistent_workers=False)
-        dl.dataset.update(type="BaseSegDataset", data_root=str(tmp / "data"), img_suffix=".png",
+        dl.dataset.update(type="BaseSegDataset", data_root=str(tmp / "data"), img_suffix=".jpg",
                           seg_map_suffix=".png", reduce_zero_label=True, metainfo=dict(classes=DIGITSEG_CLASSES))
     cfg.train_dataloader.dataset.pipeline[2].update(scale=(256, 64))  # RandomResize
     cfg.train_dataloader.dataset.pipeline[3].update(crop_size=(64, 64))  # RandomCrop

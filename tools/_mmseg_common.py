@@ -98,12 +98,28 @@ def load_config(path: str, cfg_options, work_dir):
         fail(f"config not found: {path}")
     cfg = Config.fromfile(path)
     if cfg_options:
+        root = cfg_options.get("data_root")
         cfg.merge_from_dict(cfg_options)
+        if root is not None:
+            propagate_data_root(cfg, root)
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = os.path.join("./work_dirs", Path(path).stem)
     return cfg
+
+
+def propagate_data_root(cfg, root: str) -> None:
+    """``--cfg-options data_root=DIR`` sets the config's top-level ``data_root``, which the dataloaders copied
+    when the config file was read; point every dataloader dataset that still has the config's value at DIR
+    (a dataset given its own ``...dataset.data_root`` option keeps it)."""
+    from mmengine.config import Config
+
+    original = Config.fromfile(cfg.filename).get("data_root")
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        ds = (cfg.get(key) or {}).get("dataset")
+        if ds is not None and ds.get("data_root") == original:
+            ds["data_root"] = root
 
 
 def set_launcher(cfg, launcher: str, local_rank: int) -> None:

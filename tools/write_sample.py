@@ -3,7 +3,9 @@
     python tools/write_sample.py sample:digitseg/val OUT [--layout ade20k|folder] [--split train] [--limit N]
     python tools/write_sample.py sample:depth/val OUT [--layout nyu-mmseg|folder] [--split test] [--limit N]
 
-Useful to smoke-test tools/mmseg_train.py and tools/mmseg_test.py with the shipped configs.
+Images are written as JPEG in the mmseg layouts (ade20k, nyu-mmseg), as mmseg's ADE20KDataset and NYUDataset
+read them, so the shipped configs read the data as they are (``--cfg-options data_root=OUT``). Useful to
+smoke-test tools/mmseg_train.py and tools/mmseg_test.py.
 """
 
 from __future__ import annotations
@@ -26,11 +28,23 @@ def main(argv=None):
         if args.spec.startswith("sample:depth"):
             from svgfeat.data.depth import open_depth_dataset, write_depth_folder
 
-            ds, write, layout = open_depth_dataset(args.spec), write_depth_folder, args.layout or "nyu-mmseg"
+            layout = args.layout or "nyu-mmseg"
+            ext = ".jpg" if layout == "nyu-mmseg" else ".png"  # mmseg's NYUDataset reads *.jpg images
+
+            def write(ds, out, layout, split):
+                return write_depth_folder(ds, out, layout=layout, split=split, image_ext=ext)
+
+            ds = open_depth_dataset(args.spec)
         elif args.spec.startswith("sample:digitseg"):
             from svgfeat.data.segmentation import open_seg_dataset, write_folder_dataset
 
-            ds, write, layout = open_seg_dataset(args.spec), write_folder_dataset, args.layout or "ade20k"
+            layout = args.layout or "ade20k"
+            ext = ".jpg" if layout == "ade20k" else ".png"  # mmseg's ADE20KDataset reads *.jpg images
+
+            def write(ds, out, layout, split):
+                return write_folder_dataset(ds, out, layout=layout, split=split, image_ext=ext)
+
+            ds = open_seg_dataset(args.spec)
         else:
             print(f"Error: {args.spec!r}: expected sample:digitseg/... or sample:depth/...", file=sys.stderr)
             sys.exit(2)

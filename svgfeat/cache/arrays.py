@@ -5,18 +5,18 @@ indexes, checksums), so features from any model can use every head, and scale te
 from __future__ import annotations
 
 import hashlib
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from .._version import __version__
+from ..atomic import write_json_atomic
 from ..errors import CacheError, ConfigError
-from .atomic import write_json_atomic, write_shard
 from .lock import cache_lock
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, shard_name
-from .owned import _SHARD_RE, looks_like_cache, remove_cache
+from .owned import looks_like_cache, refuse_foreign_cache_names, remove_cache
+from .shards import write_shard
 
 _STORE = {"float16": "float16", "float32": "float32", "float64": "float32", "bfloat16": "bfloat16"}
 _DTYPE_NAME = {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}
@@ -61,10 +61,7 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
         if not overwrite:
             raise CacheError(f"{out} already holds a feature cache; pass overwrite=True to replace it")
         remove_cache(out)
-    strays = sorted(e.name for e in os.scandir(out) if _SHARD_RE.fullmatch(e.name) or e.name == "stats.json")
-    if strays:
-        raise CacheError(f"{out} holds files named like a cache ({', '.join(strays[:3])}) but no svgfeat manifest; "
-                         "refusing to overwrite them (use an empty folder)")
+    refuse_foreign_cache_names(out)
 
 
 def from_arrays(out, groups: dict, labels=None, classes=None, paths=None, shard_size: int = 1024, *,

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 
 from .._version import __version__
+from ..atomic import write_json_atomic  # noqa: F401  (historical import path)
 from ..errors import CacheError
-from .atomic import write_json_atomic  # noqa: F401  (historical import path)
 from .paths import contained, read_json
 from .schema import manifest_problems
 

@@ -13,8 +13,8 @@ import re
 import stat
 from pathlib import Path
 
+from ..atomic import TMP_MARK
 from ..errors import CacheError
-from .atomic import TMP_MARK
 from .lock import LOCK_NAME
 from .paths import read_json
 
@@ -92,9 +92,21 @@ def remove_cache(root, include_lock: bool = False) -> list[Path]:
     return removed
 
 
+def refuse_foreign_cache_names(root) -> None:
+    """CacheError when folder ``root`` has no svgfeat manifest but holds files named like ours
+    (``shard-NNNNN.*``, ``stats.json``): they are the user's, and writing the cache would replace them."""
+    root = Path(root)
+    if not root.is_dir() or _svgfeat_manifest(root) is not None:
+        return
+    strays = sorted(e.name for e in os.scandir(root) if _SHARD_RE.fullmatch(e.name) or e.name == STATS)
+    if strays:
+        raise CacheError(f"{root} holds files named like a cache ({', '.join(strays[:3])}) but no svgfeat manifest; "
+                         "refusing to overwrite them (use an empty folder)")
+
+
 def looks_like_cache(root) -> bool:
     """True when ``root`` holds an svgfeat manifest (the folder was written by svgfeat)."""
     return _svgfeat_manifest(Path(root)) is not None
 
 
-__all__ = ["owned_files", "remove_cache", "looks_like_cache"]
+__all__ = ["owned_files", "remove_cache", "looks_like_cache", "refuse_foreign_cache_names"]

@@ -12,6 +12,7 @@ import os
 import stat
 from pathlib import Path
 
+from .. import regular_files
 from ..errors import CacheError
 
 MAX_JSON_BYTES = 1 << 30  # a manifest or shard index larger than this is not one of ours
@@ -39,35 +40,11 @@ def contained(root, name, what: str = "file") -> Path:
 
 def open_regular(path, what: str = "file") -> int:
     """``os.open`` a regular file for reading without ever blocking (FIFOs, devices and dirs are refused)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise CacheError(f"{what} {Path(path).name} is missing from {Path(path).parent}") from None
-    except OSError as e:
-        raise CacheError(f"cannot open {what} {path}: {e.strerror or e}") from None
-    try:
-        st = os.fstat(fd)
-    except OSError as e:
-        os.close(fd)
-        raise CacheError(f"cannot stat {what} {path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise CacheError(f"{what} {path} is not a regular file")
-    return fd
+    return regular_files.open_regular(path, what, error=CacheError)
 
 
 def read_bytes(path, what: str = "file", max_bytes: int = MAX_JSON_BYTES) -> bytes:
-    fd = open_regular(path, what)
-    try:
-        size = os.fstat(fd).st_size
-        if size > max_bytes:
-            raise CacheError(f"{what} {path} is {size} bytes (more than {max_bytes}); not an svgfeat file")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(max_bytes + 1)[:max_bytes]
-    except OSError as e:
-        raise CacheError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    finally:
-        os.close(fd)
+    return regular_files.read_bytes(path, what, max_bytes, error=CacheError)
 
 
 def read_json(path, what: str = "file", max_bytes: int = MAX_JSON_BYTES):

@@ -1,19 +1,20 @@
 """Shard files: one safetensors file per run of rows, ``{group: [rows, *shape]}``.
 
-Writing (:func:`write_shard`, atomic, umask-respecting) lives in :mod:`.atomic`; this module keeps the
+Writing (:func:`write_shard`, atomic via :mod:`svgfeat.atomic`, umask-respecting) lives here; this module keeps the
 historical names and :class:`ShardReader`, a single-file reader used by tools and tests. The cache reader
 itself goes through :mod:`.pool` (bounded open handles).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .atomic import write_shard  # noqa: F401  (historical import path)
+from ..atomic import atomic_file
 from .integrity import ShardInfo, sha256_fd
 from .paths import open_regular
 from .pool import ShardHandle
@@ -76,3 +77,11 @@ class ShardReader:
             h.close()
         out = out[inv.reshape(-1)]
         return out[0] if scalar else out
+
+
+def write_shard(path, tensors: dict, meta: dict | None = None, durable: bool = True) -> str:
+    """Write ``tensors`` {group: array/tensor [rows, ...]} as one safetensors shard; returns its sha256."""
+    from .stformat import write_safetensors
+
+    with atomic_file(path, durable) as f:
+        return write_safetensors(f, tensors, {"svgfeat": json.dumps(meta or {})})

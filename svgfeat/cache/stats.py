@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from .. import checkpoints as ck
+from ..atomic import write_json_atomic
 from ..errors import CacheError, CheckpointError, ConfigError
 from ..models.align import AlignmentStats, ChannelMoments
-from .atomic import write_json_atomic
+from ..regular_files import opened, read_text
 from .lock import cache_lock
 from .reader import open_cache
 
@@ -67,18 +68,21 @@ def load_stats(source) -> dict:
             raise ConfigError("the cache has no latent statistics; run `svgfeat stats CACHE` first or pass stats")
     if isinstance(source, (str, Path)):
         p = Path(source)
-        if not p.is_file():
+        if not p.exists():  # a FIFO, folder or device is refused by the regular-file readers below
             raise ConfigError(f"latent stats file not found: {p}")
         if p.suffix == ".json":
             try:
-                source = json.loads(p.read_text())
-            except (OSError, ValueError) as e:
+                source = json.loads(read_text(p, "latent stats", error=ConfigError))
+            except (ValueError, RecursionError) as e:
                 raise ConfigError(f"latent stats {p}: unreadable JSON ({e})") from None
             if isinstance(source, dict) and isinstance(source.get("latent"), dict):
                 source = source["latent"]
         elif p.suffix == ".npz":
-            with np.load(p) as d:
-                source = {k: d[k] for k in d.files}
+            try:
+                with opened(p, "latent stats", error=ConfigError) as f, np.load(f, allow_pickle=False) as d:
+                    source = {k: d[k] for k in d.files}
+            except (OSError, ValueError, EOFError) as e:
+                raise ConfigError(f"latent stats {p}: not a readable .npz file ({e})") from None
         else:
             source = ck.load_file(p)
     if not isinstance(source, dict):
@@ -100,10 +104,9 @@ def load_stats(source) -> dict:
 def save_stats(path, mean, std) -> Path:
     """Write the official ``dinov3_sp_stats.pt`` layout (float32 [1,1,C] each)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     m = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(1, 1, -1)
     s = torch.as_tensor(np.asarray(std, dtype=np.float32)).reshape(1, 1, -1)
-    torch.save({MEAN_KEY: m.contiguous(), STD_KEY: s.contiguous()}, p)
+    ck.save_torch(p, {MEAN_KEY: m.contiguous(), STD_KEY: s.contiguous()})  # atomic, never a half file
     return p
 
 

@@ -13,10 +13,14 @@ from ._types import SIZE
 @click.option("--groups", default="latent,cls,pooled", show_default=True)
 @click.option("--size", default=256, show_default=True, type=SIZE)
 @click.option("--preset", default="svg", show_default=True, type=click.Choice(["svg", "center-crop", "resize", "none"]))
-def encode(images, out, dinov3, svg, svg_config, model, alignment, device, groups, size, preset):
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT that svgfeat did not write.")
+def encode(images, out, dinov3, svg, svg_config, model, alignment, device, groups, size, preset, overwrite):
     """Encode IMAGES (paths or sample:photos) and save the requested groups (fp32) to OUT."""
     import torch
 
+    from ..atomic import check_output
+
+    check_output(out, overwrite, "output file")
     from ..checkpoints import save_safetensors
     from ..data import open_dataset
     from ..data.transforms import preprocess

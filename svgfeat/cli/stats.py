@@ -5,15 +5,26 @@ import click
 from ._types import NonEmptyPath
 
 
+def _renamed(ctx, param, value):
+    if value is not None:
+        raise click.UsageError("--official was renamed --write-official PATH (it writes PATH); nothing was written")
+    return value
+
+
 @click.command()
 @click.argument("path", type=NonEmptyPath(exists=True, file_okay=False))
 @click.option("--groups", default="latent", show_default=True, help="Comma-separated groups.")
-@click.option("--official", type=click.Path(dir_okay=False), default=None,
-              help="Also write the official dinov3_sp_stats.pt format for the first group.")
-def stats(path, groups, official):
+@click.option("--write-official", "official", type=click.Path(dir_okay=False), default=None,
+              help="Also WRITE the official dinov3_sp_stats.pt format of the first group to this path.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --write-official file svgfeat did not write.")
+@click.option("--official", "old_official", hidden=True, expose_value=False, callback=_renamed, is_eager=True)
+def stats(path, groups, official, overwrite):
     """Compute per-channel mean/std of cache groups in one streaming pass; saved in CACHE/stats.json."""
+    from ..atomic import check_output
     from ..cache.stats import compute_stats, save_official_stats
 
+    if official:
+        check_output(official, overwrite, "--write-official file")
     gs = [g.strip() for g in groups.split(",") if g.strip()]
     out = compute_stats(path, gs, progress=True)
     for g in gs:

@@ -45,8 +45,10 @@ from ._types import (
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
               help="Forward-pass numerics (recorded; a resume in another precision is refused). bf16: autocast.")
 @click.option("--tf32", is_flag=True, help="Allow TF32 float32 matmuls on CUDA (the official recipe; recorded).")
+@click.option("--overwrite", is_flag=True, help="Replace files in OUT that svgfeat did not write.")
 def train_dit(cache, model, out, steps, batch_size, lr, weight_decay, ema_decay, shift, grad_clip, seed, device,
-              log_every, ckpt_every, resume, hflip, stats_path, num_classes, class_dropout, precision, tf32):
+              log_every, ckpt_every, resume, hflip, stats_path, num_classes, class_dropout, precision, tf32,
+              overwrite):
     """Train a DiT on the `latent` group of CACHE (per-channel standardised tokens)."""
     from ..generation.train import train_dit as run
 
@@ -58,6 +60,6 @@ def train_dit(cache, model, out, steps, batch_size, lr, weight_decay, ema_decay,
     r = run(cache, model, out, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
             ema_decay=ema_decay, shift=shift, grad_clip=grad_clip, seed=seed, device=device, log_every=log_every,
             ckpt_every=ckpt_every, resume=resume, hflip=hflip, stats=stats_path, model_overrides=overrides,
-            precision=precision, tf32=tf32)
+            precision=precision, tf32=tf32, overwrite=overwrite)
     loss = "n/a" if r["loss"] is None else f"{r['loss']:.4f}"
     click.echo(f"step {r['step']}: loss {loss}; EMA weights -> {r['ema']} (log: {out}/log.jsonl)")

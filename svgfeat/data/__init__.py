@@ -52,8 +52,8 @@ def open_dataset(spec, labels=None, classes=None) -> ImageDataset:
     p = Path(s)
     if not p.exists():
         raise DataError(f"dataset not found: {s} (expected a folder, a .txt file list or sample:...)")
-    if p.is_file():
-        if p.suffix.lower() in IMAGE_EXTENSIONS:
+    if not p.is_dir():  # a file list; a FIFO or device there is refused by file_list without blocking
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
             return ImageDataset(p.parent, [p.name], None, [], spec=s)
         return file_list(p, classes)
     if labels is not None:

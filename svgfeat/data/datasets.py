@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..regular_files import LIST_BYTES, read_text
 from . import sample as _sample
 from .decode import DecodeError, load_image
-from .textfile import read_text_lines
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -169,7 +169,7 @@ def file_list(list_file, classes=None) -> ImageDataset:
     lf = Path(list_file)
     classes = list(classes or [])
     paths, labels, any_label = [], [], False
-    for ln, line in enumerate(read_text_lines(lf, "file list"), 1):
+    for ln, line in enumerate(read_text(lf, "file list", LIST_BYTES, error=DataError).splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -194,7 +194,7 @@ def flat_with_labels(folder, label_file, classes=None) -> ImageDataset:
     (label = class name such as a wnid, or an integer index)."""
     classes = list(classes or [])
     mapping = {}
-    for line in read_text_lines(label_file, "label file"):
+    for line in read_text(label_file, "label file", LIST_BYTES, error=DataError).splitlines():
         parts = line.replace(",", " ").split()
         if len(parts) >= 2 and not parts[0].lower().startswith(("imageid", "#")):
             mapping[Path(parts[0]).stem] = parts[1]

@@ -33,9 +33,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..regular_files import LIST_BYTES, read_text
 from .datasets import ImageDataset
 from .decode import load_image
-from .textfile import read_text_lines
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEPTH_EXTS = (".png", ".npy")
@@ -245,7 +245,7 @@ def _inside(root: Path, rel: str, where: str) -> str:
 
 def _read_list(root: Path, list_file: Path) -> tuple[list[str], list[str]]:
     images, depths = [], []
-    lines = read_text_lines(list_file, "split file")
+    lines = read_text(list_file, "split file", LIST_BYTES, error=DataError).splitlines()
     for n, line in enumerate(lines, 1):
         parts = line.split()
         if not parts:
@@ -324,9 +324,11 @@ def open_depth_dataset(spec, split: str = "train", depth_scale=None, split_file=
     return DepthDataset(root, images, depths, depth_scale, f"folder/{img_dir.name}", None)
 
 
-def write_depth_folder(ds: DepthDataset, out, layout: str = "folder", split: str = "train") -> Path:
-    """Write ``ds`` as PNG pairs (depth as uint16 millimetres): ``layout='folder'`` (images/ + depth/) or
-    ``'nyu-mmseg'`` (images/<train|test>/ + annotations/<train|test>/, what mmseg's NYUDataset reads)."""
+def write_depth_folder(ds: DepthDataset, out, layout: str = "folder", split: str = "train",
+                       image_ext: str = ".png") -> Path:
+    """Write ``ds`` as image/depth pairs (depth as uint16 millimetre PNGs): ``layout='folder'`` (images/ +
+    depth/) or ``'nyu-mmseg'`` (images/<train|test>/ + annotations/<train|test>/). Images are lossless PNG
+    unless ``image_ext=".jpg"`` (what mmseg's NYUDataset reads)."""
     out = Path(out)
     if layout == "folder":
         img_dir, depth_dir = out / "images", out / "depth"
@@ -340,7 +342,7 @@ def write_depth_folder(ds: DepthDataset, out, layout: str = "folder", split: str
     for i in range(len(ds)):
         img, depth = ds.load_pair(i)
         stem = Path(ds.paths[i]).name.rsplit(".", 1)[0]
-        img.save(img_dir / f"{stem}.png")
+        img.save(img_dir / f"{stem}{image_ext}", **({"quality": 95} if image_ext == ".jpg" else {}))
         mm = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
         Image.fromarray(mm).save(depth_dir / f"{stem}.png")
     return out

@@ -27,9 +27,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..regular_files import read_text
 from .datasets import ImageDataset
 from .decode import load_image
-from .textfile import read_text_lines
 from .transforms import normalize
 
 IGNORE_INDEX = 255
@@ -342,17 +342,19 @@ def open_seg_dataset(spec, split: str | None = None, num_classes: int | None = N
             break
     images, masks = _pair(root, img_dir, mask_dir)
     cls_file = root / "classes.txt"
-    if cls_file.is_file():
-        classes = [ln.strip() for ln in read_text_lines(cls_file, "class list") if ln.strip()]
+    if cls_file.exists() or cls_file.is_symlink():  # a FIFO or folder named classes.txt is refused, not skipped
+        classes = [ln.strip() for ln in read_text(cls_file, "class list", error=DataError).splitlines() if ln.strip()]
     else:
         k = int(num_classes) if num_classes else _scan_num_classes(root, masks)
         classes = [f"class {i}" for i in range(k)]
     return SegDataset(root, images, masks, classes, reduce_zero_label=False, name=f"folder/{img_dir.name}")
 
 
-def write_folder_dataset(ds: SegDataset, out, layout: str = "folder", split: str = "train") -> Path:
-    """Write ``ds`` to disk as PNG pairs: ``layout='folder'`` (images/, masks/, classes.txt) or ``'ade20k'``
-    (images/<training|validation>/*.jpg is replaced by lossless *.png, annotations/... with raw labels + 1).
+def write_folder_dataset(ds: SegDataset, out, layout: str = "folder", split: str = "train",
+                         image_ext: str = ".png") -> Path:
+    """Write ``ds`` to disk as image/mask pairs: ``layout='folder'`` (images/, masks/, classes.txt) or
+    ``'ade20k'`` (images/<training|validation>/, annotations/... with raw labels + 1). Images are lossless
+    ``*.png`` unless ``image_ext=".jpg"`` (what mmseg's ADE20KDataset reads); masks are always PNG.
 
     Useful to feed the embedded sample to mmseg's file-based pipelines.
     """
@@ -369,7 +371,7 @@ def write_folder_dataset(ds: SegDataset, out, layout: str = "folder", split: str
     for i in range(len(ds)):
         img, mask = ds.load_pair(i)
         stem = Path(ds.paths[i]).stem
-        img.save(img_dir / f"{stem}.png")
+        img.save(img_dir / f"{stem}{image_ext}", **({"quality": 95} if image_ext == ".jpg" else {}))
         m = mask.copy()
         if layout == "ade20k":  # raw ADE convention: 0 = ignored "other", class k stored as k + 1
             m = np.where(mask == IGNORE_INDEX, 0, mask + 1)

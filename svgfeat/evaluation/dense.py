@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache.atomic import atomic_file
+from ..atomic import atomic_file
 from ..errors import ConfigError
 from .protocols import dense_protocol
 

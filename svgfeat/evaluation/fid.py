@@ -201,7 +201,10 @@ def read_npz(path, keys) -> tuple[list[str], dict]:
     file when it is not a readable .npz archive (empty, truncated, pickled, a bare .npy, ...). Never unpickles."""
     import zipfile
 
+    from ..regular_files import check_regular
+
     bad = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError)
+    check_regular(path, "statistics file", error=DataError)  # a FIFO would block np.load
     try:
         d = np.load(path, allow_pickle=False)
     except bad as e:
@@ -263,7 +266,7 @@ def fid_score(samples, ref, inception=None, batch_size: int = 50, device="cpu", 
 
     mu, sigma, n = sample_stats(samples, extractor, batch_size, progress=progress)
     if save_stats:
-        from ..cache.atomic import atomic_file
+        from ..atomic import atomic_file
 
         save_stats = save_stats if str(save_stats).endswith(".npz") else f"{save_stats}.npz"
         with atomic_file(save_stats) as f:

@@ -12,9 +12,12 @@ whole run (:mod:`.output`); resume re-hashes the shards it reuses (:mod:`.resume
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +26,9 @@ import torch
 
 from .. import _version
 from .. import distributed as D
-from ..cache.atomic import write_json_atomic
+from ..atomic import write_json_atomic
 from ..cache.manifest import MANIFEST, read_manifest
+from ..cache.owned import refuse_foreign_cache_names
 from ..cache.reader import open_cache
 from ..errors import CacheError, ConfigError
 from . import output
@@ -98,11 +102,37 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
             enc.set_alignment(alignment)
         groups = validate_groups(opts.groups, enc)
         owner = {"size": opts.size, "preset": opts.preset, "groups": ",".join(groups), "precision": opts.precision}
-        with output.writer_lock(out, info, owner):
+        with _sigterm_as_interrupt(), output.writer_lock(out, info, owner):
             return _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwrite, progress,
                                protocol)
     finally:
         D.teardown(info)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread (as Ctrl-C does), so that every ``finally`` runs:
+    the loader's workers are stopped, finished shards stay, the lock is released. A no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _stop_workers(batches) -> None:
+    """Stop the DataLoader worker processes of iterator ``batches`` now (not at garbage collection)."""
+    stop = getattr(batches, "_shutdown_workers", None)
+    if stop is not None:
+        with contextlib.suppress(Exception):
+            stop()
 
 
 def _reuse_without_encoder(out, request, opts, dinov3, svg, model):
@@ -148,6 +178,8 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
         if info.is_main:
             output.remove_previous(out)
         existing = None
+    if existing is None:  # a user's own shard-00000.safetensors is never replaced, --overwrite or not
+        refuse_foreign_cache_names(out)
     D.barrier(info)
     transform = opts.transform
     hw = (transform.size, transform.size)
@@ -266,9 +298,10 @@ def run_shards(out, ds, todo, encode, opts: Options, progress: bool) -> None:
         torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - opts.workers)))
     writer = ShardWriter(out)
     ok = False
+    batches = iter(loader)
     try:
         shard, stage = None, encode.stage
-        for (s, _, last), (ids, x, blobs, fails, n) in zip(plan.steps(), loader):
+        for (s, _, last), (ids, x, blobs, fails, n) in zip(plan.steps(), batches):
             if shard is None:
                 shard = _ShardAssembly(s, *bounds[s], ds, encode, opts.batch_size, opts.views)
             with stage.scope():  # every device op of this step: the stage's device and stream
@@ -282,6 +315,7 @@ def run_shards(out, ds, todo, encode, opts: Options, progress: bool) -> None:
                 shard = None
         ok = True
     finally:
+        _stop_workers(batches)
         torch.set_num_threads(threads)
         try:
             encode.close()  # every staged result copied out of the ring, the stream drained

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..cache.atomic import write_json_atomic
+from ..atomic import write_json_atomic
 from ..cache.integrity import index_problems, shard_problems
 from ..cache.manifest import read_manifest, shard_name
 from ..cache.paths import read_json_in

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ..cache.atomic import write_json_atomic, write_shard
+from ..atomic import write_json_atomic
 from ..cache.manifest import shard_name
+from ..cache.shards import write_shard
 
 
 def index_name(s: int) -> str:

@@ -156,46 +156,67 @@ def _optim_from_tensors(opt, tensors: dict, meta: dict, device):
 
 
 def save_checkpoint(ckdir: Path, step: int, model, ema, opt, extra: dict) -> Path:
+    """Write ``ckdir/<step>`` (every file fsync'd, the folder renamed into place when whole) and point
+    ``latest.json`` at it; a failure (full disk) leaves the previous checkpoint as it was and no temp files."""
     from safetensors.torch import save_file
 
+    from ..atomic import atomic_path, write_bytes_atomic
     from ..models.dit import save_dit
 
     final = ckdir / f"{step:07d}"
     tmp = ckdir / f".{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_dit(model, tmp / "model.safetensors")
-    save_dit(ema, tmp / "ema.safetensors")
-    tensors, meta = _optim_to_tensors(opt)
-    rng = {"rng.torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["rng.torch_cuda"] = torch.cuda.get_rng_state()
-    save_file({**tensors, **rng}, str(tmp / "optimizer.safetensors"))
-    (tmp / "trainer.json").write_text(json.dumps({"step": step, "optimizer": meta, **extra}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    (ckdir / "latest.json").write_text(json.dumps({"step": step, "dir": final.name}))
+    try:
+        tmp.mkdir(parents=True)
+        save_dit(model, tmp / "model.safetensors")
+        save_dit(ema, tmp / "ema.safetensors")
+        tensors, meta = _optim_to_tensors(opt)
+        rng = {"rng.torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["rng.torch_cuda"] = torch.cuda.get_rng_state()
+        with atomic_path(tmp / "optimizer.safetensors") as t:
+            save_file({**tensors, **rng}, str(t))
+        write_bytes_atomic(tmp / "trainer.json", json.dumps({"step": step, "optimizer": meta, **extra},
+                                                            indent=1).encode())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_bytes_atomic(ckdir / "latest.json", json.dumps({"step": step, "dir": final.name}).encode())
     return final
+
+
+RUN_FILES = ("latent_stats.pt", "train_config.json", "log.jsonl", "ema.safetensors", "ema.json",
+             "checkpoints/latest.json")
+
+
+def check_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a run folder holding one of the files train-dit writes that svgfeat did not write."""
+    from ..atomic import check_output
+
+    for name in RUN_FILES:
+        check_output(Path(out) / name, overwrite, "run folder file")
 
 
 def load_checkpoint(ckdir: Path, model, ema, opt, device, numerics: Numerics | None = None) -> int:
     """Restore the newest checkpoint under ``ckdir`` into model/ema/opt; returns its step (0 if none). A
     checkpoint trained in another precision is refused (older checkpoints without a record were fp32 on CPU,
     bf16 on CUDA)."""
-    from safetensors.torch import load_file
 
     from .. import checkpoints as ck
+    from ..regular_files import read_text
 
     latest = ckdir / "latest.json"
     if not latest.is_file():
         return 0
-    d = ckdir / json.loads(latest.read_text())["dir"]
     try:
-        meta = json.loads((d / "trainer.json").read_text())
+        d = ckdir / json.loads(read_text(latest, "checkpoint pointer", error=CheckpointError))["dir"]
+        meta = json.loads(read_text(d / "trainer.json", "trainer state", error=CheckpointError))
         ck.load_strict(model, ck.load_file(d / "model.safetensors"), "DiT (resume)", str(d))
         ck.load_strict(ema, ck.load_file(d / "ema.safetensors"), "DiT EMA (resume)", str(d))
-        tensors = load_file(str(d / "optimizer.safetensors"))
-    except (OSError, json.JSONDecodeError, KeyError) as e:
+        tensors = ck.load_file(d / "optimizer.safetensors")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"cannot resume from {d}: {e}") from None
     if numerics is not None:
         was = meta.get("numerics", {}).get("precision") or ("bf16" if torch.device(device).type == "cuda" else "fp32")
@@ -225,7 +246,7 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
               grad_clip: float | None = None, seed: int = 0, device="cpu", log_every: int = 50,
               ckpt_every: int = 5000, resume: bool = True, hflip: bool = False, stats=None,
               model_overrides: dict | None = None, progress: bool = True, data_options: dict | None = None,
-              precision: str = "fp32", tf32: bool = False) -> dict:
+              precision: str = "fp32", tf32: bool = False, overwrite: bool = False) -> dict:
     """Train a DiT on the ``latent`` group of a feature cache.
 
     cache: a cache path (``svgfeat.open_cache``) or an object with ``__len__``, ``read(group, rows)``,
@@ -238,10 +259,13 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
         recipe: fp32, with TF32 matmuls on CUDA = ``tf32=True``); ``precision="bf16"`` autocasts. Recorded in
         ``train_config.json``, every checkpoint's ``trainer.json`` and the EMA file's config; a resume with other
         numerics is refused.
+    overwrite: replace run-folder files (``RUN_FILES``) that svgfeat did not write (else refused up front).
     Returns {"step", "loss" (last logged), "out_dir", "ema"}.
     """
+    from ..atomic import mark_written, write_bytes_atomic
     from ..models.dit import SVGDiT
 
+    check_run_folder(Path(out_dir), overwrite)
     Numerics.for_device(device, precision, tf32=tf32)  # cuda without CUDA, bf16 where it cannot run: one error
     info, dev = D.setup(device)
     numerics = Numerics.for_device(dev, precision, tf32=tf32)
@@ -288,13 +312,13 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_stats(out / "latent_stats.pt", data.mean.cpu(), data.std.cpu())
-        (out / "train_config.json").write_text(json.dumps(dict(
+        write_bytes_atomic(out / "train_config.json", json.dumps(dict(
             steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema_decay=ema_decay, shift=shift,
             grad_clip=grad_clip, seed=seed, hflip=hflip, world_size=world, model=model.config.to_dict(),
-            numerics=numerics.record()), indent=1))
+            numerics=numerics.record()), indent=1).encode())
         if log_path.exists():  # drop lines logged after the checkpoint we resume from
             keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
-            log_path.write_text("".join(ln + "\n" for ln in keep))
+            write_bytes_atomic(log_path, "".join(ln + "\n" for ln in keep).encode())
     lo, hi = rank * batch_size // world, (rank + 1) * batch_size // world
     N = data.h * data.w
     bar = None
@@ -323,6 +347,7 @@ def train_dit(cache, model="svg_dit_xl", out_dir="runs/dit", steps: int = 1000, 
             if rank == 0:
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"step": done, "loss": last, "lr": lr, "time": round(time.time() - t0, 3)}) + "\n")
+                mark_written(log_path)
                 if bar is not None:
                     bar.set_postfix(loss=f"{last:.4f}")
             acc, acc_n = torch.zeros((), device=dev), 0

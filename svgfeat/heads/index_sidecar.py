@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CacheError
+from ..regular_files import read_text
 
 SIDECAR_FORMAT = "svgfeat-index"
 METRICS = ("cosine", "l2", "ip")
@@ -89,8 +90,8 @@ def read_sidecar(path) -> dict:
         missing = path if not path.exists() else side_path
         raise CacheError(f"index not found: {missing} (build one with `svgfeat index build CACHE -o {path}`)")
     try:
-        side = json.loads(side_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        side = json.loads(read_text(side_path, "index sidecar", error=CacheError))  # regular file, bounded
+    except (json.JSONDecodeError, RecursionError) as e:
         raise CacheError(f"{side_path}: corrupt index sidecar: {e}") from None
     if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
         got = side.get("format") if isinstance(side, dict) else type(side).__name__

@@ -28,6 +28,7 @@ import torch
 
 from .._version import __version__
 from ..errors import CacheError, ConfigError, DataError, MissingDependencyError, SvgfeatError
+from ..regular_files import checked_path, opened
 from . import index_factory as fac
 from . import index_tuning as tune
 from .exact_search import TopK, as_float32, batch_scores, exact_search, l2_normalize, recall_at_k
@@ -519,14 +520,17 @@ class FaissIndex:
             if side.get("keys", "range") == "range":
                 self.keys_ = np.arange(self.ntotal_, dtype=np.int64)
             else:
-                self.keys_ = np.load(path.with_name(side["keys"]), allow_pickle=False).astype(np.int64)
+                with opened(path.with_name(side["keys"]), "index keys", error=CacheError) as f:
+                    self.keys_ = np.load(f, allow_pickle=False).astype(np.int64)
             if self.backend_ == "torch":
                 from safetensors.torch import load_file
 
-                self._vectors = load_file(str(path))["vectors"].float()
+                with checked_path(path, "index", error=CacheError) as q:
+                    self._vectors = load_file(q)["vectors"].float()
             else:
                 faiss = import_faiss()
-                self._index = faiss.read_index(str(path))
+                with checked_path(path, "index", error=CacheError) as q:
+                    self._index = faiss.read_index(q)
         except SvgfeatError:
             raise
         except Exception as e:  # noqa: BLE001 - whatever the decoder says, the file is not a usable index

@@ -353,14 +353,16 @@ def read_dit_config(config) -> DiTConfig:
         return config
     if isinstance(config, (str, Path)):
         p = Path(config)
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError(f"DiT config file not found: {p}")
         if p.suffix in (".yaml", ".yml"):
             config = ck.load_yaml(p)
         else:
+            from ..regular_files import read_text
+
             try:
-                config = json.loads(p.read_text())
-            except json.JSONDecodeError as e:
+                config = json.loads(read_text(p, "DiT config", error=ConfigError))
+            except (json.JSONDecodeError, RecursionError) as e:
                 raise ConfigError(f"DiT config {p} is not valid JSON/YAML: {e}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"DiT config: expected a dict, DiTConfig or file path, got {type(config).__name__}")
@@ -382,9 +384,10 @@ def export_official_dit(model: SVGDiT, path) -> tuple[Path, Path]:
     """Write the official layout: ``{"ema": state_dict}`` .pt and a ``model.params`` YAML beside it."""
     import yaml
 
+    from ..atomic import write_bytes_atomic
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"ema": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, p)
+    ck.save_torch(p, {"ema": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
     c = model.config
     params = dict(input_size=c.input_size, patch_size=1, in_channels=c.in_channels, hidden_size=c.hidden_size,
                   depth=c.depth, num_heads=c.num_heads, mlp_ratio=float(c.mlp_ratio),
@@ -393,5 +396,5 @@ def export_official_dit(model: SVGDiT, path) -> tuple[Path, Path]:
     doc = {"basic": {"rf": True, "shift": 0.4, "image_size": 16 * c.input_size, "feature_norm": True},
            "model": {"target": "models.models_SVG.DiT", "params": params}}
     y = p.with_suffix(".yaml")
-    y.write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_bytes_atomic(y, yaml.safe_dump(doc, sort_keys=False).encode())
     return p, y

@@ -294,11 +294,12 @@ def export_official(enc: SVGEncoder, path, include_encoder: bool = True) -> tupl
     """Write an official-layout Lightning ``.ckpt`` and its YAML next to it; returns both paths."""
     import yaml
 
+    from ..atomic import write_bytes_atomic
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {"epoch": 0, "global_step": 0, "pytorch-lightning_version": "2.4.0",
             "state_dict": official_state_dict(enc, include_encoder)}
-    torch.save(ckpt, p)
+    ck.save_torch(p, ckpt)
     variant = enc.config["dino"]["variant"]
     hub = {v: k for k, v in HUB_NAMES.items()}.get(variant, variant)
     evc = None
@@ -316,5 +317,5 @@ def export_official(enc: SVGEncoder, path, include_encoder: bool = True) -> tupl
         "extra_vit_config": evc,
     }}}
     yp = p.with_suffix(".yaml")
-    yp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_bytes_atomic(yp, yaml.safe_dump(cfg, sort_keys=False).encode())
     return p, yp

@@ -11,15 +11,19 @@ from ..heads.patch_retrieval import PatchIndex, load_any
 from ..heads.query import check_encoder
 from ..numerics import Numerics
 
-_CACHE_ROW = re.compile(r"^(?P<cache>.+):(?P<row>-?\d+)$")
+_CACHE_ROW = re.compile(r"^(?P<cache>.+):(?P<row>-?[0-9]{1,18})$")  # ASCII digits, bounded: int() never fails
 
 
 def parse_query(q: str) -> tuple:
     """``"img.png"`` -> ("image", path); ``"CACHE:ROW"`` -> ("cache", cache_dir, row)."""
-    if Path(q).is_file():
-        return ("image", q)
-    m = _CACHE_ROW.match(q)
-    if m and Path(m.group("cache")).is_dir():
+    try:
+        if Path(q).is_file():
+            return ("image", q)
+        m = _CACHE_ROW.match(q)
+        is_cache = bool(m) and Path(m.group("cache")).is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        m, is_cache = None, False
+    if is_cache:
         return ("cache", m.group("cache"), int(m.group("row")))
     raise DataError(f"query {q!r} is neither an image file nor CACHE:ROW (a feature cache directory and a row "
                     "number, e.g. ./cache:12)")
@@ -31,9 +35,9 @@ def parse_region(text: str | None):
         return None
     if not isinstance(text, str):
         raise ConfigError(f"region must be a string ROW0:ROW1,COL0:COL1, got {type(text).__name__}")
-    m = re.fullmatch(r"\s*(\d+):(\d+)\s*,\s*(\d+):(\d+)\s*", text)
+    m = re.fullmatch(r"\s*([0-9]{1,9}):([0-9]{1,9})\s*,\s*([0-9]{1,9}):([0-9]{1,9})\s*", text)
     if not m:
-        raise ConfigError(f"region {text!r}: expected ROW0:ROW1,COL0:COL1 in patch-grid units, e.g. 0:4,2:6")
+        raise ConfigError(f"region {text[:60]!r}: expected ROW0:ROW1,COL0:COL1 in patch-grid units, e.g. 0:4,2:6")
     return tuple(int(v) for v in m.groups())
 
 

@@ -11,7 +11,7 @@ Endpoints (JSON errors ``{"error": message}`` with a 4xx/5xx status; a request n
   patch indexes ``"region": "r0:r1,c0:c1"``. Returns ``{"ids", "scores", "paths", "labels", "results"}``.
 - ``GET /thumb/<id>``: a JPEG thumbnail of indexed image ``id``.
 
-Limits: uploads above ``max_upload`` bytes get 413 without being read; a body that stalls for ``body_timeout``
+Limits: uploads above ``max_upload`` bytes get 413 without being read; a body not received whole within ``body_timeout``
 seconds gets 408; at most ``max_concurrent`` searches / thumbnails run at once (others get 503 with
 ``Retry-After``); ``k`` is capped at ``max_k``. Every malformed request is a 4xx. ``/api/info`` shows no server
 paths. Hosts may be IPv4 or IPv6 (``::1``).
@@ -19,12 +19,14 @@ paths. Hosts may be IPv4 or IPv6 (``::1``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
 import re
 import socket
 import threading
+import time
 import traceback
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -149,27 +151,41 @@ class _Handler(BaseHTTPRequestHandler):
         if length > self.server.max_upload:
             self.close_connection = True
             if length <= 8 * self.server.max_upload:  # drain it so that the client reads our answer cleanly
-                left = length
-                while left > 0:
-                    chunk = self.rfile.read(min(left, 1 << 16))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
+                with contextlib.suppress(ApiError):
+                    self._read_within(length, keep=False)
             raise ApiError(413, f"upload of {length} bytes exceeds the limit of {self.server.max_upload} bytes")
         if length <= 0:
             raise ApiError(400, "empty request body: send an image, or JSON {\"row\": n}")
-        self.connection.settimeout(self.server.body_timeout)
-        try:
-            body = self.rfile.read(length)
-        except TimeoutError:
-            self.close_connection = True
-            raise ApiError(408, f"request body not received within {self.server.body_timeout:g} s") from None
-        finally:
-            self.connection.settimeout(self.timeout)
+        body = self._read_within(length)
         if len(body) < length:
             self.close_connection = True
             raise ApiError(400, f"request body truncated ({len(body)} of {length} bytes)")
         return body
+
+    def _read_within(self, length: int, keep: bool = True) -> bytes:
+        """Up to ``length`` body bytes, all of them within ``body_timeout`` seconds in total (a body trickled
+        a byte at a time cannot hold a worker thread longer); 408 when the time is up."""
+        deadline = time.monotonic() + self.server.body_timeout
+        parts, got = [], 0
+        try:
+            while got < length:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(min(length - got, 1 << 16))
+                if not chunk:
+                    break
+                got += len(chunk)
+                if keep:
+                    parts.append(chunk)
+        except TimeoutError:
+            self.close_connection = True
+            raise ApiError(408, f"request body not received within {self.server.body_timeout:g} s") from None
+        finally:
+            with contextlib.suppress(OSError):
+                self.connection.settimeout(self.timeout)
+        return b"".join(parts)
 
     def _post(self):
         url = urlsplit(self.path)
@@ -213,8 +229,8 @@ def _parse_json(body: bytes):
     """JSON body -> object; 400 for invalid JSON, NaN/Infinity literals, too deep nesting."""
     try:
         return json.loads(body, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"invalid JSON body: {e}") from None
+    except (ValueError, UnicodeDecodeError) as e:  # ValueError: also an integer of more than 4300 digits
+        raise ApiError(400, f"invalid JSON body: {str(e)[:200]}") from None
     except RecursionError:
         raise ApiError(400, "invalid JSON body: nested too deeply") from None
 

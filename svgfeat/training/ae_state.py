@@ -28,6 +28,7 @@ import torch
 from .. import checkpoints as ck
 from .. import distributed as D
 from ..errors import CheckpointError
+from ..regular_files import read_text
 
 FORMAT = "svgfeat-ae-train/1"
 
@@ -99,6 +100,7 @@ def save_checkpoint(root: Path, step: int, enc, disc, opt_ae, opt_d, trainer_con
     """Collective (every rank calls it): write ``root/step_XXXXXXX`` atomically; returns its path."""
     from safetensors.torch import save_file
 
+    from ..atomic import atomic_path, write_bytes_atomic
     from ..models.loading import save_encoder
 
     root = Path(root)
@@ -107,24 +109,27 @@ def save_checkpoint(root: Path, step: int, enc, disc, opt_ae, opt_d, trainer_con
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     D.barrier(info)
-    rt, rmeta = rng_state()
-    save_file({k: v.contiguous() for k, v in rt.items()}, str(tmp / f"rng_rank{info.rank}.safetensors"))
-    (tmp / f"rng_rank{info.rank}.json").write_text(json.dumps(rmeta))
-    if info.is_main:
-        save_encoder(enc, tmp / "encoder.safetensors", include_backbone=include_backbone)
-        t_ae, m_ae = optimizer_to_tensors(opt_ae, "opt_ae")
-        t_d, m_d = optimizer_to_tensors(opt_d, "opt_d")
-        disc_sd = {f"discriminator.{k}": v.detach().cpu().contiguous() for k, v in disc.state_dict().items()}
-        meta = {"format": FORMAT, "step": int(step), "world_size": info.world, "config": trainer_config,
-                "opt_ae": m_ae, "opt_d": m_d}
-        ck.save_safetensors(tmp / "train_state.safetensors", {**disc_sd, **t_ae, **t_d}, meta)
+    try:  # every file fsync'd; a failure (full disk) removes the half-written folder
+        rt, rmeta = rng_state()
+        with atomic_path(tmp / f"rng_rank{info.rank}.safetensors") as t:
+            save_file({k: v.contiguous() for k, v in rt.items()}, str(t))
+        write_bytes_atomic(tmp / f"rng_rank{info.rank}.json", json.dumps(rmeta).encode())
+        if info.is_main:
+            save_encoder(enc, tmp / "encoder.safetensors", include_backbone=include_backbone)
+            t_ae, m_ae = optimizer_to_tensors(opt_ae, "opt_ae")
+            t_d, m_d = optimizer_to_tensors(opt_d, "opt_d")
+            disc_sd = {f"discriminator.{k}": v.detach().cpu().contiguous() for k, v in disc.state_dict().items()}
+            meta = {"format": FORMAT, "step": int(step), "world_size": info.world, "config": trainer_config,
+                    "opt_ae": m_ae, "opt_d": m_d}
+            ck.save_safetensors(tmp / "train_state.safetensors", {**disc_sd, **t_ae, **t_d}, meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     D.barrier(info)
     if info.is_main:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        latest = root / "latest.json"
-        latest.with_suffix(".tmp").write_text(json.dumps({"step": int(step), "dir": final.name}))
-        os.replace(latest.with_suffix(".tmp"), latest)
+        write_bytes_atomic(root / "latest.json", json.dumps({"step": int(step), "dir": final.name}).encode())
     D.barrier(info)
     return final
 
@@ -134,8 +139,8 @@ def latest_checkpoint(root: Path) -> Path | None:
     if not latest.is_file():
         return None
     try:
-        d = Path(root) / json.loads(latest.read_text())["dir"]
-    except (json.JSONDecodeError, KeyError) as e:
+        d = Path(root) / json.loads(read_text(latest, "checkpoint pointer", error=CheckpointError))["dir"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{latest} is corrupt: {e}") from None
     if not (d / "train_state.safetensors").is_file():
         raise CheckpointError(f"{latest} points at {d}, which is incomplete or missing")
@@ -178,5 +183,5 @@ def load_checkpoint(ckdir: Path, enc, disc, opt_ae, opt_d, info: D.DistInfo, dev
         warnings.warn(f"resuming with {info.world} rank(s) from a checkpoint written by {meta.get('world_size')}: "
                       "dropout randomness will differ from the original run", stacklevel=2)
     set_rng_state(ck.load_file(ckdir / f"rng_rank{rank}.safetensors"),
-                  json.loads((ckdir / f"rng_rank{rank}.json").read_text()))
+                  json.loads(read_text(ckdir / f"rng_rank{rank}.json", "RNG state", error=CheckpointError)))
     return int(meta["step"])

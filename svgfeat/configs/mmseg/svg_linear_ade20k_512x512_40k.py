@@ -4,10 +4,13 @@
 #   batch 2 per GPU x 8 GPUs; 512 crops of images rescaled by 0.5-2.0, horizontal flip;
 #   sliding-window evaluation (crop 512, stride 341); logits upsampled bilinearly to the image.
 #
-# Train:  python -m mmseg.tools.train / `mim train mmseg` / mmseg's tools/train.py with this file, e.g.
-#   python tools/train.py $(python -c "from svgfeat.integrations.mmseg import config_path; print(config_path('linear'))") \
+# Train with svgfeat's tools/mmseg_train.py (it points every dataloader at `data_root=`), e.g.
+#   python tools/mmseg_train.py $(python -c "from svgfeat.integrations.mmseg import config_path; print(config_path('linear'))") \
 #       --cfg-options model.backbone.dinov3=/path/dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth \
 #                     model.backbone.svg=/path/svg_autoencoder_dinov3s16p_vit-s_epoch40.ckpt data_root=/data/ade/ADEChallengeData2016
+# mmseg's own tools/train.py reads this file too, but there `data_root=` alone does not reach the datasets
+# (they copied it when the file was read): also pass train_dataloader.dataset.data_root=... and
+# val_dataloader.dataset.data_root=... (test_dataloader likewise).
 # DINOv3 features only: model.backbone.svg=None model.backbone.group=dino model.decode_head.in_channels=[384]
 # Tests: model.backbone.model=test_tiny (random tiny encoder, 64+8 channels; set in_channels=[72]).
 # The numbers are svgfeat's `ade20k-linear` protocol preset (svgfeat.evaluation.protocols.DENSE_PROTOCOLS,

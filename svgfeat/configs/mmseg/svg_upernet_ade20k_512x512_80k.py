@@ -7,7 +7,7 @@
 #   iterations then poly decay over 80k iterations, batch 2 per GPU x 8 GPUs; 512 crops, 0.5-2.0 rescale,
 #   flip, photometric distortion; sliding-window evaluation (crop 512, stride 341).
 #
-# Train with mmseg's tools/train.py as the linear config (see its header for weights / data overrides).
+# Train with tools/mmseg_train.py as the linear config (see its header for weights / data overrides).
 # DINOv3 features only: model.backbone.svg=None model.backbone.group=dino and 384 for every in_channels.
 # Tests: model.backbone.model=test_tiny (random tiny encoder, 72 channels; set the in_channels accordingly).
 custom_imports = dict(imports=["svgfeat.integrations.mmseg"], allow_failed_imports=False)
