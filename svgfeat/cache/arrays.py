@@ -14,6 +14,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import CacheError, ConfigError
 from .atomic import write_json_atomic, write_shard
+from .integrity import read_index
 from .lock import cache_lock
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, shard_name
 from .owned import _SHARD_RE, looks_like_cache, remove_cache
@@ -133,16 +134,17 @@ def from_arrays(out, groups: dict, labels=None, classes=None, paths=None, shard_
         for s in range(num_shards):
             lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
             name = shard_name(s)
+            fast: dict = {}
             digest = write_shard(out / name, {g: _block(a, lo, hi, spec[g]["dtype"], g) for g, a in groups.items()},
-                                 {"shard": s, "items": [lo, hi]}, durable)
+                                 {"shard": s, "items": [lo, hi]}, durable, fast=fast)
             size = (out / name).stat().st_size
             idx_name = name.replace(".safetensors", ".json")
             write_json_atomic(out / idx_name, {
                 "shard": s, "items_range": [lo, hi], "rows": hi - lo, "paths": names[lo:hi],
                 "labels": lab[lo:hi].tolist(), "items": list(range(lo, hi)), "views": [0] * (hi - lo),
-                "failures": [], "sha256": digest, "size": size}, durable)
+                "failures": [], "sha256": digest, "xxh3": fast, "size": size}, durable)
             shards.append({"file": name, "index": idx_name, "rows": hi - lo, "sha256": digest, "size": size,
-                           "items": [lo, hi]})
+                           "items": [lo, hi], "index_xxh3": read_index(out, idx_name)[1]})
             fp.update(digest.encode())
         manifest.update(shards=shards, failures=[], num_rows=n, complete=True, dataset_fingerprint=fp.hexdigest(),
                         finished=datetime.now(timezone.utc).isoformat())

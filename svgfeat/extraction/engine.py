@@ -38,6 +38,7 @@ from .request import (
     light_match,
     numerics,
     refuse_mismatch,
+    requested_weights,
     validate_groups,
 )
 from .resume import finalize, shard_reusable
@@ -77,8 +78,10 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
     if n_items == 0:
         raise ConfigError(f"dataset {ds.spec} has no items")
     request = base_request(ds, n_items, opts)
+    if encoder is None:
+        request["weights"] = requested_weights(model, dinov3, svg, svg_config)
     if encoder is None and not overwrite:
-        cache = _reuse_without_encoder(out, request, opts, dinov3, svg, model)
+        cache = _reuse_without_encoder(out, request, opts)
         if cache is not None:
             return cache
     info, dev = D.setup(device)
@@ -100,23 +103,20 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
         D.teardown(info)
 
 
-def _reuse_without_encoder(out, request, opts, dinov3, svg, model):
-    """The complete cache at ``out`` when it matches without building the encoder (weights hashed only)."""
+def _reuse_without_encoder(out, request, opts):
+    """The complete cache at ``out`` when it matches exactly without building the encoder (weights hashed
+    only, see :func:`.request.light_match`); None sends the run to the full check."""
     if D.env_ranks()[1] > 1 or not (out / MANIFEST).exists():
         return None  # under torchrun the ranks decide together (after setup)
     try:
         m = read_manifest(out)
     except CacheError:
         return None
-    from ..checkpoints import sha256_file
-
-    weights = {"model": model, "dinov3_sha256": sha256_file(dinov3) if dinov3 and Path(dinov3).exists() else None,
-               "svg_sha256": sha256_file(svg) if svg and Path(svg).exists() else None}
     mg = m.get("groups")
     if not isinstance(mg, dict) or set(opts.groups) != set(mg):
         return None
     light = dict(request, groups={g: mg.get(g) for g in opts.groups})
-    if light_match(m, light, weights) and _intact(out, m, D.DistInfo(), None):
+    if light_match(m, light) and _intact(out, m, D.DistInfo(), None):
         return open_cache(out)
     return None
 
