@@ -51,7 +51,7 @@ def finalize(out: Path, num_shards: int) -> dict:
         if idx is None or f.is_symlink() or not f.is_file() or f.stat().st_size != idx.get("size"):
             raise SvgfeatError(f"shard {s} of {out} is missing or damaged after extraction")
         entry = {"file": shard_name(s), "index": index_name(s), "rows": idx["rows"], "sha256": idx["sha256"],
-                 "items": idx["items_range"], "index_xxh3": idx["_index_xxh3"]}
+                 "size": idx["size"], "items": idx["items_range"], "index_xxh3": idx["_index_xxh3"]}
         shards.append(entry)
         failures += idx["failures"]
         rows += idx["rows"]
