@@ -91,6 +91,7 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
 
             encoder = load_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, alignment=alignment,
                                    device=dev)
+            _record_config(encoder, svg_config, request.get("weights"))
         enc = encoder.to(dev).eval()
         if enc.align is not None and enc.alignment != alignment:
             enc.set_alignment(alignment)
@@ -101,6 +102,14 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
                                protocol)
     finally:
         D.teardown(info)
+
+
+def _record_config(enc, svg_config, weights) -> None:
+    """Record a local ``svg_config`` file in the provenance (the weights already are): search/serve rebuild
+    the encoder from the cache's provenance."""
+    if svg_config is not None and "svg_config" not in (enc.provenance or {}) and Path(str(svg_config)).is_file():
+        enc.provenance = {**(enc.provenance or {}), "svg_config": {
+            "path": str(Path(svg_config).resolve()), "sha256": (weights or {}).get("svg_config_sha256")}}
 
 
 def _reuse_without_encoder(out, request, opts):
