@@ -6,8 +6,8 @@ One cache is written with ``svgfeat.from_arrays`` in the scale benchmark's layou
 child process (so every block is checked once, as in a new head): ``open_cache`` and a read of every row of
 every group, as stored (fp16) and as float32 (the heads' dtype), plus 20,000 random ``cls`` rows. The baseline
 child replaces the two check entry points of ``ShardHandle`` by no-ops: equal reads, no hashing. Repeats
-alternate the two variants; medians are reported with the ratios checked / unchecked, of the child's CPU time
-(the hash is CPU work; robust on a shared machine) and of wall time.
+alternate the two variants; the minimum over repeats (the least disturbed run on a shared machine) is reported
+with the ratios checked / unchecked, of the child's CPU time (the hash is CPU work) and of wall time.
 
     python benchmarks/bench_read_integrity.py --rows 200000 --latent-rows 2000 --repeats 3
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,10 +99,10 @@ def main(argv=None) -> int:
                 for mode in ("off", "on"):
                     runs[mode].append(child(path, mode))
             for key in ("stored", "float32", "random") if name == "cls+pooled" else ("stored", "float32"):
-                on = statistics.median(r[key] for r in runs["on"])
-                off = statistics.median(r[key] for r in runs["off"])
-                con = statistics.median(r[key + "_cpu"] for r in runs["on"])
-                coff = statistics.median(r[key + "_cpu"] for r in runs["off"])
+                on = min(r[key] for r in runs["on"])
+                off = min(r[key] for r in runs["off"])
+                con = min(r[key + "_cpu"] for r in runs["on"])
+                coff = min(r[key + "_cpu"] for r in runs["off"])
                 gb = runs["on"][0].get(key + "_bytes", 0) / 2**30
                 label = {"stored": f"all rows, fp16 ({gb:.2f} GiB)", "float32": f"all rows, float32 ({gb:.2f} GiB)",
                          "random": "20,000 random cls rows"}[key]

@@ -144,10 +144,10 @@ def requested_weights(model, dinov3, svg, svg_config) -> dict | None:
     file (Hub specs resolved to their cached files, as :func:`~svgfeat.models.svg.load_encoder` does).
 
     Recorded in the manifest as ``weights``; a complete cache is reused without building the encoder only
-    when this block is exactly equal (None included). None when a file cannot be resolved or is not a
-    regular file (the encoder is then built, which reports the real problem)."""
+    when this block is exactly equal (None included). None when a local file is missing or not a regular
+    file (the encoder is then built, which reports the real problem); a Hub file that cannot be fetched
+    raises the loader's error here (once, not again when building)."""
     from ..checkpoints import sha256_file
-    from ..errors import SvgfeatError
     from ..hub import is_hub_spec, resolve
 
     specs = {"dinov3": dinov3, "svg": svg, "svg_config": svg_config}
@@ -160,7 +160,7 @@ def requested_weights(model, dinov3, svg, svg_config) -> dict | None:
             if v is not None and not Path(v).is_file():
                 return None
             out[f"{role}_sha256"] = sha256_file(v) if v is not None else None
-    except (SvgfeatError, OSError):
+    except OSError:
         return None
     return out
 
@@ -186,6 +186,17 @@ def refuse_mismatch(out: Path, existing: dict, request: dict) -> None:
                          "Use another output directory or --overwrite.")
 
 
+def _same_weights(m: dict, w: dict) -> bool:
+    """The cache's recorded ``weights`` block equals ``w``. A cache without one (made from an encoder object,
+    or by an older svgfeat) matches only a registered model requested by name with the same weight sha256s
+    (None included) and no svg config: an encoder spec never stands in for an unnamed request."""
+    if isinstance(m.get("weights"), dict):
+        return m["weights"] == w
+    e = m["encoder"]
+    return w["model"] is not None and w["model"] == e.get("model") and w.get("svg_config_sha256") is None and all(
+        e.get(k) == w.get(k) for k in ("dinov3_sha256", "svg_sha256"))
+
+
 def light_match(m: dict, request: dict) -> bool:
     """True when manifest ``m`` is a complete cache of exactly the requested encoder (``request["weights"]``:
     the same model name and weight sha256s, None included) and the same transform/groups/dataset/limit/
@@ -193,7 +204,7 @@ def light_match(m: dict, request: dict) -> bool:
     if not m.get("complete") or not isinstance(m.get("encoder"), dict):
         return False
     w = request.get("weights")
-    if not isinstance(w, dict) or m.get("weights") != w:
+    if not isinstance(w, dict) or not _same_weights(m, w):
         return False
     fields = ("transform", "groups", "dtype", "views", "dataset_fingerprint", "shard_size", "precision")
     return m["encoder"].get("alignment") in (request["alignment"], None) and all(

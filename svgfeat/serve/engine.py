@@ -83,7 +83,8 @@ class SearchService:
             enc = (self.flat.provenance_ or {}).get("encoder") or {}
             try:
                 encoder_args_from_provenance(self.flat.provenance_)
-                why = "it was not loaded"
+                why = ("it was not loaded: pass --model/--dinov3/--svg, or start `svgfeat serve` without them to "
+                       "rebuild it from the weight files the index's cache recorded")
             except ConfigError as e:
                 why = str(e)
             raise ConfigError(f"image queries are encoded on the fly and need the index's encoder "
