@@ -226,7 +226,7 @@ def test_shards_of_another_size_are_caught(copy, tmp_path):
     for name in ("shard-00001.safetensors", "shard-00001.json"):
         shutil.copy(other.root / name, copy / name)
     m = manifest(copy)
-    m["shards"][1]["sha256"] = json.loads((copy / "shard-00001.json").read_text())["sha256"]
+    m["shards"][1].update({k: json.loads((copy / "shard-00001.json").read_text())[k] for k in ("sha256", "size")})
     set_manifest(copy, m)  # even with matching checksums, the header disagrees with the manifest
     set_index(copy, "shard-00001.json", json.loads((copy / "shard-00001.json").read_text()))
     probs = verify(copy)
@@ -339,7 +339,7 @@ def test_v1_cache_with_empty_shard_still_opens(copy):
     idx.pop("xxh3")  # that main recorded no fast hashes (checked with sha256 on first read instead)
     (copy / "shard-00002.json").write_text(json.dumps(idx))
     m = manifest(copy)
-    m["shards"][2].update(rows=0, sha256=digest)
+    m["shards"][2].update(rows=0, sha256=digest, size=f.stat().st_size)
     m["shards"][2].pop("index_xxh3")
     m["num_rows"] = 32
     m["failures"] = idx["failures"]
