@@ -47,6 +47,17 @@ def set_manifest(path, m):
     (path / "manifest.json").write_text(json.dumps(m))
 
 
+def set_index(path, name, idx):
+    """Rewrite a shard index AND its recorded hash (a consistent edit: the deeper checks must catch it)."""
+    from svgfeat.cache.fasthash import of_bytes
+
+    (path / name).write_text(json.dumps(idx))
+    m = manifest(path)
+    entry = next(e for e in m["shards"] if e["index"] == name)
+    entry["index_xxh3"] = of_bytes((path / name).read_bytes())
+    set_manifest(path, m)
+
+
 def tensor_span(shard, group):
     """(absolute byte offset, dtype, shape) of ``group`` in a safetensors file, parsed by hand."""
     raw = shard.read_bytes()
@@ -134,7 +145,15 @@ def test_non_finite_value_is_reported_with_its_row(copy, value):
     probs = verify(copy)
     assert any("shard-00001.safetensors" in p and "'cls'" in p and "row 5" in p and "cache row 21" in p
                for p in probs), probs
-    # the sha256 in the manifest was computed before the damage, so verify also reports the checksum
+    # the hashes in the manifest were computed before the damage: the first read refuses the changed bytes
+    with pytest.raises(CacheError, match=r"shard-00001.safetensors: group 'cls' data .*checksum mismatch"):
+        svgfeat.open_cache(copy).read("cls")
+    # an encoder that emitted the value itself records matching hashes: the row check names the row
+    from svgfeat.cache.fasthash import of_bytes
+
+    idx = json.loads((copy / "shard-00001.json").read_text())
+    idx["xxh3"]["groups"]["cls"] = of_bytes(bytes(data[off:off + shape[0] * shape[1] * 2]))  # one block
+    set_index(copy, "shard-00001.json", idx)
     c = svgfeat.open_cache(copy)  # cheap open: header and size are fine
     with pytest.raises(CacheError, match=r"group 'cls' row 21 .*shard-00001.safetensors row 5.*non-finite"):
         c.read("cls")
@@ -207,8 +226,9 @@ def test_shards_of_another_size_are_caught(copy, tmp_path):
     for name in ("shard-00001.safetensors", "shard-00001.json"):
         shutil.copy(other.root / name, copy / name)
     m = manifest(copy)
-    m["shards"][1]["sha256"] = json.loads((copy / "shard-00001.json").read_text())["sha256"]
-    set_manifest(copy, m)  # even with a matching checksum, the header disagrees with the manifest
+    m["shards"][1].update({k: json.loads((copy / "shard-00001.json").read_text())[k] for k in ("sha256", "size")})
+    set_manifest(copy, m)  # even with matching checksums, the header disagrees with the manifest
+    set_index(copy, "shard-00001.json", json.loads((copy / "shard-00001.json").read_text()))
     probs = verify(copy)
     assert any("shard-00001" in p and "'latent'" in p and "(72, 5, 5)" in p for p in probs), probs
     with pytest.raises(CacheError, match="row shape"):
@@ -316,9 +336,11 @@ def test_v1_cache_with_empty_shard_still_opens(copy):
     idx = json.loads((copy / "shard-00002.json").read_text())
     idx.update(rows=0, paths=[], labels=[], items=[], views=[], sha256=digest, size=f.stat().st_size,
                failures=[[p, "broken"] for p in idx["paths"]])
+    idx.pop("xxh3")  # that main recorded no fast hashes (checked with sha256 on first read instead)
     (copy / "shard-00002.json").write_text(json.dumps(idx))
     m = manifest(copy)
-    m["shards"][2].update(rows=0, sha256=digest)
+    m["shards"][2].update(rows=0, sha256=digest, size=f.stat().st_size)
+    m["shards"][2].pop("index_xxh3")
     m["num_rows"] = 32
     m["failures"] = idx["failures"]
     set_manifest(copy, m)
@@ -456,7 +478,7 @@ def test_unwritable_target_is_a_one_line_error(tmp_path):
 def test_recorded_image_paths_stay_inside_the_dataset_root(copy, bad):
     idx = json.loads((copy / "shard-00000.json").read_text())
     idx["paths"][3] = bad
-    (copy / "shard-00000.json").write_text(json.dumps(idx))
+    set_index(copy, "shard-00000.json", idx)  # a hostile cache with consistent hashes
     m = manifest(copy)
     m["dataset"]["root"] = str(copy.parent / "photos")
     set_manifest(copy, m)

@@ -13,6 +13,7 @@ import numpy as np
 from .._version import __version__
 from ..atomic import write_json_atomic
 from ..errors import CacheError, ConfigError
+from .integrity import read_index
 from .lock import cache_lock
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, shard_name
 from .owned import looks_like_cache, refuse_foreign_cache_names, remove_cache
@@ -130,16 +131,17 @@ def from_arrays(out, groups: dict, labels=None, classes=None, paths=None, shard_
         for s in range(num_shards):
             lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
             name = shard_name(s)
+            fast: dict = {}
             digest = write_shard(out / name, {g: _block(a, lo, hi, spec[g]["dtype"], g) for g, a in groups.items()},
-                                 {"shard": s, "items": [lo, hi]}, durable)
+                                 {"shard": s, "items": [lo, hi]}, durable, fast=fast)
             size = (out / name).stat().st_size
             idx_name = name.replace(".safetensors", ".json")
             write_json_atomic(out / idx_name, {
                 "shard": s, "items_range": [lo, hi], "rows": hi - lo, "paths": names[lo:hi],
                 "labels": lab[lo:hi].tolist(), "items": list(range(lo, hi)), "views": [0] * (hi - lo),
-                "failures": [], "sha256": digest, "size": size}, durable)
+                "failures": [], "sha256": digest, "xxh3": fast, "size": size}, durable)
             shards.append({"file": name, "index": idx_name, "rows": hi - lo, "sha256": digest, "size": size,
-                           "items": [lo, hi]})
+                           "items": [lo, hi], "index_xxh3": read_index(out, idx_name)[1]})
             fp.update(digest.encode())
         manifest.update(shards=shards, failures=[], num_rows=n, complete=True, dataset_fingerprint=fp.hexdigest(),
                         finished=datetime.now(timezone.utc).isoformat())

@@ -11,6 +11,7 @@ Layout of a cache directory::
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -47,11 +48,46 @@ def read_manifest(root, validate: bool = True) -> dict:
     if v > FORMAT_VERSION:
         raise CacheError(f"{root}: cache format {v} is newer than this svgfeat "
                          f"({__version__}) supports ({FORMAT_VERSION}); upgrade svgfeat")
+    _check_counts(root, m)
     if validate:
         probs = manifest_problems(m)
         if probs:
             raise CacheError(f"{p}: corrupt manifest: " + "; ".join(probs[:6]))
     return m
+
+
+def _check_counts(root: Path, m: dict) -> None:
+    """Refuse at once a manifest listing more shards than its folder holds files, or a shard with more rows
+    than its recorded byte size can hold (parsing and checking stay bounded by what exists on disk)."""
+    shards = m.get("shards")
+    if not isinstance(shards, list) or not shards:
+        return
+    n_files = 0
+    with os.scandir(root) as it:
+        for _ in it:
+            n_files += 1
+            if n_files >= len(shards):
+                break
+    if n_files < len(shards):
+        raise CacheError(f"{root / MANIFEST}: lists {len(shards)} shards but the folder holds only {n_files} "
+                         "files; not a cache svgfeat wrote (refusing to read it)")
+    groups = m.get("groups")
+    row_bytes = 0
+    if isinstance(groups, dict):
+        from .stformat import _ITEMSIZE, MANIFEST_TO_ST
+
+        for spec in groups.values():
+            shape = spec.get("shape") if isinstance(spec, dict) else None
+            st = MANIFEST_TO_ST.get(spec.get("dtype")) if isinstance(spec, dict) else None
+            if isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape) and st:
+                row_bytes += math.prod(shape) * _ITEMSIZE[st]
+    for i, e in enumerate(shards):
+        if not isinstance(e, dict):
+            continue
+        rows, size = e.get("rows"), e.get("size")
+        if type(rows) is int and type(size) is int and rows > 0 and rows * max(row_bytes, 1) > size:
+            raise CacheError(f"{root / MANIFEST}: shards[{i}] lists {rows} rows, more than its {size} bytes can "
+                             f"hold ({max(row_bytes, 1)} bytes a row); not a cache svgfeat wrote")
 
 
 # fields that must agree between a request and an existing cache

@@ -2,7 +2,10 @@
 ones, so reading a cache of any number of shards needs a fixed number of file descriptors.
 
 A :class:`ShardHandle` holds ONE file descriptor and no memory map: rows are read with ``pread``
-straight into the caller's array (one copy, no page-cache pages left mapped into the process).
+straight into the caller's array (one copy, no page-cache pages left mapped into the process). The first
+read of a group in a process checks that group's fast hash (:mod:`.fasthash`): while reading when the
+read covers the whole group, else in one pass before it; caches without fast hashes are checked with
+their sha256 once per shard.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import CacheError
+from . import fasthash
 from .integrity import ShardInfo
 from .paths import open_regular
 from .stformat import ST_DTYPES
@@ -44,14 +48,82 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int, where: str) -> None:
 class ShardHandle:
     """An open, checked shard: ``read_into(group, start, stop, out)`` and ``take(group, rows)``."""
 
-    def __init__(self, info: ShardInfo):
+    def __init__(self, info: ShardInfo, verify: bool = True):
         self.info = info
         self.name = info.path.name
         self.users = 0
+        self.verify = verify and (info.fast is not None or info.sha256 is not None)
+        self._memo: dict = {}  # group -> (flags, expected hashes)
         self.fd = open_regular(info.path, "shard")
         if os.fstat(self.fd).st_size != info.size:
             os.close(self.fd)
             raise CacheError(f"{self.name} changed size since the cache was opened")
+
+    # ---------------------------------------------------------------- integrity (first read per process)
+    def _flags(self, group: str):
+        """(flags, expected block hexes) of ``group``; the legacy sha256 check counts as one block."""
+        if group not in self._memo:
+            fast = self.info.fast
+            if fast is not None:
+                want = fast["groups"][group]
+                f = fasthash.flags(self.fd, self.info.path, f"group:{group}", want, len(want) // fasthash.HEX_LEN)
+            else:
+                want = self.info.sha256
+                f = fasthash.flags(self.fd, self.info.path, "file:sha256", want, 1)
+            self._memo[group] = (f, want)
+        return self._memo[group]
+
+    def _mismatch(self, what: str) -> CacheError:
+        root = self.info.path.parent
+        return CacheError(f"{self.name}: {what} checksum mismatch (changed or corrupt since it was written); "
+                          f"the cache {root} is damaged (run `svgfeat cache verify {root}`)")
+
+    def ensure(self, group: str, lo: int = 0, hi: int | None = None) -> None:
+        """Check the blocks of ``group`` holding its data bytes [lo, hi) against the recorded hashes, except
+        those this process already checked (caches without fast hashes: the whole file's sha256, once)."""
+        if not self.verify:
+            return
+        done, want = self._flags(group)
+        if self.info.fast is None:
+            if not done[0]:
+                if fasthash.fd_sha256(self.fd, self.info.size) != want:
+                    raise self._mismatch("file")
+                done[0] = 1
+            return
+        t, block = self.info.tensors[group], self.info.fast["block"]
+        n = t["end"] - t["begin"]
+        hi = n if hi is None else min(hi, n)
+        base = self.info.data_start + t["begin"]
+        for k in range(lo // block, -(-hi // block)):
+            if done[k]:
+                continue
+            a, b = k * block, min(n, (k + 1) * block)
+            got = fasthash.fd_range(self.fd, base + a, base + b, fasthash.BlockHasher(block)).hexdigests()
+            if got != want[k * fasthash.HEX_LEN:(k + 1) * fasthash.HEX_LEN]:
+                raise self._mismatch(f"group {group!r} data (bytes {a}-{b})")
+            done[k] = 1
+
+    def _inline(self, group: str, start: int, stop: int):
+        """A BlockHasher when this read covers the whole of a group not yet checked (hash while reading)."""
+        if not self.verify or self.info.fast is None:
+            return None
+        t = self.info.tensors[group]
+        if start != 0 or stop != (t["shape"][0] if t["shape"] else 0):
+            return None
+        done, _ = self._flags(group)
+        return None if all(done) else fasthash.BlockHasher(self.info.fast["block"])
+
+    def _settle(self, group: str, h) -> None:
+        done, want = self._flags(group)
+        got = h.hexdigests()
+        if got != want:
+            k = next((i for i in range(len(want) // fasthash.HEX_LEN)
+                      if got[i * fasthash.HEX_LEN:(i + 1) * fasthash.HEX_LEN]
+                      != want[i * fasthash.HEX_LEN:(i + 1) * fasthash.HEX_LEN]), 0)
+            t, block = self.info.tensors[group], self.info.fast["block"]
+            end = min(t["end"] - t["begin"], (k + 1) * block)
+            raise self._mismatch(f"group {group!r} data (bytes {k * block}-{end})")
+        done[:] = b"\x01" * len(done)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -65,16 +137,22 @@ class ShardHandle:
         row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dt.itemsize
         return t, dt, row_shape, row_bytes
 
-    def read_into(self, group: str, start: int, stop: int, out: np.ndarray, check=None) -> None:
+    def read_into(self, group: str, start: int, stop: int, out: np.ndarray, check=None, verify: bool = True) -> None:
         """Rows [start, stop) of ``group`` into ``out`` [stop-start, ...] (any float dtype; bf16 widened).
 
-        ``check(block, first_row)`` is called on every block as stored (before any dtype conversion).
+        ``check(block, first_row)`` is called on the rows read (NaN/Inf), after the bytes' hash is checked.
         """
         t, dt, row_shape, row_bytes = self._layout(group)
         base = self.info.data_start + t["begin"]
         bf16 = t["dtype"] == "BF16"
+        h = self._inline(group, start, stop) if verify else None  # hash while reading the whole group
+        if verify and h is None:
+            self.ensure(group, start * row_bytes, stop * row_bytes)  # the blocks touched, once per process
         if out.dtype == dt and not bf16 and out.flags.c_contiguous:
             _pread_into(self.fd, out, base + start * row_bytes, self.name)
+            if h is not None:
+                h.update(memoryview(out.reshape(-1).view(np.uint8)) if out.size else b"")
+                self._settle(group, h)
             if check is not None:
                 check(out, start)
             return
@@ -83,11 +161,17 @@ class ShardHandle:
             b = min(stop, a + step)
             tmp = np.empty((b - a, *row_shape), dtype=dt)
             _pread_into(self.fd, tmp, base + a * row_bytes, self.name)
+            if h is not None:
+                h.update(memoryview(tmp.reshape(-1).view(np.uint8)) if tmp.size else b"")
             if bf16:
                 tmp = (tmp.astype(np.uint32) << 16).view(np.float32)
-            if check is not None:
+            if check is not None and h is None:
                 check(tmp, a)
             out[a - start:b - start] = tmp
+        if h is not None:
+            self._settle(group, h)
+            if check is not None:
+                check(out, start)
 
     def take(self, group: str, rows: np.ndarray, out: np.ndarray, check=None) -> None:
         """``out[k] = group[rows[k]]`` for sorted local ``rows``; dense selections read their span in chunks."""

@@ -74,7 +74,7 @@ class FeatureCache:
             probs, idx = index_problems(self.root, s)
             if probs:
                 raise _damaged(self.root, "; ".join(probs))
-            self._infos.append(check_shard(self.root, s, self.groups))
+            self._infos.append(check_shard(self.root, dict(s, xxh3=idx.get("xxh3")), self.groups))
             paths += idx["paths"]
             labels += idx["labels"]
             sample_ids += idx["items"]

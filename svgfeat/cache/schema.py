@@ -11,6 +11,10 @@ def _is_int(v) -> bool:
     return type(v) is int
 
 
+def _is_hex16(v) -> bool:
+    return isinstance(v, str) and len(v) == 16 and set(v) <= _HEX
+
+
 def _shard_problems(i: int, s) -> list[str]:
     where = f"shards[{i}]"
     if not isinstance(s, dict):
@@ -24,6 +28,8 @@ def _shard_problems(i: int, s) -> list[str]:
     h = s.get("sha256")
     if not isinstance(h, str) or len(h) != 64 or not set(h) <= _HEX:
         out.append(f"{where}.sha256 is {'missing' if 'sha256' not in s else repr(h)[:80]}, expected 64 hex digits")
+    if "index_xxh3" in s and not _is_hex16(s["index_xxh3"]):
+        out.append(f"{where}.index_xxh3 is {repr(s['index_xxh3'])[:80]}, expected 16 hex digits")
     if "size" in s and (not _is_int(s["size"]) or s["size"] < 8):
         out.append(f"{where}.size is {s['size']!r}, expected a byte count")
     return out

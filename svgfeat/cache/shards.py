@@ -79,9 +79,11 @@ class ShardReader:
         return out[0] if scalar else out
 
 
-def write_shard(path, tensors: dict, meta: dict | None = None, durable: bool = True) -> str:
-    """Write ``tensors`` {group: array/tensor [rows, ...]} as one safetensors shard; returns its sha256."""
+def write_shard(path, tensors: dict, meta: dict | None = None, durable: bool = True,
+                fast: dict | None = None) -> str:
+    """Write ``tensors`` {group: array/tensor [rows, ...]} as one safetensors shard; returns its sha256
+    (``fast``: filled with the header/group fast hashes, see :mod:`.fasthash`)."""
     from .stformat import write_safetensors
 
     with atomic_file(path, durable) as f:
-        return write_safetensors(f, tensors, {"svgfeat": json.dumps(meta or {})})
+        return write_safetensors(f, tensors, {"svgfeat": json.dumps(meta or {})}, fast=fast)

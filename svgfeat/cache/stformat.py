@@ -91,11 +91,16 @@ def _as_bytes_array(a) -> tuple[str, np.ndarray]:
     raise CacheError(f"cannot store an array of dtype {a.dtype} (expected float16/bfloat16/float32/float64/int)")
 
 
-def write_safetensors(f, tensors: dict, metadata: dict | None = None, chunk_bytes: int = 64 << 20) -> str:
+def write_safetensors(f, tensors: dict, metadata: dict | None = None, chunk_bytes: int = 64 << 20,
+                      fast: dict | None = None) -> str:
     """Write ``tensors`` {name: array [..]} to the open binary file ``f``; returns the bytes' sha256.
 
     Arrays are written in sorted-name order, ``chunk_bytes`` at a time (a memmap input is never loaded whole).
+    ``fast``: a dict filled with the fast hashes checked on read (:mod:`.fasthash`):
+    ``{"algo", "block", "header": hex, "groups": {name: concatenated block hexes}}``.
     """
+    from . import fasthash
+
     arrs = {k: _as_bytes_array(v) for k, v in sorted(tensors.items())}
     header, pos = {}, 0
     for k, (st, a) in arrs.items():
@@ -105,14 +110,21 @@ def write_safetensors(f, tensors: dict, metadata: dict | None = None, chunk_byte
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     hj = json.dumps(header, separators=(",", ":")).encode()
     hj += b" " * (-len(hj) % 8)
-    h = hashlib.sha256()
+    h, fh = hashlib.sha256(), fasthash.BlockHasher(1 << 62)
     for part in (struct.pack("<Q", len(hj)), hj):
         f.write(part)
         h.update(part)
-    for _, a in arrs.values():
+        fh.update(part)
+    groups = {}
+    for name, (_, a) in arrs.items():
+        gh = fasthash.BlockHasher()
         flat = a.reshape(-1).view(np.uint8) if a.size else np.zeros(0, np.uint8)
         for i in range(0, flat.size, chunk_bytes):
             mv = memoryview(flat[i:i + chunk_bytes])
             f.write(mv)
             h.update(mv)
+            gh.update(mv)
+        groups[name] = gh.hexdigests()
+    if fast is not None:
+        fast.update(algo=fasthash.ALGO, block=fasthash.BLOCK, header=fh.hexdigests(), groups=groups)
     return h.hexdigest()

@@ -50,10 +50,13 @@ def eval_group():
               help="kNN feature spec [default: the protocol's: cls for dinov3/svgfeat, latent for svg].")
 @click.option("-k", "ks", default=None, type=K_LIST, help="kNN neighbour counts [default: the protocol's: 10,20,100,200].")
 @click.option("-T", "--temperature", default=None, type=TEMPERATURE, help="kNN temperature [default: the protocol's: 0.07].")
+@click.option("--overwrite", is_flag=True,
+              help="Rebuild caches under --out that hold a different extraction (another encoder, transform, "
+                   "source ...); without it they are refused with the difference named.")
 def imagenet(root, protocol, dinov3, svg, svg_config, model, alignment, device, out, val_labels, size, preset,
              batch_size, workers, train_views, limit, features, probe_batch_size, epochs, iterations, min_iterations,
              lrs, optimizer, wd, select_on, heldout_fraction, normalize, standardize, seed, no_knn, knn_features, ks,
-             temperature):
+             temperature, overwrite):
     """Linear probe + kNN on ImageNet-1K (or the embedded sample) under a named protocol."""
     from ..errors import ConfigError
     from ..evaluation.imagenet import run_imagenet_eval
@@ -72,7 +75,7 @@ def imagenet(root, protocol, dinov3, svg, svg_config, model, alignment, device, 
                             alignment=alignment, size=size, preset=preset, batch_size=batch_size, workers=workers,
                             train_views=train_views, device=device, features=specs, knn_features=knn_features,
                             val_labels=val_labels, limit=limit, probe_kwargs=kw, knn=not no_knn, knn_k=k,
-                            temperature=temperature)
+                            temperature=temperature, overwrite=overwrite)
     click.echo(f"protocol {res['protocol']}: {len(res['deviations'])} deviation(s) (see results.md)")
     for spec, r in res["features"].items():
         b = r["probe"]["best"]

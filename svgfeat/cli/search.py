@@ -25,8 +25,8 @@ from ._types import K_NEIGHBOURS, Count
 @encoder_options
 def search(index_path, queries, k, as_json, html_out, region, aggregate, nprobe, ef_search, dinov3, svg,
            svg_config, model, alignment, device):
-    """Search INDEX with each QUERY: an image file (encoded with the index's encoder, which you pass again with
-    --model/--dinov3/--svg; its weights' sha256 must match) or a cache row CACHE:ROW."""
+    """Search INDEX with each QUERY: an image file (encoded with the index's encoder: the weight files its cache
+    recorded, or --model/--dinov3/--svg given here; their sha256 must match) or a cache row CACHE:ROW."""
     from ..heads.patch_retrieval import PatchIndex, load_any
     from ..serve.engine import SearchService, parse_query, parse_region
 
@@ -35,10 +35,10 @@ def search(index_path, queries, k, as_json, html_out, region, aggregate, nprobe,
     flat.set_params(nprobe=nprobe or flat.nprobe, ef_search=ef_search or flat.ef_search)
     parsed = [parse_query(q) for q in queries]
     encoder = None
-    if any(p[0] == "image" for p in parsed) and (dinov3 or svg or model):
-        from ._common import build_encoder
+    if any(p[0] == "image" for p in parsed):
+        from ..serve.engine import index_encoder
 
-        encoder = build_encoder(dinov3, svg, svg_config, model, alignment, device)
+        encoder = index_encoder(flat.provenance_, dinov3, svg, svg_config, model, alignment, device)
     service = SearchService(idx, encoder, device=device)
     reg = parse_region(region)
     if reg is not None and not service.patch:

@@ -25,9 +25,12 @@ from ._types import K_NEIGHBOURS, SECONDS, Count
 def serve(index_path, host, port, max_upload, max_concurrent, max_k, caches, body_timeout, verbose, dinov3, svg,
           svg_config, model, alignment, device):
     """Serve INDEX over HTTP: GET / (upload page), GET /api/info, POST /api/search, GET /thumb/<id>.
-    Pass the index's encoder (--model/--dinov3/--svg) to accept image uploads; without it only row queries work."""
+    Image uploads are encoded with the index's encoder, rebuilt from the weight files its cache recorded (or
+    --model/--dinov3/--svg given here); when a file cannot be found, only row queries work."""
+    from ..errors import ConfigError
     from ..heads.index_factory import parse_memory
-    from ..heads.patch_retrieval import load_any
+    from ..heads.patch_retrieval import PatchIndex, load_any
+    from ..serve.engine import index_encoder
     from ..serve.server import make_server
 
     limit = parse_memory(max_upload)
@@ -38,11 +41,14 @@ def serve(index_path, host, port, max_upload, max_concurrent, max_k, caches, bod
             raise click.BadParameter(f"{item!r}: expected NAME=CACHE, e.g. val=./cache/val", param_hint="--cache")
         named[name] = path
     idx = load_any(index_path, device=device)
-    encoder = None
-    if dinov3 or svg or model:
-        from ._common import build_encoder
-
-        encoder = build_encoder(dinov3, svg, svg_config, model, alignment, device)
+    flat = idx.index_ if isinstance(idx, PatchIndex) else idx
+    try:
+        encoder = index_encoder(flat.provenance_, dinov3, svg, svg_config, model, alignment, device)
+    except ConfigError as e:
+        if dinov3 or svg or svg_config or model:
+            raise
+        encoder = None  # row queries only; the reason is printed
+        click.echo(f"note: image uploads are off: {e}", err=True)
     server = make_server(idx, encoder, host, port, max_upload=limit, max_concurrent=max_concurrent, max_k=max_k,
                          device=device, verbose=verbose, caches=named, body_timeout=body_timeout)
     if not server.is_loopback:

@@ -71,7 +71,7 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
                       batch_size: int = 64, workers: int = 0, train_views: int | None = None, device="cpu",
                       features=None, knn_features: str | None = None, val_labels=None, limit: int | None = None,
                       probe_kwargs: dict | None = None, knn: bool = True, knn_k=None, temperature: float | None = None,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, overwrite: bool = False) -> dict:
     """Run the whole evaluation under a named protocol (see :mod:`svgfeat.evaluation.protocols`);
     returns the results dict also written to ``out/results.json``.
 
@@ -79,6 +79,10 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
     protocol is listed in ``results["deviations"]``. ``size`` / ``preset`` override both the train and
     the val transform. ``probe_kwargs``: LinearProbe settings (lrs, weight_decays, optimizer, batch_size,
     iterations, epochs, min_iterations, schedule, normalize, select_on, heldout_fraction, random_state).
+
+    The caches under ``out/cache`` follow :func:`svgfeat.extract`'s rule: reused only when the whole request
+    matches (encoder name, family and every weight sha256, transform, precision, groups, views, source and
+    limit), otherwise refused with the difference named; ``overwrite`` rebuilds them.
     """
     from ..cache import check_compatible
     from ..extraction import extract
@@ -130,7 +134,7 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
     groups = extraction_groups(features + [st["knn_features"]], depth)
     common = dict(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, alignment=alignment,
                   groups=groups, batch_size=batch_size, workers=workers, device=device, limit=limit,
-                  progress=progress, protocol=proto.name)
+                  progress=progress, protocol=proto.name, overwrite=overwrite)
     train_cache = extract(train_data, out / "cache" / "train", views=int(st["train_views"]), view_seed=seed,
                           preset=st["train_preset"], size=int(st["train_size"]), **common)
     timings["extract_train"] = time.time() - t

@@ -42,6 +42,7 @@ from .request import (
     light_match,
     numerics,
     refuse_mismatch,
+    requested_weights,
     throughput_record,
     validate_groups,
 )
@@ -86,8 +87,10 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
     if n_items == 0:
         raise ConfigError(f"dataset {ds.spec} has no items")
     request = base_request(ds, n_items, opts)
+    if encoder is None:
+        request["weights"] = requested_weights(model, dinov3, svg, svg_config)
     if encoder is None and not overwrite:
-        cache = _reuse_without_encoder(out, request, opts, dinov3, svg, model)
+        cache = _reuse_without_encoder(out, request, opts)
         if cache is not None:
             return cache
     info, dev = D.setup(device)
@@ -97,6 +100,7 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
 
             encoder = load_encoder(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, alignment=alignment,
                                    device=dev)
+            _record_config(encoder, svg_config, request.get("weights"))
         enc = opts.numerics.to_device(encoder, dev).eval()  # (mps: no float64 buffers)
         if enc.align is not None and enc.alignment != alignment:
             enc.set_alignment(alignment)
@@ -135,23 +139,28 @@ def _stop_workers(batches) -> None:
             stop()
 
 
-def _reuse_without_encoder(out, request, opts, dinov3, svg, model):
-    """The complete cache at ``out`` when it matches without building the encoder (weights hashed only)."""
+def _record_config(enc, svg_config, weights) -> None:
+    """Record a local ``svg_config`` file in the provenance (the weights already are): search/serve rebuild
+    the encoder from the cache's provenance."""
+    if svg_config is not None and "svg_config" not in (enc.provenance or {}) and Path(str(svg_config)).is_file():
+        enc.provenance = {**(enc.provenance or {}), "svg_config": {
+            "path": str(Path(svg_config).resolve()), "sha256": (weights or {}).get("svg_config_sha256")}}
+
+
+def _reuse_without_encoder(out, request, opts):
+    """The complete cache at ``out`` when it matches exactly without building the encoder (weights hashed
+    only, see :func:`.request.light_match`); None sends the run to the full check."""
     if D.env_ranks()[1] > 1 or not (out / MANIFEST).exists():
         return None  # under torchrun the ranks decide together (after setup)
     try:
         m = read_manifest(out)
     except CacheError:
         return None
-    from ..checkpoints import sha256_file
-
-    weights = {"model": model, "dinov3_sha256": sha256_file(dinov3) if dinov3 and Path(dinov3).exists() else None,
-               "svg_sha256": sha256_file(svg) if svg and Path(svg).exists() else None}
     mg = m.get("groups")
     if not isinstance(mg, dict) or set(opts.groups) != set(mg):
         return None
     light = dict(request, groups={g: mg.get(g) for g in opts.groups})
-    if light_match(m, light, weights) and _intact(out, m, D.DistInfo(), None):
+    if light_match(m, light) and _intact(out, m, D.DistInfo(), None):
         return open_cache(out)
     return None
 

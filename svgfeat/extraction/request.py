@@ -157,11 +157,43 @@ def base_request(ds, n_items: int, opts: Options) -> dict:
             "precision": opts.precision}
 
 
+def requested_weights(model, dinov3, svg, svg_config) -> dict | None:
+    """The encoder as requested, before anything is built: the model name and the sha256 of every weight
+    file (Hub specs resolved to their cached files, as :func:`~svgfeat.models.svg.load_encoder` does).
+
+    Recorded in the manifest as ``weights``; a complete cache is reused without building the encoder only
+    when this block is exactly equal (None included). None when a local file is missing or not a regular
+    file (the encoder is then built, which reports the real problem); a Hub file that cannot be fetched
+    raises the loader's error here (once, not again when building)."""
+    from ..checkpoints import sha256_file
+    from ..hub import is_hub_spec, resolve
+
+    specs = {"dinov3": dinov3, "svg": svg, "svg_config": svg_config}
+    hub = any(is_hub_spec(v) for v in specs.values())
+    out = {"model": None if hub else model}
+    try:
+        for role, v in specs.items():
+            if hub:
+                v, _ = resolve(v, model or "svg_vits16plus", role)
+            if v is not None and not Path(v).is_file():
+                return None
+            out[f"{role}_sha256"] = sha256_file(v) if v is not None else None
+    except OSError:
+        return None
+    return out
+
+
 def differences(existing: dict, request: dict) -> list[str]:
-    """Readable differences between an existing cache and a request (every field that decides the numbers)."""
+    """Readable differences between an existing cache and a request (every field that decides the numbers:
+    the encoder's name, family and every weight sha256, transform, groups, dtype, views, source fingerprint
+    (which includes the limit), shard size and precision)."""
     diffs = request_diff(existing, request)
     if existing.get("precision") != request.get("precision"):
         diffs.append(f"precision: cache has {existing.get('precision')!r}, requested {request.get('precision')!r}")
+    a, b = existing.get("weights"), request.get("weights")
+    if isinstance(a, dict) and isinstance(b, dict) and a.get("svg_config_sha256") != b.get("svg_config_sha256"):
+        diffs.append(f"svg_config sha256: cache has {a.get('svg_config_sha256')!r}, requested "
+                     f"{b.get('svg_config_sha256')!r}")
     return diffs
 
 
@@ -172,13 +204,26 @@ def refuse_mismatch(out: Path, existing: dict, request: dict) -> None:
                          "Use another output directory or --overwrite.")
 
 
-def light_match(m: dict, request: dict, weights: dict) -> bool:
-    """True when manifest ``m`` is a complete cache of the same weights/transform/groups/dataset/precision
-    (checked without building the encoder)."""
+def _same_weights(m: dict, w: dict) -> bool:
+    """The cache's recorded ``weights`` block equals ``w``. A cache without one (made from an encoder object,
+    or by an older svgfeat) matches only a registered model requested by name with the same weight sha256s
+    (None included) and no svg config: an encoder spec never stands in for an unnamed request."""
+    if isinstance(m.get("weights"), dict):
+        return m["weights"] == w
+    e = m["encoder"]
+    return w["model"] is not None and w["model"] == e.get("model") and w.get("svg_config_sha256") is None and all(
+        e.get(k) == w.get(k) for k in ("dinov3_sha256", "svg_sha256"))
+
+
+def light_match(m: dict, request: dict) -> bool:
+    """True when manifest ``m`` is a complete cache of exactly the requested encoder (``request["weights"]``:
+    the same model name and weight sha256s, None included) and the same transform/groups/dataset/limit/
+    precision, checked without building the encoder. False sends the run to the full check."""
     if not m.get("complete") or not isinstance(m.get("encoder"), dict):
         return False
-    e = m["encoder"]
-    same_w = all(e.get(k) == v for k, v in weights.items() if v is not None) and weights.get("model") in (
-        None, e.get("model"))
+    w = request.get("weights")
+    if not isinstance(w, dict) or not _same_weights(m, w):
+        return False
     fields = ("transform", "groups", "dtype", "views", "dataset_fingerprint", "shard_size", "precision")
-    return same_w and e.get("alignment") in (request["alignment"], None) and all(m.get(f) == request[f] for f in fields)
+    return m["encoder"].get("alignment") in (request["alignment"], None) and all(
+        m.get(f) == request[f] for f in fields)

@@ -11,19 +11,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..atomic import write_json_atomic
-from ..cache.integrity import index_problems, shard_problems
+from ..cache.integrity import index_problems, read_index, shard_problems
 from ..cache.manifest import read_manifest, shard_name
-from ..cache.paths import read_json_in
 from ..errors import CacheError, SvgfeatError
 from .writer import index_name
 
 
 def _read_index(out: Path, s: int) -> dict | None:
+    """Shard ``s``'s index, with the fast hash of its bytes as ``"_index_xxh3"`` (None: unreadable)."""
     try:
-        idx = read_json_in(out, index_name(s), "shard index")
+        idx, digest = read_index(out, index_name(s))
     except CacheError:
         return None
-    return idx if isinstance(idx, dict) else None
+    return dict(idx, _index_xxh3=digest) if isinstance(idx, dict) else None
 
 
 def shard_reusable(out: Path, s: int, start: int, end: int, groups: dict | None = None) -> bool:
@@ -33,7 +33,7 @@ def shard_reusable(out: Path, s: int, start: int, end: int, groups: dict | None 
     if idx is None or idx.get("shard") != s or idx.get("items_range") != [start, end]:
         return False
     entry = {"file": shard_name(s), "index": index_name(s), "rows": idx.get("rows"), "sha256": idx.get("sha256"),
-             "size": idx.get("size")}
+             "size": idx.get("size"), "xxh3": idx.get("xxh3")}
     if not isinstance(entry["rows"], int) or not isinstance(entry["size"], int):
         return False
     if shard_problems(out, entry, groups, deep=True):
@@ -50,8 +50,9 @@ def finalize(out: Path, num_shards: int) -> dict:
         f = out / shard_name(s)
         if idx is None or f.is_symlink() or not f.is_file() or f.stat().st_size != idx.get("size"):
             raise SvgfeatError(f"shard {s} of {out} is missing or damaged after extraction")
-        shards.append({"file": shard_name(s), "index": index_name(s), "rows": idx["rows"], "sha256": idx["sha256"],
-                       "items": idx["items_range"]})
+        entry = {"file": shard_name(s), "index": index_name(s), "rows": idx["rows"], "sha256": idx["sha256"],
+                 "size": idx["size"], "items": idx["items_range"], "index_xxh3": idx["_index_xxh3"]}
+        shards.append(entry)
         failures += idx["failures"]
         rows += idx["rows"]
     m.update(shards=shards, failures=failures, num_rows=rows, complete=True,

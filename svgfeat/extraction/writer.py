@@ -44,10 +44,11 @@ class ShardJob:
             g: torch.zeros(0) for g in self.groups}
         name = shard_name(self.shard)
         start, end = self.items
-        digest = write_shard(out / name, tensors, {"shard": self.shard, "items": [start, end]})
+        fast: dict = {}
+        digest = write_shard(out / name, tensors, {"shard": self.shard, "items": [start, end]}, fast=fast)
         index = {"shard": self.shard, "items_range": [start, end], "rows": len(self.paths), "paths": self.paths,
                  "labels": self.labels, "items": self.item_ids, "views": self.views, "failures": self.failures,
-                 "sha256": digest, "size": (out / name).stat().st_size}
+                 "sha256": digest, "xxh3": fast, "size": (out / name).stat().st_size}
         write_json_atomic(out / index_name(self.shard), index)
 
 

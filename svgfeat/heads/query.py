@@ -112,7 +112,8 @@ def cache_provenance(cache, group: str) -> dict:
             "cache": str(cache.root), "cache_digest": manifest_digest(cache.manifest),
             "cache_created": cache.manifest.get("created"),
             "dataset_root": ds.get("root"), "dataset_fingerprint": cache.manifest.get("dataset_fingerprint"),
-            "alignment": cache.manifest.get("alignment")}
+            "alignment": cache.manifest.get("alignment"),
+            "weights": {"provenance": cache.manifest.get("provenance"), "request": cache.manifest.get("weights")}}
 
 
 def encoder_provenance(encoder) -> dict:
@@ -156,6 +157,85 @@ def check_encoder(index_prov: dict | None, encoder) -> None:
     if spec.get("fixed_stats") and getattr(encoder, "alignment", None) == "fixed" and not align.has_fixed_stats:
         align.set_fixed_stats(spec["fixed_stats"])
     check_provenance(index_prov, encoder=encoder_provenance(encoder), what="encoder")
+
+
+_OPTION = {"dinov3": "--dinov3 PATH", "svg": "--svg PATH", "svg_config": "--svg-config YAML"}
+_WHAT = {"dinov3": "DINOv3 weights", "svg": "SVG checkpoint", "svg_config": "SVG config"}
+
+
+def _recorded_weights(index_prov: dict) -> dict:
+    """{"provenance": the cache's weight provenance (paths, sha256, Hub repo), "request": its ``weights``
+    block}: recorded with the index, or read from its source cache's manifest for older indexes."""
+    rec = index_prov.get("weights")
+    if isinstance(rec, dict):
+        return rec
+    from ..cache import read_manifest
+
+    try:
+        m = read_manifest(index_prov.get("cache") or "", validate=False)
+    except (CacheError, OSError):
+        return {}
+    return {"provenance": m.get("provenance"), "request": m.get("weights")}
+
+
+def _file_with_sha(path, sha) -> bool:
+    from ..checkpoints import sha256_file
+
+    try:
+        return bool(path) and Path(path).is_file() and (sha is None or sha256_file(path) == sha)
+    except OSError:
+        return False
+
+
+def encoder_args_from_provenance(index_prov: dict | None, dinov3=None, svg=None, svg_config=None,
+                                 model=None) -> dict:
+    """The ``load_encoder`` arguments that rebuild the encoder an index's vectors came from.
+
+    Options given win; every weight file left out is taken from the provenance its source cache recorded
+    (the file's path, when it still holds the recorded sha256: given before, or in the Hugging Face cache).
+    ConfigError naming exactly which option to add when a needed file cannot be found."""
+    given = {"dinov3": dinov3, "svg": svg, "svg_config": svg_config, "model": model}
+    spec = (index_prov or {}).get("encoder") or {}
+    if not spec:
+        raise ConfigError("the index records no encoder (built from plain arrays): image queries cannot be "
+                          "encoded; query cache rows (CACHE:ROW) instead")
+    if spec.get("external"):
+        raise ConfigError(f"the index was built from external features ({spec.get('model')!r}): svgfeat cannot "
+                          "encode image queries for it; query cache rows (CACHE:ROW) instead")
+    from ..hub import is_hub_spec
+
+    if any(is_hub_spec(v) for v in given.values()):
+        return given  # --pretrained / hf://: the Hub files, checked against the index after loading
+    rec = _recorded_weights(index_prov)
+    prov, req = rec.get("provenance") or {}, rec.get("request") or {}
+    args, missing = dict(given), []
+    for role in ("dinov3", "svg"):
+        want = spec.get(f"{role}_sha256")
+        if args[role] is None and want is not None:
+            path = (prov.get(role) or {}).get("path")
+            if _file_with_sha(path, want):
+                args[role] = path
+            else:
+                missing.append((role, want))
+    want_cfg = req.get("svg_config_sha256")
+    if args["svg_config"] is None and want_cfg is not None:
+        path = (prov.get("svg_config") or {}).get("path")
+        if _file_with_sha(path, want_cfg):
+            args["svg_config"] = path
+        else:
+            missing.append(("svg_config", want_cfg))
+    if args["model"] is None:
+        if req.get("model"):
+            args["model"] = req["model"]
+        elif spec.get("dinov3_sha256") is None and spec.get("svg_sha256") is None:
+            args["model"] = spec.get("model")  # a registered (seeded) model without weight files
+    if missing:
+        need = "; ".join(f"the {_WHAT[r]} (sha256 {str(h)[:12]}...)" for r, h in missing)
+        add = " ".join(_OPTION[r] for r, _ in missing)
+        raise ConfigError(f"the index's encoder ({spec.get('model')!r}) needs {need}, which is not where its cache "
+                          f"recorded it: add {add}" + (" (or --pretrained for the released files)"
+                                                       if spec.get("family") in ("svg", None) else ""))
+    return args
 
 
 def check_cache_query(index_prov: dict | None, cache, group: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import CacheError, ConfigError, DataError
 from ..heads.patch_retrieval import PatchIndex, load_any
-from ..heads.query import check_encoder
+from ..heads.query import check_encoder, encoder_args_from_provenance
 from ..numerics import Numerics
 
 _CACHE_ROW = re.compile(r"^(?P<cache>.+):(?P<row>-?[0-9]{1,18})$")  # ASCII digits, bounded: int() never fails
@@ -39,6 +39,18 @@ def parse_region(text: str | None):
     if not m:
         raise ConfigError(f"region {text[:60]!r}: expected ROW0:ROW1,COL0:COL1 in patch-grid units, e.g. 0:4,2:6")
     return tuple(int(v) for v in m.groups())
+
+
+def index_encoder(index_prov, dinov3=None, svg=None, svg_config=None, model=None, alignment="batch",
+                  device="cpu"):
+    """The encoder an index's vectors came from: options given here, the rest from the weight files its
+    source cache recorded (:func:`~svgfeat.heads.query.encoder_args_from_provenance`); ConfigError naming
+    the option to add when one is missing. Its spec is checked against the index by :class:`SearchService`."""
+    from ..models.build import load_encoder
+
+    args = encoder_args_from_provenance(index_prov, dinov3, svg, svg_config, model)
+    align = ((index_prov or {}).get("encoder") or {}).get("alignment") or alignment
+    return load_encoder(**args, alignment=align if alignment == "batch" else alignment, device=device)
 
 
 class SearchService:
@@ -76,9 +88,14 @@ class SearchService:
         """``image``: path, bytes or PIL image. ``region``/``aggregate`` apply to patch indexes."""
         if self.encoder is None:
             enc = (self.flat.provenance_ or {}).get("encoder") or {}
-            raise ConfigError("image queries are encoded on the fly and need the index's encoder: pass "
-                              f"--model/--dinov3/--svg matching the index (model {enc.get('model')!r}, dinov3 "
-                              f"sha256 {enc.get('dinov3_sha256')!r}, svg sha256 {enc.get('svg_sha256')!r})")
+            try:
+                encoder_args_from_provenance(self.flat.provenance_)
+                why = ("it was not loaded: pass --model/--dinov3/--svg, or start `svgfeat serve` without them to "
+                       "rebuild it from the weight files the index's cache recorded")
+            except ConfigError as e:
+                why = str(e)
+            raise ConfigError(f"image queries are encoded on the fly and need the index's encoder "
+                              f"(model {enc.get('model')!r}): {why}")
         with self._lock, self.numerics.autocast():
             if self.patch:
                 return self._results(hits=self.index.search_images(image, self.encoder, region, k,
