@@ -26,6 +26,7 @@ from .. import distributed as D
 from ..cache.atomic import write_json_atomic
 from ..cache.manifest import MANIFEST, read_manifest
 from ..cache.reader import open_cache
+from ..data.fingerprint import refuse_changed_source
 from ..errors import CacheError, ConfigError
 from . import output
 from .encode import Encoding, fixed_stats_pass
@@ -50,7 +51,8 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
             device="cpu", limit: int | None = None, views: int = 1, view_seed: int = 0,
             fixed_stats_limit: int | None = None, overwrite: bool = False, progress: bool = True,
             fast_jpeg: bool = False, gpu_decode: bool = False, precision: str = "fp32",
-            allow_inside_input: bool = False, protocol: str | None = None):
+            allow_inside_input: bool = False, protocol: str | None = None, hash_sources: bool = False,
+            format: str | None = None):
     """Extract features of ``data`` (a dataset spec or Dataset) into the cache directory ``out``.
 
     Returns the opened :class:`~svgfeat.cache.FeatureCache`. A complete cache made with the same request
@@ -61,24 +63,28 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
     at reduced DCT scale (approximate). ``gpu_decode`` decodes JPEG batches on ``device`` (nvJPEG on CUDA)
     with the geometry of the requested preset; views must then be 1. ``out`` equal to or inside the input
     folder is refused unless ``allow_inside_input``. ``protocol``: the evaluation protocol that created the
-    cache (recorded in the manifest; not compared on reuse).
+    cache (recorded in the manifest; not compared on reuse). ``data`` may be any :func:`svgfeat.open_dataset`
+    source (``format`` overrides its detection). Every item's source fingerprint (size + mtime, plus a content
+    hash with ``hash_sources``) is recorded per shard and checked on every re-run: shards holding changed
+    items are re-extracted, so a cache never mixes old and new contents; a source whose item list changed is
+    refused with the differing files named.
     """
     opts = Options(groups=tuple(validate_groups(groups)), size=size, preset=preset, dtype=dtype,
                    alignment=alignment, batch_size=batch_size, shard_size=shard_size, workers=workers,
                    device=str(device), limit=limit, views=views, view_seed=view_seed,
                    fixed_stats_limit=fixed_stats_limit, precision=precision, fast_jpeg=fast_jpeg,
-                   gpu_decode=gpu_decode)
+                   gpu_decode=gpu_decode, hash_sources=hash_sources)
     from ..data import open_dataset
 
     out = Path(out)
-    ds = open_dataset(data)
+    ds = open_dataset(data, format=format)
     output.check_not_inside_input(out, ds, allow_inside_input)
     n_items = len(ds) if limit is None else min(int(limit), len(ds))
     if n_items == 0:
         raise ConfigError(f"dataset {ds.spec} has no items")
     request = base_request(ds, n_items, opts)
     if encoder is None and not overwrite:
-        cache = _reuse_without_encoder(out, request, opts, dinov3, svg, model)
+        cache = _reuse_without_encoder(out, request, opts, dinov3, svg, model, ds)
         if cache is not None:
             return cache
     info, dev = D.setup(device)
@@ -100,7 +106,7 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
         D.teardown(info)
 
 
-def _reuse_without_encoder(out, request, opts, dinov3, svg, model):
+def _reuse_without_encoder(out, request, opts, dinov3, svg, model, ds):
     """The complete cache at ``out`` when it matches without building the encoder (weights hashed only)."""
     if D.env_ranks()[1] > 1 or not (out / MANIFEST).exists():
         return None  # under torchrun the ranks decide together (after setup)
@@ -116,13 +122,14 @@ def _reuse_without_encoder(out, request, opts, dinov3, svg, model):
     if not isinstance(mg, dict) or set(opts.groups) != set(mg):
         return None
     light = dict(request, groups={g: mg.get(g) for g in opts.groups})
-    if light_match(m, light, weights) and _intact(out, m, D.DistInfo(), None):
+    if light_match(m, light, weights) and _intact(out, m, D.DistInfo(), None, ds, opts.hash_sources):
         return open_cache(out)
     return None
 
 
-def _intact(out, m: dict, info: D.DistInfo, dev) -> bool:
-    """Every shard of complete cache ``m`` re-hashed against its index (split over ranks)."""
+def _intact(out, m: dict, info: D.DistInfo, dev, ds, hash_sources: bool = False) -> bool:
+    """Every shard of complete cache ``m`` re-hashed against its index and its items' sources unchanged
+    (split over ranks)."""
     shards = m.get("shards")
     if not isinstance(shards, list) or len(shards) != m.get("num_shards"):
         return False
@@ -130,7 +137,8 @@ def _intact(out, m: dict, info: D.DistInfo, dev) -> bool:
     for s, e in enumerate(shards):
         if s % info.world == info.rank:
             items = e.get("items") if isinstance(e, dict) else None
-            ok = isinstance(items, list) and len(items) == 2 and shard_reusable(out, s, *items, m.get("groups"))
+            ok = isinstance(items, list) and len(items) == 2 and shard_reusable(out, s, *items, m.get("groups"), ds,
+                                                                                 hash_sources)
             bad += not ok
     if info.distributed:
         bad = int(D.all_reduce_sum(torch.tensor([bad], device=dev), info).item())
@@ -158,8 +166,9 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
     encode = Encoding(enc, groups, opts.dtype, dev, opts.precision)
     request = dict(request, groups=encode.probe_groups(hw), encoder=encoder_spec(enc))
     if existing is not None:
+        refuse_changed_source(out, existing, request, ds)
         refuse_mismatch(out, existing, request)
-        if existing.get("complete") and _intact(out, existing, info, dev):
+        if existing.get("complete") and _intact(out, existing, info, dev, ds, opts.hash_sources):
             return open_cache(out)  # else: a damaged complete cache is repaired like a resume
 
     num_shards = (n_items + opts.shard_size - 1) // opts.shard_size
@@ -178,7 +187,11 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
 
     S = opts.shard_size
     mine = [(s, s * S, min((s + 1) * S, n_items)) for s in range(num_shards) if s % info.world == info.rank]
-    todo = [t for t in mine if not shard_reusable(out, *t, request["groups"])]
+    changed = []
+    todo = [t for t in mine if not shard_reusable(out, *t, request["groups"], ds, opts.hash_sources, changed)]
+    if changed and progress:
+        print(f"note: {len(changed)} item(s) changed since they were extracted (first: "
+              f"{', '.join(ds.paths[i] for i in changed[:3])}); re-extracting the shard(s) that hold them")
     t0 = time.time()
     run_shards(out, ds, todo, encode, opts, progress and info.is_main)
     D.barrier(info)
@@ -200,7 +213,7 @@ def _fixed_stats(enc, ds, n_items, opts, dev, progress) -> dict:
     bar = _bar(n, "alignment stats", progress)
 
     def batches():
-        for _, x, _, _, count in loader:
+        for _, x, _, _, count, _ in loader:
             if x is not None:
                 yield x
             bar.update(count)
@@ -216,11 +229,13 @@ class _ShardAssembly:
     def __init__(self, s, start, end, ds, encode, batch_size, views):
         self.job = ShardJob(s, (start, end), encode.groups)
         self.ds, self.encode, self.B, self.views = ds, encode, batch_size, views
-        self.pending = []
+        self.pending, self.sources = [], {}
 
-    def add(self, rows: dict, fails: list) -> None:
-        """rows: item -> [views, 3, S, S] (on the device); fails: [(item, reason)]."""
+    def add(self, rows: dict, fails: list, sources: dict) -> None:
+        """rows: item -> [views, 3, S, S] (on the device); fails: [(item, reason)]; sources: item -> the
+        source fingerprint taken when the item was read."""
         j, ds = self.job, self.ds
+        self.sources.update(sources)
         j.failures += [[ds.paths[i], err] for i, err in sorted(fails)]
         for i in sorted(rows):
             for v in range(self.views):
@@ -235,6 +250,9 @@ class _ShardAssembly:
                 self.pending = [cat[self.B:]] if len(cat) > self.B else []
 
     def finish(self) -> ShardJob:
+        a, b = self.job.items
+        assert sorted(self.sources) == list(range(a, b)), "every item of a shard passes the loader once"
+        self.job.sources = [self.sources[i] for i in range(a, b)]
         if self.pending and sum(len(p) for p in self.pending):
             self.job.chunks.append(self.encode(torch.cat(self.pending)))
         self.pending = []
@@ -248,7 +266,7 @@ def run_shards(out, ds, todo, encode, opts: Options, progress: bool) -> None:
     dev = encode.device
     plan = ShardPlan(todo, max(1, opts.batch_size // opts.views))
     loader = make_loader(ds, plan, opts.transform, opts.views, opts.view_seed, opts.workers, dev, opts.draft,
-                         expect_hw=opts.expect_hw)
+                         expect_hw=opts.expect_hw, hash_sources=opts.hash_sources)
     bounds = {s: (a, b) for s, a, b in todo}
     bar = _bar(sum(b - a for _, a, b in todo), "extract", progress)
     threads = torch.get_num_threads()
@@ -259,13 +277,13 @@ def run_shards(out, ds, todo, encode, opts: Options, progress: bool) -> None:
     ok = False
     try:
         shard = None
-        for (s, _, last), (ids, x, blobs, fails, n) in zip(plan.steps(), loader):
+        for (s, _, last), (ids, x, blobs, fails, n, sources) in zip(plan.steps(), loader):
             if shard is None:
                 shard = _ShardAssembly(s, *bounds[s], ds, encode, opts.batch_size, opts.views)
             rows = dict(zip(ids, x.to(dev, non_blocking=True).split(opts.views))) if x is not None else {}
             if blobs:
                 rows.update(_device_decode(blobs, fails, opts.transform, dev))
-            shard.add(rows, fails)
+            shard.add(rows, fails, sources)
             bar.update(n)
             if last:
                 writer.submit(shard.finish())

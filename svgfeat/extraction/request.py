@@ -44,6 +44,7 @@ class Options:
     precision: str = "fp32"
     fast_jpeg: bool = False
     gpu_decode: bool = False
+    hash_sources: bool = False  # per-item content hashes besides size + mtime (how sources are checked)
     expect_hw: tuple | None = None  # set by the engine for preset 'none' (the first image's size)
 
     def __post_init__(self):
