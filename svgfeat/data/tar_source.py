@@ -128,7 +128,7 @@ def tar_index(path: str) -> list:
             from ..cache.atomic import write_json_atomic
 
             f.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(f, {"ident": ident, "samples": samples})
+            write_json_atomic(f, {"ident": ident, "samples": samples}, durable=False)  # a cache: rebuilt if lost
         except OSError:
             pass
     return samples
