@@ -87,6 +87,24 @@ def test_folder_tar_parquet_give_identical_features_and_labels(tmp_path, items):
     assert caches["parquet"].classes == CLASSES and caches["saved"].classes == CLASSES
 
 
+@pytest.mark.parametrize("opts", [dict(limit=10, views=2, preset="rrc"), dict(gpu_decode=True, preset="center-crop")])
+def test_views_limit_and_device_decoding_on_tars_match_the_folder(tmp_path, items, opts):
+    folder = write_folder(tmp_path / "folder", items)
+    write_tars(tmp_path / "tars", items)
+    # the folder in the tars' item order (class folders are sorted by class): a file list
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"folder/{CLASSES[lab]}/{k}.JPEG {lab}\n" for k, _, lab in items))
+    assert folder.is_dir()
+    kw = {**KW, **opts}
+    a = svgfeat.extract(lst, tmp_path / "a", **kw)
+    b = svgfeat.extract(tmp_path / "tars", tmp_path / "b", **kw)
+    assert len(a) == len(b) == (20 if "limit" in opts else 24)
+    assert [stem(p) for p in a.paths] == [stem(p) for p in b.paths] and (a.labels == b.labels).all()
+    assert list(a.view_ids) == list(b.view_ids)
+    for g in a.groups:  # the same items in the same batches: every group is equal
+        assert np.array_equal(a.read(g), b.read(g)), g
+
+
 def test_every_spec_form_opens_the_same_items(tmp_path, items, monkeypatch):
     require_extra("pyarrow", "hf")
     tars = write_tars(tmp_path / "tars", items)

@@ -66,7 +66,7 @@ def _inside(repo: Path, files) -> list[str]:
 def open_hf(spec) -> TableDataset:
     org, name, rev, sub = parse(str(spec))
     repo, snap = snapshot(org, name, rev)
-    every = sorted(str(p) for p in snap.rglob("*.parquet"))
+    every = sorted(str(p) for p in snap.rglob("*.parquet") if p.is_file())
     if sub is None:
         files = one_split(every, f"hf://datasets/{org}/{name}")
     elif not any(c in sub for c in "*?[/") and not sub.endswith(".parquet"):
