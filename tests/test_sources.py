@@ -278,3 +278,14 @@ def test_help_shows_every_form():
     r = cli("eval", "imagenet", "--help")
     for form in ("imagenet1k-{train,validation}-*.tar", "data/{train,validation}-*.parquet", "--train", "--val"):
         assert form in r.stdout, form
+
+
+def test_segmentation_and_depth_name_what_they_cannot_read(tmp_path, items):
+    from svgfeat.data.depth import open_depth_dataset
+    from svgfeat.data.segmentation import open_seg_dataset
+
+    write_tars(tmp_path / "tars", items[:4])
+    for opener, what in [(open_seg_dataset, "segmentation"), (open_depth_dataset, "depth estimation")]:
+        for spec in [tmp_path / "tars", f"{tmp_path}/tars/*.tar", "hf://datasets/ILSVRC/imagenet-1k"]:
+            with pytest.raises(DataError, match=f"{what} needs image \\+ annotation folders; .* holds"):
+                opener(spec)

@@ -118,3 +118,13 @@ def folder_files(folder: Path, suffixes: tuple) -> list[str]:
 
 def common_root(files) -> str:
     return os.path.commonpath([os.path.dirname(f) for f in files])
+
+
+def refuse_image_only_source(spec, what: str) -> None:
+    """One DataError for tar / parquet / hf:// specs given where image + annotation pairs are needed."""
+    from . import _detect
+
+    kind = _detect(str(spec))
+    if kind is not None:
+        raise DataError(f"{what} needs image + annotation folders; {spec} holds {kind} images only "
+                        "(tar shards, parquet and hf:// sources serve extract, eval imagenet and train-ae)")
