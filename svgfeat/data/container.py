@@ -56,7 +56,7 @@ class ContainerDataset(ImageDataset):
 
     def describe(self) -> dict:
         d = super().describe()
-        d.update(files=file_stats(self.files, self.rows), columns=self.columns())
+        d.update(files=file_stats(self.files, self.rows, self.root), columns=self.columns())
         return d
 
 

@@ -62,12 +62,13 @@ def changed_items(recorded, ds, start: int, end: int, content: bool = False) -> 
     return [i for i, r in zip(range(start, end), recorded) if not _same(r, ds, i, content)]
 
 
-def file_stats(paths, rows=None) -> list[dict]:
-    """``[{"name", "size", "mtime_ns"[, "rows"]}]`` of a container source's files (recorded in the manifest)."""
+def file_stats(paths, rows=None, root=None) -> list[dict]:
+    """``[{"name", "size", "mtime_ns"[, "rows"]}]`` of a container source's files (recorded in the manifest;
+    names relative to ``root``)."""
     out = []
     for k, p in enumerate(paths):
         fp = stat_fingerprint(p)
-        e = {"name": os.path.basename(p), "size": fp[0], "mtime_ns": fp[1] if fp[0] != "missing" else None}
+        e = {"name": os.path.relpath(p, root) if root else os.path.basename(p), "size": fp[0], "mtime_ns": fp[1] if fp[0] != "missing" else None}
         if rows is not None:
             e["rows"] = int(rows[k])
         out.append(e)

@@ -82,7 +82,7 @@ class TableDataset(ContainerDataset):
             classes = classes or hf_classes(schema.metadata or {}) or hf_classes(info or {})
             lab = table.column(self.label_col).to_numpy(zero_copy_only=False)
             lab = np.where(np.isnan(lab.astype(np.float64)), -1, lab).astype(np.int64) if lab.dtype.kind == "f" else lab
-            name = os.path.basename(path)
+            name = os.path.relpath(path, common_root(files))
             paths = self._paths(pa, table, schema)
             keys += [f"{name}:{p if p else r}" for r, p in enumerate(paths)]
             labels.append(np.asarray(lab, dtype=np.int64))
@@ -133,7 +133,10 @@ class TableDataset(ContainerDataset):
     def _paths(self, pa, table, schema) -> list:
         if table is None or self.image_col not in table.column_names or self._path_col(pa, schema) is None:
             return [None] * (0 if table is None else table.num_rows)
-        return table.column(self.image_col).combine_chunks().field("path").to_pylist()
+        out = []  # chunk by chunk: the image bytes of a memory-mapped arrow file are never copied
+        for chunk in table.column(self.image_col).chunks:
+            out += chunk.field("path").to_pylist()
+        return out
 
     def _chunk(self, f: int, c: int):
         pa = _pyarrow()

@@ -23,7 +23,7 @@ from ..errors import DataError
 from .container import ContainerDataset, common_root, files_of
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 MAX_OPEN = 8
 MAX_LABEL_BYTES = 1 << 20
 
@@ -49,9 +49,8 @@ def _parse_label(ext: str, blob: bytes) -> int | None:
 def scan_tar(path: str) -> list:
     """``[[key, offset, size, label, failure-or-None], ...]`` of one shard (headers + label members only)."""
     size = os.path.getsize(path)
-    name = os.path.basename(path)
     if size == 0:
-        return [[f"{name}:<empty>", -1, 0, -1, ["empty-file", "the tar shard is empty"]]]
+        return [["<empty>", -1, 0, -1, ["empty-file", "the tar shard is empty"]]]
     samples: "OrderedDict[str, dict]" = OrderedDict()
     end_reason = None
     with open(path, "rb") as raw:
@@ -98,7 +97,7 @@ def scan_tar(path: str) -> list:
             out.append([key, -1, 0, label, ["no-image", f"sample has only .{', .'.join(s['exts'])} "
                                                         f"(expected .{', .'.join(IMAGE_EXTS)})"]])
     if end_reason and not any(r[4] and r[4][0] == "truncated" for r in out):
-        out.append([f"{name}:<end>", -1, 0, -1, ["truncated", end_reason]])
+        out.append(["<end>", -1, 0, -1, ["truncated", end_reason]])
     return out
 
 
@@ -165,19 +164,20 @@ class TarDataset(ContainerDataset):
         import numpy as np
 
         keys, labels, file_of, offsets, sizes, missing = [], [], [], [], [], {}
+        root = common_root(files)
         for k, path in enumerate(files):
-            name = os.path.basename(path)
+            name = os.path.relpath(path, root)
             for key, off, size, label, fail in tar_index(path):
                 if fail:
                     missing[len(keys)] = tuple(fail)
-                keys.append(key if key.startswith(f"{name}:") else f"{name}:{key}")
+                keys.append(f"{name}:{key}")
                 labels.append(label)
                 file_of.append(k)
                 offsets.append(off)
                 sizes.append(size)
         top = max(labels, default=-1)
         classes = [str(c) for c in range(top + 1)]
-        super().__init__(common_root(files), files, keys, labels, classes, file_of, spec, missing)
+        super().__init__(root, files, keys, labels, classes, file_of, spec, missing)
         self.offsets, self.sizes = np.asarray(offsets, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
         self._files = _Files()
 
