@@ -81,7 +81,9 @@ def spawn(spec, out, index_dir, args):
            "--batch", str(args.batch), "--workers", str(args.workers), "--threads", str(args.threads),
            "--model", args.model]
     env = dict(os.environ, SVGFEAT_INDEX_DIR=str(index_dir))
-    r = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise SystemExit(f"{spec} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 

@@ -289,3 +289,12 @@ def test_segmentation_and_depth_name_what_they_cannot_read(tmp_path, items):
         for spec in [tmp_path / "tars", f"{tmp_path}/tars/*.tar", "hf://datasets/ILSVRC/imagenet-1k"]:
             with pytest.raises(DataError, match=f"{what} needs image \\+ annotation folders; .* holds"):
                 opener(spec)
+
+
+def test_eval_data_options_are_checked_in_one_line(tmp_path):
+    for args, expect in [([], "pass --root R"), (["--train", "sample:digits/train"], "pass --root R"),
+                         (["--root", "sample", "--val", "x"], "exclude each other")]:
+        r = cli("eval", "imagenet", *args, "--model", "test_tiny", "--out", tmp_path / "o")
+        assert r.returncode == 2 and expect in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = cli("extract", "", "-o", tmp_path / "o", "--model", "test_tiny")
+    assert r.returncode == 2 and "empty dataset spec" in r.stderr
