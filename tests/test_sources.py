@@ -298,3 +298,15 @@ def test_eval_data_options_are_checked_in_one_line(tmp_path):
         assert r.returncode == 2 and expect in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = cli("extract", "", "-o", tmp_path / "o", "--model", "test_tiny")
     assert r.returncode == 2 and "empty dataset spec" in r.stderr
+
+
+def test_loader_workers_read_tars_and_parquet_like_the_main_process(tmp_path, items):
+    require_extra("pyarrow", "hf")
+    write_tars(tmp_path / "tars", items[:12], per_shard=5)
+    write_parquet(tmp_path / "pq", items[:12], n_files=2, row_group=3)
+    for spec in (tmp_path / "tars", tmp_path / "pq"):
+        a = svgfeat.extract(spec, tmp_path / f"{spec.name}_0", **KW)
+        b = svgfeat.extract(spec, tmp_path / f"{spec.name}_2", workers=2, **KW)
+        assert a.paths == b.paths and len(a) == 12
+        for g in a.groups:
+            assert np.array_equal(a.read(g), b.read(g)), (spec.name, g)
