@@ -5,7 +5,8 @@ identical bytes in every form), the same model, preset, size, batch, shard size,
 threads; each run in a fresh process, timed from ``svgfeat.extract(spec, ...)`` (opening the source included:
 the folder walk, the tar member index build, the parquet footers) to the finished cache. The rounds alternate
 the three forms so machine load hits all of them alike; the best round of each is reported, with the ratio
-to the folder.
+to the folder. A second table times the input side alone (what a loader worker does per item), interleaved
+the same way.
 
     python benchmarks/bench_inputs.py [--n 2000] [--size 128] [--workers 1] [--rounds 2] [--model test_tiny]
 """
@@ -76,6 +77,25 @@ def child(args):
                       "img_s": len(c) / t.seconds}))
 
 
+def input_path(sources: dict, index_dir, rounds: int) -> dict:
+    """img/s of the input side alone, in this process: read + source fingerprint + decode + svg transform of
+    every item (what a loader worker does per item), the forms interleaved round by round; best round each."""
+    os.environ["SVGFEAT_INDEX_DIR"] = str(index_dir)
+    from svgfeat.data import open_dataset
+    from svgfeat.data.transforms import Transform
+    from svgfeat.extraction.loader import Items
+
+    items = {name: Items(open_dataset(spec), Transform("svg", 128), 1, 0) for name, spec in sources.items()}
+    best = {name: 0.0 for name in items}
+    for _ in range(rounds):
+        for name, it in items.items():
+            with Timer() as t:
+                for i in range(len(it)):
+                    assert it[i][2] is None
+            best[name] = max(best[name], len(it) / t.seconds)
+    return best
+
+
 def spawn(spec, out, index_dir, args):
     cmd = [sys.executable, __file__, "--child", "--spec", spec, "--out", str(out), "--size", str(args.size),
            "--batch", str(args.batch), "--workers", str(args.workers), "--threads", str(args.threads),
@@ -116,6 +136,7 @@ def main():
                 res["round"] = r
                 if name not in best or res["img_s"] > best[name]["img_s"]:
                     best[name] = res
+        inputs = input_path(sources, tmp / "index", args.rounds)
     print("command: python benchmarks/bench_inputs.py " + " ".join(sys.argv[1:]))
     print(f"n={args.n} model={args.model} size={args.size} batch={args.batch} workers={args.workers} "
           f"threads={args.threads} rounds={args.rounds}; same JPEG bytes, svg preset, fp16 cache")
@@ -123,6 +144,9 @@ def main():
     for name, res in best.items():
         print(f"{name:8s}: {res['img_s']:8.1f} img/s ({res['seconds']:.1f} s, best round {res['round']})   "
               f"ratio to folder {res['img_s'] / base:.2f}x")
+    print("input side only (read + fingerprint + decode + svg transform 128, one process, no model):")
+    for name, v in inputs.items():
+        print(f"{name:8s}: {v:8.1f} img/s   ratio to folder {v / inputs['folder']:.2f}x")
 
 
 if __name__ == "__main__":
