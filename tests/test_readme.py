@@ -18,7 +18,7 @@ def test_quick_start_has_exactly_two_commands():
     blocks = re.findall(r"```bash\n(.*?)```", qs, re.S)
     assert len(blocks) == 2 and all(len(b.strip().splitlines()) == 1 for b in blocks)
     assert blocks[0].startswith("pip install -e . && svgfeat ")
-    assert blocks[1].strip() == 'pip install -e ".[dev,mmseg,faiss]" && pytest -q'  # CI runs the faiss tests
+    assert blocks[1].strip() == 'pip install -e ".[dev,mmseg,faiss,hf]" && pytest -q'  # CI runs the faiss and parquet tests
     ci = (REPO / ".ci" / "run").read_text()
     assert "grep -E '^pip install -e \"\\.\\[dev' README.md" in ci
 

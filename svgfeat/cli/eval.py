@@ -18,9 +18,14 @@ def eval_group():
 
 
 @eval_group.command("imagenet")
-@click.option("--root", required=True,
-              help="ImageNet root (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG or flat val/ + --val-labels) "
-                   "or 'sample' for the embedded digits.")
+@click.option("--root", default=None,
+              help="ImageNet root: train/<wnid>/*.JPEG + val/<wnid>/*.JPEG (or flat val/ + --val-labels), "
+                   "imagenet1k-{train,validation}-*.tar (timm/imagenet-1k-wds), data/{train,validation}-*.parquet "
+                   "(ILSVRC/imagenet-1k), or 'sample' for the embedded digits.")
+@click.option("--train", "train_spec", default=None,
+              help="Train source instead of --root: any `svgfeat extract` DATA (folder, R/train-{0000..0003}.tar, "
+                   "'R/*.parquet', a save_to_disk folder, hf://datasets/ORG/NAME/train).")
+@click.option("--val", "val_spec", default=None, help="Val source instead of --root (same forms as --train).")
 @click.option("--protocol", default=DEFAULT_PROTOCOL, show_default=True, type=click.Choice(sorted(PROTOCOLS)),
               help=_PROTOCOL_HELP)
 @encoder_options
@@ -53,13 +58,18 @@ def eval_group():
 @click.option("--overwrite", is_flag=True,
               help="Rebuild caches under --out that hold a different extraction (another encoder, transform, "
                    "source ...); without it they are refused with the difference named.")
-def imagenet(root, protocol, dinov3, svg, svg_config, model, alignment, device, out, val_labels, size, preset,
+def imagenet(root, train_spec, val_spec, protocol, dinov3, svg, svg_config, model, alignment, device, out, val_labels, size, preset,
              batch_size, workers, train_views, limit, features, probe_batch_size, epochs, iterations, min_iterations,
              lrs, optimizer, wd, select_on, heldout_fraction, normalize, standardize, seed, no_knn, knn_features, ks,
              temperature, overwrite):
     """Linear probe + kNN on ImageNet-1K (or the embedded sample) under a named protocol."""
     from ..errors import ConfigError
     from ..evaluation.imagenet import run_imagenet_eval
+
+    if root is None and (train_spec is None or val_spec is None):
+        raise ConfigError("no data: pass --root R (an ImageNet root or 'sample') or --train SPEC --val SPEC")
+    if root is not None and (train_spec or val_spec):
+        raise ConfigError("--root and --train/--val exclude each other; pass one or the other")
 
     kw = probe_kwargs(epochs, iterations, min_iterations, lrs, optimizer, wd, select_on, heldout_fraction,
                       normalize, standardize, seed)
@@ -75,7 +85,7 @@ def imagenet(root, protocol, dinov3, svg, svg_config, model, alignment, device, 
                             alignment=alignment, size=size, preset=preset, batch_size=batch_size, workers=workers,
                             train_views=train_views, device=device, features=specs, knn_features=knn_features,
                             val_labels=val_labels, limit=limit, probe_kwargs=kw, knn=not no_knn, knn_k=k,
-                            temperature=temperature, overwrite=overwrite)
+                            temperature=temperature, overwrite=overwrite, train=train_spec, val=val_spec)
     click.echo(f"protocol {res['protocol']}: {len(res['deviations'])} deviation(s) (see results.md)")
     for spec, r in res["features"].items():
         b = r["probe"]["best"]

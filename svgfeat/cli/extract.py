@@ -31,6 +31,11 @@ from ._types import LIMIT, POSITIVE, SIZE, WORKERS, NonEmptyPath, NonEmptyText
 @click.option("--views", default=1, show_default=True, type=POSITIVE, help="Views per image (1 plain, 2 +flip, >2 +crops).")
 @click.option("--labels", "label_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Label file for a flat folder (filename label per line).")
+@click.option("--format", "fmt", default=None, type=click.Choice(["folder", "filelist", "wds", "parquet", "hf"]),
+              help="How to read DATA [default: detected from what the path holds].")
+@click.option("--hash-sources", is_flag=True,
+              help="Also record and check a content hash of every image (default: size + mtime). Changed images "
+                   "are re-extracted on the next run.")
 @click.option("--fast-jpeg", is_flag=True, help="Decode JPEGs at reduced DCT scale (faster, approximate).")
 @click.option("--gpu-decode", is_flag=True,
               help="Decode JPEG batches on --device (nvJPEG on CUDA) with the preset's exact geometry; workers only "
@@ -48,19 +53,32 @@ from ._types import LIMIT, POSITIVE, SIZE, WORKERS, NonEmptyPath, NonEmptyText
               help="Replace a cache that holds a different extraction (removes only the files svgfeat wrote).")
 @click.option("--allow-inside-input", is_flag=True, help="Allow -o equal to or inside the input folder.")
 def extract(data, out, dinov3, svg, svg_config, model, alignment, device, groups, size, preset, dtype,
-            batch_size, shard_size, workers, limit, views, label_file, fast_jpeg, gpu_decode, precision, compile_,
-            channels_last, prefetch, overwrite, allow_inside_input):
-    """Extract SVG features of DATA (folder, file list or sample:...) into the cache OUT (resumable)."""
+            batch_size, shard_size, workers, limit, views, label_file, fmt, hash_sources, fast_jpeg, gpu_decode,
+            precision, compile_, channels_last, prefetch, overwrite, allow_inside_input):
+    """Extract SVG features of DATA into the cache OUT (resumable). DATA is one of:
+
+    \b
+      IMAGES/                      class folders (train/<wnid>/*.JPEG) or a folder of images
+      list.txt                     a file list ('path [label]' per line)
+      R/train-{0000..1023}.tar     WebDataset tar shards (also one .tar, a glob, or a folder of .tar);
+                                   timm/imagenet-1k-wds: KEY.jpg + KEY.cls
+      'R/data/train-*.parquet'     parquet files (ILSVRC/imagenet-1k: image {bytes, path} + label)
+      SAVED/                       a datasets.save_to_disk folder (arrow files + state.json)
+      hf://datasets/ORG/NAME[@REV][/SPLIT]   a dataset in the local Hugging Face cache (offline)
+      sample:digits/train          embedded samples (sample:digits/val, sample:photos)
+
+    Changed images are noticed on every re-run (size + mtime; --hash-sources adds content hashes) and their
+    shards re-extracted; a source whose item list changed is refused, naming the files that differ."""
     from ..data import open_dataset
     from ..extraction import extract as run
 
-    ds = open_dataset(data, labels=label_file)
+    ds = open_dataset(data, labels=label_file, format=fmt)
     cache = run(ds, out, dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, groups=groups, size=size,
                 preset=preset, dtype=dtype, alignment=alignment, batch_size=batch_size, shard_size=shard_size,
                 workers=workers, device=device, limit=limit, views=views, overwrite=overwrite,
                 fast_jpeg=fast_jpeg, gpu_decode=gpu_decode, precision=precision,
                 allow_inside_input=allow_inside_input, compile=compile_, channels_last=channels_last,
-                prefetch=prefetch)
+                prefetch=prefetch, hash_sources=hash_sources)
     fails = cache.failures
     click.echo(f"cache {cache.root}: {len(cache)} rows, groups {', '.join(sorted(cache.groups))}")
     if fails:

@@ -51,6 +51,17 @@ class ImageDataset:
             raise DecodeError(self.paths[i], "undecodable-name", "the file name is not valid UTF-8")
         return load_image(self.abspath(i), draft=draft)
 
+    def read_bytes(self, i: int) -> bytes:
+        """The encoded bytes of item ``i`` (device decoding, content hashes)."""
+        with open(self.abspath(i), "rb") as f:
+            return f.read()
+
+    def item_stat(self, i: int) -> list | None:
+        """``[size, mtime_ns]`` of the file holding item ``i`` (see :mod:`.fingerprint`)."""
+        from .fingerprint import stat_fingerprint
+
+        return stat_fingerprint(self.abspath(i))
+
     def fingerprint(self) -> str:
         """sha256 of the ordered (path, label) list: identifies the file list in cache manifests."""
         h = hashlib.sha256()
@@ -80,6 +91,9 @@ class SampleDigits(ImageDataset):
     def load(self, i, draft=None):
         return _sample.digit_image(self._images[i])
 
+    def item_stat(self, i):
+        return None  # embedded: cannot change
+
 
 class SamplePhotos(ImageDataset):
     kind = "sample"
@@ -94,6 +108,9 @@ class SamplePhotos(ImageDataset):
 
     def load(self, i, draft=None):
         return _sample.photo(self.paths[i].split("/", 1)[1])
+
+    def item_stat(self, i):
+        return None  # embedded: cannot change
 
 
 def escape_name(name: str) -> str | None:

@@ -293,6 +293,9 @@ def open_depth_dataset(spec, split: str = "train", depth_scale=None, split_file=
         if name != "depth":
             raise DataError(f"unknown depth sample {s!r}; expected 'sample:depth/train' or 'sample:depth/val'")
         return SampleDepthDataset(sp or ("val" if split == "test" else split))
+    from .detect import refuse_image_only_source
+
+    refuse_image_only_source(s, "depth estimation")
     root = Path(s)
     if not root.is_dir():
         raise DataError(f"depth dataset not found: {root} (expected a folder or 'sample:depth/...')")

@@ -322,6 +322,9 @@ def open_seg_dataset(spec, split: str | None = None, num_classes: int | None = N
                             "'sample:digitseg/val'")
         sp = sp or split or "train"
         return DigitSegDataset(sp, sample_size)
+    from .detect import refuse_image_only_source
+
+    refuse_image_only_source(s, "segmentation")
     root = Path(s)
     if not root.is_dir():
         raise DataError(f"segmentation dataset not found: {root} (expected a folder or 'sample:digitseg/...')")

@@ -6,8 +6,11 @@ its own features (the protocol's ``knn_features``, CLS for dinov3/svgfeat), with
 the val (eval) transform: when the train cache holds augmented views, a third cache
 ``OUT/cache/train_eval`` holds them.
 
-Layout of ``root``: ``ROOT/train/<wnid>/*.JPEG`` and ``ROOT/val/<wnid>/*.JPEG`` (or a flat ``ROOT/val``
-plus a ``filename wnid`` label file given as ``val_labels``). ``root="sample"`` uses the embedded digits
+Layouts of ``root``: ``ROOT/train/<wnid>/*.JPEG`` and ``ROOT/val/<wnid>/*.JPEG`` (or a flat ``ROOT/val``
+plus a ``filename wnid`` label file given as ``val_labels``); WebDataset shards
+``ROOT/imagenet1k-{train,validation}-*.tar`` (``timm/imagenet-1k-wds``); parquet files
+``ROOT/data/{train,validation}-*.parquet`` (``ILSVRC/imagenet-1k``). ``train``/``val`` take any
+:func:`svgfeat.open_dataset` source instead. ``root="sample"`` uses the embedded digits
 (train = ``sample:digits/train``, val = ``sample:digits/val``). Caches go to ``OUT/cache/train`` and
 ``OUT/cache/val``; :func:`svgfeat.extract` reuses a complete matching cache without running the encoder.
 Outputs: ``OUT/results.json``, ``OUT/results.md`` and ``OUT/lr_curve.png``.
@@ -33,17 +36,43 @@ BASE_EXTRACT_GROUPS = ("latent", "cls", "pooled")
 SAMPLE_LIMIT = 200  # root="sample" without --limit: 200 train + 200 val digits, every stage within about a minute
 
 
-def resolve_datasets(root, val_labels=None):
-    """(train, val) dataset specs / Datasets for an ImageNet-style root or ``"sample"``."""
+ROOT_LAYOUTS = (("imagenet1k-train-*.tar", "imagenet1k-validation-*.tar"),
+                ("data/train-*.parquet", "data/validation-*.parquet"))
+
+
+def _labelled(ds, what):
+    if not ds.classes or not (ds.labels >= 0).any():
+        raise DataError(f"the {what} source {ds.spec} has no labels (expected class folders, .cls members or a "
+                        "label column)")
+    return ds
+
+
+def resolve_datasets(root, val_labels=None, train=None, val=None):
+    """(train, val) dataset specs / Datasets for an ImageNet-style root (folders, tar shards or parquet,
+    see :data:`ROOT_LAYOUTS`), ``"sample"``, or explicit ``train`` / ``val`` sources."""
     from ..data import open_dataset
 
+    if (train is None) != (val is None):
+        raise ConfigError("--train and --val go together (each any source: folder, tars, parquet, hf://...)")
+    if train is not None:
+        train_ds = _labelled(open_dataset(train), "train")
+        val_ds = open_dataset(val, labels=val_labels, classes=train_ds.classes)
+        return train_ds, val_ds
+    if root is None:
+        raise ConfigError("no data: pass --root R (an ImageNet root) or --train SPEC --val SPEC")
     if str(root) == "sample":
         return "sample:digits/train", "sample:digits/val"
     r = Path(root)
     train, val = r / "train", r / "val"
+    if r.is_dir() and not (train.is_dir() and val.is_dir()):
+        for tr, va in ROOT_LAYOUTS:
+            if any(r.glob(tr)) and any(r.glob(va)):
+                return _labelled(open_dataset(str(r / tr)), "train"), _labelled(open_dataset(str(r / va)), "val")
     if not train.is_dir() or not val.is_dir():
         raise DataError(f"{r} is not an ImageNet-style root: expected folders {train} and {val} "
-                        "(train/<wnid>/*.JPEG, val/<wnid>/*.JPEG or a flat val/ with --val-labels)")
+                        "(train/<wnid>/*.JPEG, val/<wnid>/*.JPEG or a flat val/ with --val-labels), tar shards "
+                        f"{r}/imagenet1k-{{train,validation}}-*.tar or parquet files "
+                        f"{r}/data/{{train,validation}}-*.parquet")
     train_ds = open_dataset(train)
     if not train_ds.classes:
         raise DataError(f"{train} has no class sub-folders (expected train/<wnid>/*.JPEG)")
@@ -71,7 +100,7 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
                       batch_size: int = 64, workers: int = 0, train_views: int | None = None, device="cpu",
                       features=None, knn_features: str | None = None, val_labels=None, limit: int | None = None,
                       probe_kwargs: dict | None = None, knn: bool = True, knn_k=None, temperature: float | None = None,
-                      progress: bool = True, overwrite: bool = False) -> dict:
+                      progress: bool = True, overwrite: bool = False, train=None, val=None) -> dict:
     """Run the whole evaluation under a named protocol (see :mod:`svgfeat.evaluation.protocols`);
     returns the results dict also written to ``out/results.json``.
 
@@ -123,7 +152,7 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
                                   sample_default=sample_default)
     timings: dict[str, float] = {}
     t = time.time()
-    train_data, val_data = resolve_datasets(root, val_labels)
+    train_data, val_data = resolve_datasets(root, val_labels, train, val)
     deviations += scale_views_to_data(st, _train_images(train_data, limit),
                                       given={"train_views"} if train_views is not None else set())
     depth = None
@@ -208,7 +237,7 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
         "protocol_settings": _jsonable(proto.settings), "settings": _jsonable(st),
         "deviations": _jsonable(deviations), "unknown": list(proto.unknown), "inherent": list(proto.inherent),
         "reference_numbers": proto.reference_numbers,
-        "root": str(root),
+        "root": None if root is None else str(root),
         "train": {"data": str(getattr(train_data, "spec", train_data)), "rows": len(train_cache),
                   "views": int(train_cache.manifest.get("views", 1)), "view_seed": train_cache.manifest.get("view_seed"),
                   "cache": str(train_cache.root), "classes": len(train_cache.classes),

@@ -30,6 +30,7 @@ from ..atomic import write_json_atomic
 from ..cache.manifest import MANIFEST, read_manifest
 from ..cache.owned import refuse_foreign_cache_names
 from ..cache.reader import open_cache
+from ..data.fingerprint import refuse_changed_source
 from ..errors import CacheError, ConfigError
 from . import output
 from .encode import Encoding, fixed_stats_pass
@@ -57,7 +58,8 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
             fixed_stats_limit: int | None = None, overwrite: bool = False, progress: bool = True,
             fast_jpeg: bool = False, gpu_decode: bool = False, precision: str = "fp32",
             allow_inside_input: bool = False, protocol: str | None = None, compile: bool = False,
-            channels_last: bool | None = None, prefetch: int = 4):
+            channels_last: bool | None = None, prefetch: int = 4, hash_sources: bool = False,
+            format: str | None = None):
     """Extract features of ``data`` (a dataset spec or Dataset) into the cache directory ``out``.
 
     Returns the opened :class:`~svgfeat.cache.FeatureCache`. A complete cache made with the same request
@@ -71,17 +73,22 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
     cache (recorded in the manifest; not compared on reuse). Throughput knobs, recorded in the manifest's
     ``throughput`` block and not compared on reuse: ``compile`` (torch.compile of the encoder forward, equal
     to eager within 1e-5 in fp32), ``channels_last`` (None: on CUDA only), ``prefetch`` (batches decoded
-    ahead per loader worker).
+    ahead per loader worker). ``data`` may be any :func:`svgfeat.open_dataset`
+    source (``format`` overrides its detection). Every item's source fingerprint (size + mtime, plus a content
+    hash with ``hash_sources``) is recorded per shard and checked on every re-run: shards holding changed
+    items are re-extracted, so a cache never mixes old and new contents; a source whose item list changed is
+    refused with the differing files named.
     """
     opts = Options(groups=tuple(validate_groups(groups)), size=size, preset=preset, dtype=dtype,
                    alignment=alignment, batch_size=batch_size, shard_size=shard_size, workers=workers,
                    device=str(device), limit=limit, views=views, view_seed=view_seed,
                    fixed_stats_limit=fixed_stats_limit, precision=precision, fast_jpeg=fast_jpeg,
-                   gpu_decode=gpu_decode, compile=compile, channels_last=channels_last, prefetch=prefetch)
+                   gpu_decode=gpu_decode, compile=compile, channels_last=channels_last, prefetch=prefetch,
+                   hash_sources=hash_sources)
     from ..data import open_dataset
 
     out = Path(out)
-    ds = open_dataset(data)
+    ds = open_dataset(data, format=format)
     output.check_not_inside_input(out, ds, allow_inside_input)
     n_items = len(ds) if limit is None else min(int(limit), len(ds))
     if n_items == 0:
@@ -90,7 +97,7 @@ def extract(data, out, encoder=None, *, dinov3=None, svg=None, svg_config=None, 
     if encoder is None:
         request["weights"] = requested_weights(model, dinov3, svg, svg_config)
     if encoder is None and not overwrite:
-        cache = _reuse_without_encoder(out, request, opts)
+        cache = _reuse_without_encoder(out, request, opts, ds)
         if cache is not None:
             return cache
     info, dev = D.setup(device)
@@ -147,7 +154,7 @@ def _record_config(enc, svg_config, weights) -> None:
             "path": str(Path(svg_config).resolve()), "sha256": (weights or {}).get("svg_config_sha256")}}
 
 
-def _reuse_without_encoder(out, request, opts):
+def _reuse_without_encoder(out, request, opts, ds):
     """The complete cache at ``out`` when it matches exactly without building the encoder (weights hashed
     only, see :func:`.request.light_match`); None sends the run to the full check."""
     if D.env_ranks()[1] > 1 or not (out / MANIFEST).exists():
@@ -160,13 +167,14 @@ def _reuse_without_encoder(out, request, opts):
     if not isinstance(mg, dict) or set(opts.groups) != set(mg):
         return None
     light = dict(request, groups={g: mg.get(g) for g in opts.groups})
-    if light_match(m, light) and _intact(out, m, D.DistInfo(), None):
+    if light_match(m, light) and _intact(out, m, D.DistInfo(), None, ds, opts.hash_sources):
         return open_cache(out)
     return None
 
 
-def _intact(out, m: dict, info: D.DistInfo, dev) -> bool:
-    """Every shard of complete cache ``m`` re-hashed against its index (split over ranks)."""
+def _intact(out, m: dict, info: D.DistInfo, dev, ds, hash_sources: bool = False) -> bool:
+    """Every shard of complete cache ``m`` re-hashed against its index and its items' sources unchanged
+    (split over ranks)."""
     shards = m.get("shards")
     if not isinstance(shards, list) or len(shards) != m.get("num_shards"):
         return False
@@ -174,7 +182,8 @@ def _intact(out, m: dict, info: D.DistInfo, dev) -> bool:
     for s, e in enumerate(shards):
         if s % info.world == info.rank:
             items = e.get("items") if isinstance(e, dict) else None
-            ok = isinstance(items, list) and len(items) == 2 and shard_reusable(out, s, *items, m.get("groups"))
+            ok = isinstance(items, list) and len(items) == 2 and shard_reusable(out, s, *items, m.get("groups"), ds,
+                                                                                 hash_sources)
             bad += not ok
     if info.distributed:
         bad = int(D.all_reduce_sum(torch.tensor([bad], device=dev), info).item())
@@ -205,8 +214,9 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
                       channels_last=opts.channels_last)
     request = dict(request, groups=encode.probe_groups(hw), encoder=encoder_spec(enc))
     if existing is not None:
+        refuse_changed_source(out, existing, request, ds)
         refuse_mismatch(out, existing, request)
-        if existing.get("complete") and _intact(out, existing, info, dev):
+        if existing.get("complete") and _intact(out, existing, info, dev, ds, opts.hash_sources):
             return open_cache(out)  # else: a damaged complete cache is repaired like a resume
 
     num_shards = (n_items + opts.shard_size - 1) // opts.shard_size
@@ -226,7 +236,11 @@ def _run_locked(out, ds, n_items, enc, groups, opts, request, info, dev, overwri
 
     S = opts.shard_size
     mine = [(s, s * S, min((s + 1) * S, n_items)) for s in range(num_shards) if s % info.world == info.rank]
-    todo = [t for t in mine if not shard_reusable(out, *t, request["groups"])]
+    changed = []
+    todo = [t for t in mine if not shard_reusable(out, *t, request["groups"], ds, opts.hash_sources, changed)]
+    if changed and progress:
+        print(f"note: {len(changed)} item(s) changed since they were extracted (first: "
+              f"{', '.join(ds.paths[i] for i in changed[:3])}); re-extracting the shard(s) that hold them")
     t0 = time.time()
     run_shards(out, ds, todo, encode, opts, progress and info.is_main)
     D.barrier(info)
@@ -249,7 +263,7 @@ def _fixed_stats(enc, ds, n_items, opts, dev, progress) -> dict:
     bar = _bar(n, "alignment stats", progress)
 
     def batches():
-        for _, x, _, _, count in loader:
+        for _, x, _, _, count, _ in loader:
             if x is not None:
                 yield x
             bar.update(count)
@@ -265,11 +279,13 @@ class _ShardAssembly:
     def __init__(self, s, start, end, ds, encode, batch_size, views):
         self.job = ShardJob(s, (start, end), encode.groups)
         self.ds, self.encode, self.B, self.views = ds, encode, batch_size, views
-        self.pending = []
+        self.pending, self.sources = [], {}
 
-    def add(self, rows: dict, fails: list) -> None:
-        """rows: item -> [views, 3, S, S] (on the device); fails: [(item, reason)]."""
+    def add(self, rows: dict, fails: list, sources: dict) -> None:
+        """rows: item -> [views, 3, S, S] (on the device); fails: [(item, reason)]; sources: item -> the
+        source fingerprint taken when the item was read."""
         j, ds = self.job, self.ds
+        self.sources.update(sources)
         j.failures += [[ds.paths[i], err] for i, err in sorted(fails)]
         for i in sorted(rows):
             for v in range(self.views):
@@ -284,6 +300,9 @@ class _ShardAssembly:
                 self.pending = [cat[self.B:]] if len(cat) > self.B else []
 
     def finish(self) -> ShardJob:
+        a, b = self.job.items
+        assert sorted(self.sources) == list(range(a, b)), "every item of a shard passes the loader once"
+        self.job.sources = [self.sources[i] for i in range(a, b)]
         if self.pending and sum(len(p) for p in self.pending):
             with self.encode.stage.scope():
                 self.job.chunks.append(self.encode(torch.cat(self.pending)))
@@ -298,7 +317,7 @@ def run_shards(out, ds, todo, encode, opts: Options, progress: bool) -> None:
     dev = encode.device
     plan = ShardPlan(todo, max(1, opts.batch_size // opts.views))
     loader = make_loader(ds, plan, opts.transform, opts.views, opts.view_seed, opts.workers, opts.draft,
-                         expect_hw=opts.expect_hw, prefetch=opts.prefetch)
+                         expect_hw=opts.expect_hw, prefetch=opts.prefetch, hash_sources=opts.hash_sources)
     bounds = {s: (a, b) for s, a, b in todo}
     bar = _bar(sum(b - a for _, a, b in todo), "extract", progress)
     threads = torch.get_num_threads()
@@ -310,14 +329,14 @@ def run_shards(out, ds, todo, encode, opts: Options, progress: bool) -> None:
     batches = iter(loader)
     try:
         shard, stage = None, encode.stage
-        for (s, _, last), (ids, x, blobs, fails, n) in zip(plan.steps(), batches):
+        for (s, _, last), (ids, x, blobs, fails, n, sources) in zip(plan.steps(), batches):
             if shard is None:
                 shard = _ShardAssembly(s, *bounds[s], ds, encode, opts.batch_size, opts.views)
             with stage.scope():  # every device op of this step: the stage's device and stream
                 rows = dict(zip(ids, stage.to_device(x).split(opts.views))) if x is not None else {}
                 if blobs:
                     rows.update(_device_decode(blobs, fails, opts.transform, dev))
-                shard.add(rows, fails)
+                shard.add(rows, fails, sources)
             bar.update(n)
             if last:
                 writer.submit(shard.finish())

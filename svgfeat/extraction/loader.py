@@ -17,25 +17,37 @@ from ..data.views import make_view
 
 
 class Items(torch.utils.data.Dataset):
-    """Item i of a dataset -> (i, views [K,3,S,S] or JPEG bytes or None, failure reason or None)."""
+    """Item i of a dataset -> (i, views [K,3,S,S] or JPEG bytes or None, failure reason or None, source
+    fingerprint). The fingerprint (:mod:`svgfeat.data.fingerprint`) is taken before the item is read, so a
+    file changed while it is read is noticed by the next run."""
 
-    def __init__(self, ds, transform, views, view_seed, draft=None, expect_hw=None):
+    def __init__(self, ds, transform, views, view_seed, draft=None, expect_hw=None, hash_sources=False):
         self.ds, self.transform, self.views, self.view_seed, self.draft = ds, transform, views, view_seed, draft
         self.expect_hw = tuple(expect_hw) if expect_hw else None  # preset 'none': every row must have this size
+        self.hash_sources = hash_sources
 
     def __len__(self):
         return len(self.ds)
 
     def __getitem__(self, i):
+        from ..data.fingerprint import item_fingerprint
+
+        fp = item_fingerprint(self.ds, i, self.hash_sources)
+        return (*self._item(i), fp)
+
+    def _item(self, i):
         if self.draft == "bytes":  # device decoding: only read the file here
-            from ..data.gpu_decode import device_decodable, read_bytes
+            from ..data.gpu_decode import device_decodable
 
             try:
-                blob = read_bytes(self.ds.abspath(i))
+                if getattr(self.ds, "missing", None) and i in self.ds.missing:
+                    return self._decode(i)
+                raw = self.ds.read_bytes(i)
             except OSError as e:
                 return i, None, f"unreadable: {e}"
-            if blob.numel() == 0:
+            if len(raw) == 0:
                 return i, None, "empty-file"
+            blob = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
             if device_decodable(blob):
                 return i, blob, None  # else: PIL here (EXIF rotation, CMYK, not a JPEG)
         return self._decode(i)
@@ -58,12 +70,13 @@ class Items(torch.utils.data.Dataset):
 
 def collate(batch):
     """Worker-side collation: the views of every decoded item stacked into ONE tensor (one shared-memory
-    transfer per batch), raw JPEG bytes kept as a list, failures as (item, reason)."""
-    dense = [(i, x) for i, x, err in batch if err is None and x.is_floating_point()]
-    blobs = [(i, x) for i, x, err in batch if err is None and not x.is_floating_point()]
-    fails = [(i, err) for i, _, err in batch if err is not None]
+    transfer per batch), raw JPEG bytes kept as a list, failures as (item, reason), source fingerprints as
+    {item: fingerprint}."""
+    dense = [(i, x) for i, x, err, _ in batch if err is None and x.is_floating_point()]
+    blobs = [(i, x) for i, x, err, _ in batch if err is None and not x.is_floating_point()]
+    fails = [(i, err) for i, _, err, _ in batch if err is not None]
     x = torch.cat([x for _, x in dense]) if dense else None
-    return [i for i, _ in dense], x, blobs, fails, len(batch)
+    return [i for i, _ in dense], x, blobs, fails, len(batch), {i: fp for i, _, _, fp in batch}
 
 
 class ShardPlan:
@@ -96,8 +109,8 @@ def first_decodable_hw(ds, n_items: int, transform, tries: int = 256) -> tuple[i
 
 
 def make_loader(ds, plan: ShardPlan, transform, views: int, view_seed: int, workers: int, draft=None,
-                expect_hw=None, prefetch: int = 4):
+                expect_hw=None, prefetch: int = 4, hash_sources: bool = False):
     return torch.utils.data.DataLoader(
-        Items(ds, transform, views, view_seed, draft, expect_hw), batch_sampler=plan, num_workers=workers,
-        collate_fn=collate, pin_memory=False, persistent_workers=workers > 0,
+        Items(ds, transform, views, view_seed, draft, expect_hw, hash_sources), batch_sampler=plan,
+        num_workers=workers, collate_fn=collate, pin_memory=False, persistent_workers=workers > 0,
         prefetch_factor=prefetch if workers > 0 else None)

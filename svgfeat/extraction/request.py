@@ -47,6 +47,7 @@ class Options:
     compile: bool = False  # throughput knobs: recorded (throughput_record), never compared on reuse
     channels_last: bool | None = None  # None: on CUDA only
     prefetch: int = 4
+    hash_sources: bool = False  # per-item content hashes besides size + mtime (how sources are checked)
     expect_hw: tuple | None = None  # set by the engine for preset 'none' (the first image's size)
 
     @property

@@ -1,8 +1,9 @@
 """Resume and finish: which shards can be reused (re-hashed, not trusted by size), the final manifest.
 
-A shard is reused only when its index says it holds exactly the expected items and the shard file's
-size and sha256 match the index; anything else (truncated, flipped byte, deleted index, foreign file) is
-redone. Rank 0 finalises once every rank has written or re-verified its own shards.
+A shard is reused only when its index says it holds exactly the expected items, the source of every one of
+its items is unchanged since it was written (the per-item fingerprints of :mod:`svgfeat.data.fingerprint`),
+and the shard file's size and sha256 match the index; anything else (an image changed after extraction or
+between an interrupted run and its resume, truncated, flipped byte, deleted index, foreign file) is redone. Rank 0 finalises once every rank has written or re-verified its own shards.
 """
 
 from __future__ import annotations
@@ -26,12 +27,22 @@ def _read_index(out: Path, s: int) -> dict | None:
     return dict(idx, _index_xxh3=digest) if isinstance(idx, dict) else None
 
 
-def shard_reusable(out: Path, s: int, start: int, end: int, groups: dict | None = None) -> bool:
-    """True when shard ``s`` on disk holds items [start, end), its header matches ``groups`` and its bytes
-    match the recorded sha256 (re-hashed: never trusted by size)."""
+def shard_reusable(out: Path, s: int, start: int, end: int, groups: dict | None = None, ds=None,
+                   hash_sources: bool = False, changed: list | None = None) -> bool:
+    """True when shard ``s`` on disk holds items [start, end), (given ``ds``) none of their sources changed,
+    its header matches ``groups`` and its bytes match the recorded sha256 (re-hashed: never trusted by size).
+    Items whose source changed are appended to ``changed``."""
     idx = _read_index(out, s)
     if idx is None or idx.get("shard") != s or idx.get("items_range") != [start, end]:
         return False
+    if ds is not None:
+        from ..data.fingerprint import changed_items
+
+        stale = changed_items(idx.get("sources"), ds, start, end, hash_sources)
+        if stale is None or stale:
+            if changed is not None:
+                changed += stale or []
+            return False
     entry = {"file": shard_name(s), "index": index_name(s), "rows": idx.get("rows"), "sha256": idx.get("sha256"),
              "size": idx.get("size"), "xxh3": idx.get("xxh3")}
     if not isinstance(entry["rows"], int) or not isinstance(entry["size"], int):

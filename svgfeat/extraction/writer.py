@@ -37,6 +37,7 @@ class ShardJob:
     item_ids: list = field(default_factory=list)
     views: list = field(default_factory=list)
     failures: list = field(default_factory=list)
+    sources: list | None = None  # per item of [start, end): the source fingerprint (data/fingerprint.py)
 
     def write(self, out: Path) -> None:
         parts = [c.wait() for c in self.chunks]
@@ -48,7 +49,7 @@ class ShardJob:
         digest = write_shard(out / name, tensors, {"shard": self.shard, "items": [start, end]}, fast=fast)
         index = {"shard": self.shard, "items_range": [start, end], "rows": len(self.paths), "paths": self.paths,
                  "labels": self.labels, "items": self.item_ids, "views": self.views, "failures": self.failures,
-                 "sha256": digest, "xxh3": fast, "size": (out / name).stat().st_size}
+                 "sha256": digest, "xxh3": fast, "size": (out / name).stat().st_size, "sources": self.sources}
         write_json_atomic(out / index_name(self.shard), index)
 
 
