@@ -190,6 +190,29 @@ def check_state(own: dict, sd: dict, what: str, source: str = "") -> None:
     if problems:
         raise CheckpointError(f"{what} weights{where} do not fit the model (wrong architecture or config?): "
                               + " | ".join(problems))
+    bad = value_problems(own, sd)
+    if bad:
+        raise CheckpointError(f"{what} weights{where} are unusable: " + " | ".join(bad))
+
+
+def value_problems(own: dict, sd: dict) -> list[str]:
+    """Weights the model cannot hold: integer/bool tensors where it has floating ones (a cast would silently
+    truncate nothing into something), and NaN/Inf values (they poison every feature). One problem line each."""
+    dtypes, finite = [], []
+    for k in sorted(set(own) & set(sd)):
+        v, want = sd[k], own[k]
+        if not isinstance(v, torch.Tensor) or not want.is_floating_point():
+            continue
+        if not v.is_floating_point():  # int, bool, complex
+            dtypes.append(f"{k}: {str(v.dtype).replace('torch.', '')}")
+        elif not bool(torch.isfinite(v).all()):
+            finite.append(k)
+    out = []
+    if dtypes:
+        out.append(f"{len(dtypes)} tensor(s) of a non-float dtype where the model has floats: {'; '.join(dtypes[:4])}")
+    if finite:
+        out.append(f"{len(finite)} tensor(s) holding NaN/Inf: {_fmt_keys(finite, 4)}")
+    return out
 
 
 # ----------------------------------------------------------------------------- official SVG checkpoints
