@@ -163,3 +163,9 @@ def test_graph_reader_sees_relative_and_function_local_imports(tmp_path, monkeyp
 
 def test_cycle_finder_finds_a_two_module_cycle():
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [{"a", "b"}]
+
+
+def test_commands_are_thin():
+    """Every svgfeat/cli/*.py parses, validates and calls one library function: at most 150 lines."""
+    long = {p.name: n for p in (ROOT / "cli").glob("*.py") if (n := len(p.read_text().splitlines())) > 150}
+    assert not long, f"command modules over 150 lines: {long}"
