@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import require_extra
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS, PER_SHARD, D_HALF, CLASSES = 1563, 4, 384, 10
 GB = 1 << 30
@@ -46,10 +48,8 @@ def peak_kb():  # this process's own high-water mark (VmHWM: reset at exec, unli
             return int(line.split()[1])
 lim = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_NOFILE, (lim, lim))
-from conftest import require_extra
 from svgfeat.cli import main
 
-faiss = require_extra("faiss")  # the [faiss] extra: skipped without it locally, a failure under CI=true
 out = []
 for args in json.loads(sys.argv[2]):
     try:
@@ -65,6 +65,7 @@ print(json.dumps(out))
 
 def test_heads_work_under_ulimit_256_with_bounded_rss(caches):
     """knn, probe and index build --auto, one after another in one child process limited to 256 open files."""
+    require_extra("faiss")  # index build --auto: the [faiss] extra (skipped locally without it, a failure under CI)
     d, c = caches
     n = SHARDS * PER_SHARD
     cmds = [["knn", "--train", c["train"], "--val", c["val"], "-k", "10,20", "-o", d / "knn.json"],
