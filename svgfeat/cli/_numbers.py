@@ -8,6 +8,16 @@ from __future__ import annotations
 import click
 
 
+def parse_int(value) -> int | None:
+    """``value`` as an int (an int, or text holding one), else None; ``True``/``False`` are not integers."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
 class Count(click.ParamType):
     """An integer >= ``minimum`` and <= ``maximum`` (workers >= 0, batch sizes >= 1, limits >= 1)."""
 
@@ -17,13 +27,7 @@ class Count(click.ParamType):
         self.minimum, self.what, self.maximum = minimum, what, maximum
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int) and not isinstance(value, bool):
-            v = value
-        else:
-            try:
-                v = int(str(value).strip())
-            except ValueError:
-                v = None
+        v = parse_int(value)
         if v is None or v < self.minimum or (self.maximum is not None and v > self.maximum):
             top = f" and <= {self.maximum:,}" if self.maximum is not None else ""
             self.fail(f"{str(value)[:40]!r}: expected {self.what}, an integer >= {self.minimum}{top}", param, ctx)

@@ -32,6 +32,7 @@ from ._numbers import (  # noqa: F401  (the numeric types live there; commands i
     Count,
     NumberList,
     Real,
+    parse_int,
 )
 
 PATCH = 16  # every registered DINOv3 backbone uses 16-pixel patches
@@ -47,13 +48,9 @@ class MultipleOf(click.ParamType):
         self.step, self.minimum, self.what, self.maximum = step, minimum, what, maximum
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int) and not isinstance(value, bool):
-            v = value
-        else:
-            try:
-                v = int(str(value).strip())
-            except ValueError:
-                self.fail(f"{value!r}: expected {self.what}, a positive multiple of {self.step}", param, ctx)
+        v = parse_int(value)
+        if v is None:
+            self.fail(f"{value!r}: expected {self.what}, a positive multiple of {self.step}", param, ctx)
         if v < self.minimum or v % self.step:
             self.fail(f"{str(value)!r}: expected {self.what}, a multiple of {self.step} that is >= {self.minimum} "
                       f"(e.g. {max(self.minimum, (max(v, 1) + self.step - 1) // self.step * self.step)})",

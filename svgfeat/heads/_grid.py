@@ -187,21 +187,7 @@ class GridHeads:
         lr = self.lr * lr_factor
         self.t += 1
         P, g = self.P, self.grad
-        if self.cfg.optimizer == "sgd":  # torch.optim.SGD semantics (coupled weight decay, dampening 0)
-            if self.any_wd:
-                g = g + self.wd * P
-            buf = self.state[0]
-            buf.mul_(self.cfg.momentum).add_(g)
-            P.sub_(lr * buf)
-        else:  # torch.optim.AdamW semantics (decoupled weight decay)
-            b1, b2 = self.cfg.betas
-            m, v = self.state
-            if self.any_wd:
-                P.mul_(1 - lr * self.wd)
-            m.mul_(b1).add_(g * (1 - b1))
-            v.mul_(b2).add_(g * g * (1 - b2))
-            denom = (v.sqrt() / math.sqrt(1 - b2 ** self.t)).add_(self.cfg.eps)
-            P.sub_((lr / (1 - b1 ** self.t)) * m / denom)
+        optimizer_step(self.cfg, P, g, self.state, lr, self.wd, self.any_wd, self.t)
 
 
 NORMALIZATIONS = ("none", "zscore", "batchnorm")
@@ -364,3 +350,24 @@ def evaluate_grid(W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, y: torch.Te
     ``rows`` of them); see :func:`grid_hits`."""
     c1, c5 = grid_hits(W, b, X, y, transform, chunk, rows)
     return hits_to_percent(c1, c5, len(X) if rows is None else len(rows))
+
+
+def optimizer_step(cfg, P: torch.Tensor, g: torch.Tensor, state, lr: float, wd, any_wd: bool, t: int) -> None:
+    """One in-place update of ``P`` with gradient ``g``, exactly torch.optim's formulas: SGD (coupled weight decay,
+    dampening 0; ``state`` = (momentum buffer,)) or AdamW (decoupled weight decay; ``state`` = (m, v)). Shared by
+    the host grid trainer and the device-resident one, so both stay bit-compatible with torch."""
+    if cfg.optimizer == "sgd":
+        if any_wd:
+            g = g + wd * P
+        buf = state[0]
+        buf.mul_(cfg.momentum).add_(g)
+        P.sub_(lr * buf)
+    else:
+        b1, b2 = cfg.betas
+        m, v = state
+        if any_wd:
+            P.mul_(1 - lr * wd)
+        m.mul_(b1).add_(g * (1 - b1))
+        v.mul_(b2).add_(g * g * (1 - b2))
+        denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(cfg.eps)
+        P.sub_((lr / (1 - b1 ** t)) * m / denom)

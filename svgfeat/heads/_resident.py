@@ -19,13 +19,11 @@ torch.optim.SGD / AdamW semantics).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from ._base import progress_bar
-from ._grid import BatchOrder, GridConfig, lr_factor
+from ._grid import BatchOrder, GridConfig, lr_factor, optimizer_step
 
 RESIDENT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 COPY_BLOCK = 65536  # host rows normalised and copied to the device per block
@@ -91,21 +89,8 @@ class ResidentGrid:
         lr = self.lr * factor
         self.t += 1
         for P, g, i in ((self.W, gW, 0), (self.b, gb, 1)):
-            if self.cfg.optimizer == "sgd":  # torch.optim.SGD: coupled weight decay, dampening 0
-                if self.any_wd:
-                    g = g + self.wd * P
-                buf = self.state[0][i]
-                buf.mul_(self.cfg.momentum).add_(g)
-                P.sub_(lr * buf)
-            else:  # torch.optim.AdamW: decoupled weight decay
-                b1, b2 = self.cfg.betas
-                m, v = self.state[0][i], self.state[1][i]
-                if self.any_wd:
-                    P.mul_(1 - lr * self.wd)
-                m.mul_(b1).add_(g * (1 - b1))
-                v.mul_(b2).add_(g * g * (1 - b2))
-                denom = (v.sqrt() / math.sqrt(1 - b2 ** self.t)).add_(self.cfg.eps)
-                P.sub_((lr / (1 - b1 ** self.t)) * m / denom)
+            state = (self.state[0][i],) if self.cfg.optimizer == "sgd" else (self.state[0][i], self.state[1][i])
+            optimizer_step(self.cfg, P, g, state, lr, self.wd, self.any_wd, self.t)
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W [H, D, K], b [H, K]) float32 contiguous, like :class:`~svgfeat.heads._grid.GridHeads`."""
