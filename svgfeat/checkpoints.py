@@ -205,8 +205,8 @@ def value_problems(own: dict, sd: dict) -> list[str]:
             continue
         if not v.is_floating_point():  # int, bool, complex
             dtypes.append(f"{k}: {str(v.dtype).replace('torch.', '')}")
-        elif not bool(torch.isfinite(v).all()):
-            finite.append(k)
+        elif not bool(torch.isfinite(v).all()) and (want.is_meta or bool(torch.isfinite(want).all())):
+            finite.append(k)  # (a buffer the model itself keeps non-finite, e.g. unset fixed stats, may stay so)
     out = []
     if dtypes:
         out.append(f"{len(dtypes)} tensor(s) of a non-float dtype where the model has floats: {'; '.join(dtypes[:4])}")
