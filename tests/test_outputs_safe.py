@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import svgfeat
+from svgfeat.heads.retrieval import FaissIndex
 
 
 def run(*args, fsize: int | None = None, umask: int | None = None, timeout: float = 300):
@@ -237,3 +238,22 @@ def test_the_lock_is_still_exclusive_when_its_file_is_deleted_on_release(tmp_pat
     got.append("done")
     t.join(30)
     assert not is_locked(tmp_path) and os.listdir(tmp_path) == []
+
+
+def test_index_build_never_replaces_a_file_svgfeat_did_not_write(tmp_path, cli):
+    """`index build -o` onto a user's file (or its .json / .keys.npy) is refused; --overwrite replaces it; a rebuild
+    onto svgfeat's own index needs no flag."""
+    rng = np.random.default_rng(0)
+    c = svgfeat.from_arrays(tmp_path / "c", {"pooled": rng.standard_normal((64, 8)).astype(np.float32)})
+    for suffix in ("", ".json", ".keys.npy"):
+        out = tmp_path / f"u{len(suffix)}.index"
+        user = Path(f"{out}{suffix}")
+        user.write_bytes(b"a user's file")
+        r = cli("index", "build", c.root, "-o", out)
+        assert r.returncode == 2 and "was not written by svgfeat" in one_line(r) and str(user) in r.stderr
+        assert user.read_bytes() == b"a user's file"
+        assert sorted(p.name for p in tmp_path.glob(f"{out.name}*")) == [user.name]  # nothing else written
+    out = tmp_path / "u0.index"
+    assert cli("index", "build", c.root, "-o", out, "--overwrite").returncode == 0
+    assert out.read_bytes() != b"a user's file" and FaissIndex.load(out).ntotal_ == 64
+    assert cli("index", "build", c.root, "-o", out).returncode == 0  # ours now: rebuilt without --overwrite

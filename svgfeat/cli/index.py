@@ -47,11 +47,16 @@ def index():
 @click.option("--val", "val", default=None, type=click.Path(exists=True, file_okay=False),
               help="Cache of held-out queries (same encoder) for the recall [default: 1000 rows of CACHE kept out "
                    "of the index until measured].")
+@click.option("--overwrite", is_flag=True, help="Replace OUT (+ .json, .keys.npy) even if svgfeat did not write it.")
 def build(cache, out, group, factory, metric, auto, max_memory, nprobe, ef_search, gpu, patch, stride, fraction,
-          seed, target_recall, time_budget, val):
+          seed, target_recall, time_budget, val, overwrite):
     """Index the vectors of CACHE (memory-mapped, added in batches) and write OUT + OUT.json."""
+    from ..atomic import check_output
     from ..cache import open_cache
     from ..heads.index_factory import parse_memory
+
+    for suffix in ("", ".json", ".keys.npy"):  # before any work: never replace a file svgfeat did not write
+        check_output(f"{out}{suffix}", overwrite, "index file")
 
     c = open_cache(cache)
     if max_memory is not None:

@@ -17,7 +17,6 @@ recall, keys -> paths/labels) and ``PATH.keys.npy`` when the keys are not simply
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import warnings
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..atomic import atomic_file, atomic_path, write_bytes_atomic, written_by_svgfeat
 from ..errors import CacheError, ConfigError, DataError, MissingDependencyError, SvgfeatError
 from ..regular_files import checked_path, opened
 from . import index_factory as fac
@@ -465,37 +465,32 @@ class FaissIndex:
         path = Path(path)
         if path.exists() and not path.is_file():
             raise CacheError(f"cannot write the index to {path}: it exists and is not a regular file")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")  # whole or nothing: a failed write leaves no partial index
-        try:
-            if self.backend_ == "torch":
-                from safetensors.torch import save_file
+        try:  # whole or nothing, marked as svgfeat's (svgfeat.atomic): a failed write leaves no partial index
+            with atomic_path(path) as tmp:
+                if self.backend_ == "torch":
+                    from safetensors.torch import save_file
 
-                save_file({"vectors": self._vectors.cpu().contiguous()}, str(tmp),
-                          metadata={"format": "svgfeat-exact-index"})
-            else:
-                faiss = import_faiss()
-                cpu = faiss.index_gpu_to_cpu(self._gpu) if self._gpu is not None else self._index
-                faiss.write_index(cpu, str(tmp))
-            os.replace(tmp, path)
+                    save_file({"vectors": self._vectors.cpu().contiguous()}, str(tmp),
+                              metadata={"format": "svgfeat-exact-index"})
+                else:
+                    faiss = import_faiss()
+                    cpu = faiss.index_gpu_to_cpu(self._gpu) if self._gpu is not None else self._index
+                    faiss.write_index(cpu, str(tmp))
+        except (CacheError, OSError):
+            raise
         except Exception as e:  # noqa: BLE001 - faiss/safetensors report I/O failures as their own types
-            tmp.unlink(missing_ok=True)
-            if isinstance(e, OSError):
-                raise
-            why = _reason(e)
-            raise CacheError(f"cannot write the index to {path}: {why}") from None
+            raise CacheError(f"cannot write the index to {path}: {_reason(e)}") from None
         simple = bool(np.array_equal(self.keys_, np.arange(self.ntotal_)))
         keys_file = path.with_name(path.name + ".keys.npy")
         if not simple:
-            np.save(keys_file, self.keys_, allow_pickle=False)
-        elif keys_file.exists():
-            keys_file.unlink()
+            with atomic_file(keys_file) as f:
+                np.save(f, self.keys_, allow_pickle=False)
+        elif keys_file.is_file() and written_by_svgfeat(keys_file):
+            keys_file.unlink()  # a stale keys file of an earlier build of ours (never a user's file)
         side = {**self.info(), "keys": "range" if simple else keys_file.name,
                 "params": {k: v for k, v in self.get_params().items() if k != "device"},
                 "meta": self.meta_, **(extra or {})}
-        tmp = path.with_name(path.name + ".json.tmp")
-        tmp.write_text(json.dumps(side, default=_json_default))
-        tmp.replace(path.with_name(path.name + ".json"))
+        write_bytes_atomic(path.with_name(path.name + ".json"), json.dumps(side, default=_json_default).encode())
         return path
 
     @classmethod
