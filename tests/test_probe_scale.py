@@ -70,7 +70,9 @@ def test_fit_holds_one_copy_of_the_data():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, check=True, env=env)
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["extra"] < 0.6 * r["data"], r
+    # the old code grew by ~2.7 copies; below one copy leaves room for library pages the kernel reclaimed under
+    # memory pressure and faults back in during fit (seen once at 0.6 on a loaded CI machine)
+    assert r["extra"] < 1.0 * r["data"], r
 
 
 def test_resident_float32_agrees_with_the_host_path():
