@@ -165,6 +165,8 @@ def save_checkpoint(ckdir: Path, step: int, model, ema, opt, extra: dict) -> Pat
 
     final = ckdir / f"{step:07d}"
     tmp = ckdir / f".{step:07d}.tmp"
+    # rmtree only ever touches svgfeat's own names inside the run's checkpoints/ folder: the hidden temp folder
+    # of this step and the step folder it replaces (a resumed run re-saving the same step)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)

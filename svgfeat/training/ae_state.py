@@ -106,7 +106,7 @@ def save_checkpoint(root: Path, step: int, enc, disc, opt_ae, opt_d, trainer_con
     root = Path(root)
     final, tmp = root / checkpoint_name(step), root / f".{checkpoint_name(step)}.tmp"
     if info.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # svgfeat's own hidden temp folder of this step, nothing else
         tmp.mkdir(parents=True)
     D.barrier(info)
     try:  # every file fsync'd; a failure (full disk) removes the half-written folder
