@@ -112,3 +112,4 @@ def pca_pictures(images, encoder, *, group: str = "dino", size: int = 448, prese
     big = [upscale(m, encoder.patch_size) for m in maps]
     pics = [side_by_side(src, b) if original else b for src, b in zip(inputs, big)]
     return pics, ratios, sum(f.shape[1] * f.shape[2] for f in feats)
+

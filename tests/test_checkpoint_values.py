@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
-from conftest import golden_path, golden_t2i
 
 import svgfeat
+from conftest import golden_path, golden_t2i
 from svgfeat.errors import CheckpointError
 
 

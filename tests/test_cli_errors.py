@@ -256,7 +256,7 @@ def test_disk_full_midway_leaves_no_partial_output(capsys, tmp_path, built_index
 
     def fake_open(file, mode="r", *a, **k):
         f = real_open(file, mode, *a, **k)
-        return Half(f) if "w" in mode and str(file).startswith(str(tmp_path)) else f
+        return Half(f) if ("w" in mode or "x" in mode) and str(file).startswith(str(tmp_path)) else f
 
     import builtins
 
@@ -286,10 +286,11 @@ def test_unwritable_output_is_one_line(capsys, tmp_path, img, built_index):
 
 
 def test_file_where_a_folder_is_expected(capsys, tmp_path, img):
+    """Refused while the outputs are checked, before any work (a user mistake: exit status 2)."""
     f = tmp_path / "afile"
     f.write_text("x")
     line = one_line_error(capsys, "reconstruct", img, img, "-o", f / "sub", "--model", "test_tiny", "--size", "64",
-                          code=1)
+                          code=2)
     assert "afile" in line
     assert f.read_text() == "x"
 

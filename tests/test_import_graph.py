@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent / "svgfeat"
 # lowest first; a name is a top-level module or package of svgfeat ("" = the package's own __init__)
 LAYERS = [
     ["_version", "errors"],
-    ["regular_files", "atomic"],
+    ["regular_files", "atomic", "picture_files"],
+    ["outputs"],
     ["numerics", "checkpoints", "distributed", "device_staging"],
     ["hub"],
     ["data", "models"],

@@ -21,6 +21,7 @@ def main(argv=None):
     p.add_argument("--layout", default=None, help="ade20k|folder (digitseg), nyu-mmseg|folder (depth)")
     p.add_argument("--split", default="train", help="split folder name to write (train/val/test)")
     p.add_argument("--limit", type=int, default=None, help="first N samples only")
+    p.add_argument("--overwrite", action="store_true", help="replace files in OUT that svgfeat did not write")
     args = p.parse_args(argv)
     from svgfeat.errors import SvgfeatError
 
@@ -32,7 +33,7 @@ def main(argv=None):
             ext = ".jpg" if layout == "nyu-mmseg" else ".png"  # mmseg's NYUDataset reads *.jpg images
 
             def write(ds, out, layout, split):
-                return write_depth_folder(ds, out, layout=layout, split=split, image_ext=ext)
+                return write_depth_folder(ds, out, layout=layout, split=split, image_ext=ext, overwrite=args.overwrite)
 
             ds = open_depth_dataset(args.spec)
         elif args.spec.startswith("sample:digitseg"):
@@ -42,7 +43,8 @@ def main(argv=None):
             ext = ".jpg" if layout == "ade20k" else ".png"  # mmseg's ADE20KDataset reads *.jpg images
 
             def write(ds, out, layout, split):
-                return write_folder_dataset(ds, out, layout=layout, split=split, image_ext=ext)
+                return write_folder_dataset(ds, out, layout=layout, split=split, image_ext=ext,
+                                            overwrite=args.overwrite)
 
             ds = open_seg_dataset(args.spec)
         else:

@@ -95,35 +95,17 @@ class OutputFailed(click.ClickException):
     exit_code = 1
 
 
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="Replace output files that svgfeat did not write (checked before the work).")
+
 def write_output(path, data) -> None:
-    """Write ``data`` (str or bytes) to ``path`` whole or not at all: a temporary file beside it, then a rename.
-    Special files (``/dev/stdout``, pipes) are written directly and never replaced."""
-    import os
-    from pathlib import Path
+    """:func:`svgfeat.outputs.write_output`, a failed write one line with exit status 1 (check first with
+    :func:`svgfeat.outputs.check_outputs`)."""
+    from ..errors import CacheError
+    from ..outputs import write_output as write
 
-    p = Path(path)
-    mode = "w" if isinstance(data, str) else "wb"
-    kw = {"encoding": "utf-8"} if isinstance(data, str) else {}
-    direct = p.exists() and not p.is_file()
-    tmp = p if direct else p.with_name(f".{p.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, mode, **kw) as f:
-            f.write(data)
-        if not direct:
-            os.replace(tmp, p)
-    except OSError as e:
-        if not direct:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        raise OutputFailed(f"cannot write {printable(p)}: {e.strerror or e}") from None
-
-
-def png_bytes(image) -> bytes:
-    """A PIL image encoded as PNG in memory (then written whole with :func:`write_output`)."""
-    import io
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+        write(path, data)
+    except (OSError, CacheError) as e:
+        raise OutputFailed(str(e) if isinstance(e, CacheError) else
+                           f"cannot write {printable(path)}: {e.strerror or e}") from None

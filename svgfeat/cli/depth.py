@@ -12,7 +12,7 @@ import functools
 import click
 
 from ..errors import ConfigError
-from ._common import build_encoder, encoder_options
+from ._common import build_encoder, encoder_options, overwrite_option
 from ._types import GRAD_CLIP, LIMIT, LR, POSITIVE, SEED, SIZE, WEIGHT_DECAY, WORKERS, Real
 
 DATA_HELP = "NYUv2 root, images/+depth/ folder, or sample:depth."
@@ -79,9 +79,10 @@ def depth():
 @click.option("--eval-limit", type=LIMIT, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation after training.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@overwrite_option
 def train(data, split, val_split, depth_scale, split_file, val_split_file, dinov3, svg, svg_config, model,
           alignment, device, group, cached, cache_dir, cache_size, iters, batch_size, lr, weight_decay, grad_clip,
-          warmup, crop_size, n_bins, min_depth, max_depth, no_tta, workers, seed, eval_limit, no_eval, out):
+          warmup, crop_size, n_bins, min_depth, max_depth, no_tta, workers, seed, eval_limit, no_eval, out, overwrite):
     """Train a linear depth head; writes OUT/head.safetensors (+ .json) and OUT/metrics.json (torchrun: data
     parallel)."""
     from ..evaluation.dense import train_dense
@@ -90,6 +91,7 @@ def train(data, split, val_split, depth_scale, split_file, val_split_file, dinov
     train_dense("depth", data, out, make, device=device, split=split, val_split=val_split, cached=cached,
                 cache_dir=cache_dir, cache_size=cache_size, eval_limit=eval_limit, evaluate=not no_eval,
                 depth_scale=depth_scale, split_file=split_file, val_split_file=val_split_file, log=click.echo,
+                overwrite=overwrite,
                 group=group, max_iters=iters, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                 grad_clip=grad_clip, warmup_iters=warmup, crop_size=crop_size, n_bins=n_bins, min_depth=min_depth,
                 max_depth=max_depth, tta=False if no_tta else None, workers=workers, seed=seed)
@@ -107,14 +109,16 @@ def train(data, split, val_split, depth_scale, split_file, val_split_file, dinov
 @click.option("--no-tta", is_flag=True, help="No flip test-time augmentation.")
 @click.option("--limit", type=LIMIT, default=None, help="Evaluate the first N images only.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write metrics here.")
+@overwrite_option
 def eval_cmd(data, split, depth_scale, split_file, head_path, dinov3, svg, svg_config, model, alignment, device,
-             inference, eval_crop, no_tta, limit, json_out):
+             inference, eval_crop, no_tta, limit, json_out, overwrite):
     """Evaluate a trained head: RMSE, AbsRel, log10, SILog, delta1-3 (mean over images)."""
     from ..evaluation.dense import evaluate_dense
 
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     evaluate_dense("depth", data, head_path, enc, device=device, split=split, limit=limit, depth_scale=depth_scale,
-                   split_file=split_file, json_out=json_out, log=click.echo, warn=_warn, inference=inference,
+                   split_file=split_file, json_out=json_out, log=click.echo, warn=_warn, overwrite=overwrite,
+                   inference=inference,
                    eval_crop=eval_crop, tta=not no_tta)
 
 
@@ -126,11 +130,13 @@ def eval_cmd(data, split, depth_scale, split_file, head_path, dinov3, svg, svg_c
 @click.option("--max-display-depth", type=Real(0, 1e4, "a depth in metres", lo_open=True), default=None,
               help="Depth mapped to the last colour (default: the head's max depth).")
 @click.option("--no-tta", is_flag=True, help="No flip test-time augmentation.")
-def predict(images, head_path, dinov3, svg, svg_config, model, alignment, device, out, max_display_depth, no_tta):
+@overwrite_option
+def predict(images, head_path, dinov3, svg, svg_config, model, alignment, device, out, max_display_depth, no_tta,
+            overwrite):
     """Predict depth for IMAGES (paths, or sample:depth/val); writes <stem>_depth.png (colour map),
     <stem>_side.png (image | depth) and <stem>_depth_mm.png (uint16 millimetres) to OUT."""
     from ..evaluation.dense import predict_dense
 
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     predict_dense("depth", images, head_path, enc, out, device=device, max_display_depth=max_display_depth,
-                  tta=not no_tta, log=click.echo, warn=_warn)
+                  tta=not no_tta, log=click.echo, warn=_warn, overwrite=overwrite)

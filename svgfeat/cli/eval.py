@@ -57,7 +57,7 @@ def eval_group():
 @click.option("-T", "--temperature", default=None, type=TEMPERATURE, help="kNN temperature [default: the protocol's: 0.07].")
 @click.option("--overwrite", is_flag=True,
               help="Rebuild caches under --out that hold a different extraction (another encoder, transform, "
-                   "source ...); without it they are refused with the difference named.")
+                   "source ...) and replace report files svgfeat did not write; without it both are refused.")
 def imagenet(root, train_spec, val_spec, protocol, dinov3, svg, svg_config, model, alignment, device, out, val_labels, size, preset,
              batch_size, workers, train_views, limit, features, probe_batch_size, epochs, iterations, min_iterations,
              lrs, optimizer, wd, select_on, heldout_fraction, normalize, standardize, seed, no_knn, knn_features, ks,

@@ -6,7 +6,8 @@ import json
 
 import click
 
-from ._common import build_encoder, encoder_options, write_output
+from ..outputs import check_outputs
+from ._common import build_encoder, encoder_options, overwrite_option, write_output
 from ._types import SIZE
 
 
@@ -30,14 +31,16 @@ from ._types import SIZE
 @click.option("--sheet-images", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the metrics here.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@overwrite_option
 def eval_recon(data, dinov3, svg, svg_config, model, alignment, device, size, batch_size, limit, lpips_mode,
-               lpips_weights, vgg_weights, inception, sheet, sheet_images, json_out, progress):
+               lpips_weights, vgg_weights, inception, sheet, sheet_images, json_out, progress, overwrite):
     """Reconstruct DATA through the SVG latent and report PSNR, SSIM, LPIPS and rFID."""
     from ..data import open_dataset
     from ..errors import CheckpointError
     from ..training.lpips import build_lpips
     from ..training.recon_metrics import evaluate_reconstruction
 
+    check_outputs([sheet or None, json_out], overwrite)
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     dataset = open_dataset(data)
     lp, notes = None, []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from ..evaluation.fid import INCEPTION_FILE
+from ._common import overwrite_option
 from ._types import DEVICE
 
 
@@ -20,9 +21,10 @@ from ._types import DEVICE
 @click.option("--device", default="cpu", show_default=True, type=DEVICE)
 @click.option("--save-stats", type=click.Path(dir_okay=False), default=None,
               help="Write the samples' mu/sigma to this .npz (reusable as SAMPLES).")
-def fid(samples, ref, inception, batch_size, device, save_stats):
+@overwrite_option
+def fid(samples, ref, inception, batch_size, device, save_stats, overwrite):
     """FID between SAMPLES (image folder or .npz) and REF (.npz with mu, sigma)."""
     from ..evaluation.fid import fid_score
 
-    r = fid_score(samples, ref, inception, batch_size, device, save_stats, progress=True)
+    r = fid_score(samples, ref, inception, batch_size, device, save_stats, progress=True, overwrite=overwrite)
     click.echo(f"FID {r['fid']:.4f}" + (f" ({r['n']} samples)" if r["n"] else ""))

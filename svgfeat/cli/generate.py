@@ -2,16 +2,18 @@
 
 import click
 
-from ._common import build_encoder, encoder_options, png_bytes, write_output
+from ..outputs import check_outputs
+from ..picture_files import encode_image
+from ._common import build_encoder, encoder_options, overwrite_option, write_output
 from ._types import GUIDANCE, SEED, SHIFT, Count
 
 
-def _parse_classes(value: str, num_classes: int) -> list[int]:
+def _parse_classes(value: str, num_classes: int | None = None) -> list[int]:
     try:
         cls = [int(c) for c in value.split(",") if c.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint="--classes") from None
-    bad = [c for c in cls if not 0 <= c < num_classes]
+    bad = [c for c in cls if num_classes is not None and not 0 <= c < num_classes]
     if not cls or bad:
         raise click.BadParameter(f"class ids must be in [0, {num_classes}); got {value!r}", param_hint="--classes")
     return cls
@@ -37,7 +39,7 @@ def save_grid(images, rows: int, path) -> None:
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
         grid[r * H:(r + 1) * H, c * W:(c + 1) * W] = im
-    write_output(path, png_bytes(Image.fromarray(grid)))
+    write_output(path, encode_image(Image.fromarray(grid)))
 
 
 @click.command()
@@ -62,8 +64,9 @@ def save_grid(images, rows: int, path) -> None:
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--batch-size", default=16, show_default=True, type=Count(1, "a batch size", 65_536))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@overwrite_option
 def generate(dit_path, dit_config, dinov3, svg, svg_config, model, alignment, device, stats_path, classes, n, steps,
-             cfg, cfg_mode, cfg_interval, method, shift, seed, batch_size, out, pretrained=False):
+             cfg, cfg_mode, cfg_interval, method, shift, seed, batch_size, out, overwrite, pretrained=False):
     """Sample latents with the DiT, decode them with the SVG decoder, write PNGs and grid.png."""
     from pathlib import Path
 
@@ -79,6 +82,8 @@ def generate(dit_path, dit_config, dinov3, svg, svg_config, model, alignment, de
         raise click.UsageError("pass the DiT weights with --dit PATH, or --pretrained for the released SVG-XL")
     if stats_path is None and not pretrained:
         raise click.UsageError("pass the latent statistics with --stats PATH, or --pretrained for the released ones")
+    names = [f"class{lab:04d}_{k:03d}.png" for lab in _parse_classes(classes) for k in range(n)]
+    check_outputs([Path(out) / f for f in (*names, "grid.png")], overwrite)
     if pretrained:  # every missing Hub file named in one message, before anything is loaded
         check_pretrained(("svg_dit_xl", {"dit": dit_path or "hf", "stats": stats_path or "hf",
                                          "dit_config": None if dit_path or dit_config else "hf"}),
@@ -116,7 +121,7 @@ def generate(dit_path, dit_config, dinov3, svg, svg_config, model, alignment, de
     import numpy as np
 
     images = np.concatenate(images)
-    for k, (lab, im) in enumerate(zip(labels.tolist(), images)):
-        write_output(outp / f"class{lab:04d}_{k % n:03d}.png", png_bytes(Image.fromarray(im)))
+    for name, im in zip(names, images):
+        write_output(outp / name, encode_image(Image.fromarray(im)))
     save_grid(images, len(cls), outp / "grid.png")
     click.echo(f"wrote {len(images)} samples ({method}, {steps} steps, cfg {cfg} {cfg_mode}) and grid.png to {outp}")

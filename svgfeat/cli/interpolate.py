@@ -2,7 +2,9 @@
 
 import click
 
-from ._common import build_encoder, encoder_options, png_bytes, write_output
+from ..outputs import check_outputs
+from ..picture_files import encode_image
+from ._common import build_encoder, encoder_options, overwrite_option, write_output
 from ._types import SIZE
 
 
@@ -15,7 +17,9 @@ from ._types import SIZE
 @click.option("--size", default=256, show_default=True, type=SIZE, help="Input side (multiple of 16).")
 @click.option("--with-inputs/--no-inputs", default=False, show_default=True,
               help="Put the two input images at the ends of the strip.")
-def interpolate(image_a, image_b, out, dinov3, svg, svg_config, model, alignment, device, n, size, with_inputs):
+@overwrite_option
+def interpolate(image_a, image_b, out, dinov3, svg, svg_config, model, alignment, device, n, size, with_inputs,
+                overwrite):
     """Encode IMAGE_A and IMAGE_B (one batch), lerp their latents in N steps, decode, save a strip PNG."""
     from pathlib import Path
 
@@ -26,6 +30,7 @@ def interpolate(image_a, image_b, out, dinov3, svg, svg_config, model, alignment
     from ..data.transforms import denormalize, preprocess
     from .generate import to_uint8
 
+    check_outputs([out], overwrite)
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     if getattr(enc, "decoder", None) is None:
         raise click.UsageError("the encoder has no pixel decoder: pass the SVG autoencoder with --svg")
@@ -38,5 +43,5 @@ def interpolate(image_a, image_b, out, dinov3, svg, svg_config, model, alignment
         frames = np.concatenate([src[:1], frames, src[1:]])
     strip = np.concatenate(list(frames), axis=1)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write_output(out, png_bytes(Image.fromarray(strip)))
+    write_output(out, encode_image(Image.fromarray(strip)))
     click.echo(f"wrote {len(frames)} frames ({strip.shape[1]}x{strip.shape[0]}) to {out}")

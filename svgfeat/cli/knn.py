@@ -5,7 +5,8 @@ import json
 import click
 
 from ..errors import ConfigError
-from ._common import write_output
+from ..outputs import check_outputs
+from ._common import overwrite_option, write_output
 from ._types import DEVICE, K_LIST, TEMPERATURE
 
 
@@ -21,7 +22,8 @@ from ._types import DEVICE, K_LIST, TEMPERATURE
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "faiss", "torch"]))
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device of the torch backend.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Results JSON.")
-def knn(train, val, features, ks, temperature, backend, device, out):
+@overwrite_option
+def knn(train, val, features, ks, temperature, backend, device, out, overwrite):
     """Classify every val image by temperature-weighted votes of its k nearest train images."""
     import numpy as np
 
@@ -33,6 +35,7 @@ def knn(train, val, features, ks, temperature, backend, device, out):
         k = [int(v) for v in ks.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"-k: expected comma-separated integers, got {ks!r}") from None
+    check_outputs([out], overwrite, "results file")
     tr, va = open_cache(train), open_cache(val)
     check_compatible(tr.encoder_spec, va.encoder_spec, what="train/val cache encoder")
     check_same_transform(tr, va)

@@ -14,7 +14,9 @@ from pathlib import Path
 import click
 
 from ..numerics import Numerics
-from ._common import build_encoder, encoder_options, png_bytes, write_output
+from ..outputs import check_outputs
+from ..picture_files import encode_image
+from ._common import build_encoder, encoder_options, overwrite_option, write_output
 from ._types import SIZE, Real
 
 
@@ -30,8 +32,9 @@ from ._types import SIZE, Real
 @click.option("--fg-invert", is_flag=True, help="Foreground is *below* the threshold (PCA sign is arbitrary).")
 @click.option("--side-by-side/--pca-only", default=True, show_default=True,
               help="Write the input (as the encoder saw it) beside its PCA picture, or the PCA picture alone.")
+@overwrite_option
 def pca(images, out, dinov3, svg, svg_config, model, alignment, device, group, size, preset, fg_threshold,
-        fg_invert, side_by_side):
+        fg_invert, side_by_side, overwrite):
     """Write <stem>_pca.png for each of IMAGES (paths or sample:photos): the image beside its patch-feature PCA."""
     from PIL import Image
 
@@ -39,19 +42,18 @@ def pca(images, out, dinov3, svg, svg_config, model, alignment, device, group, s
     from ..data.decode import load_image
     from ..visualize import pca_pictures
 
+    sample = len(images) == 1 and images[0].startswith("sample:")
+    ds = open_dataset(images[0]) if sample else None
+    stems = [Path(p).name for p in ds.paths] if sample else [Path(p).stem for p in images]
+    outdir = Path(out)
+    check_outputs([outdir / f"{stem}_pca.png" for stem in stems], overwrite)
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
-    if len(images) == 1 and images[0].startswith("sample:"):
-        ds = open_dataset(images[0])
-        pil, stems = [ds.load(i) for i in range(len(ds))], [Path(p).name for p in ds.paths]
-    else:
-        pil, stems = [load_image(p) for p in images], [Path(p).stem for p in images]
+    pil = [ds.load(i) for i in range(len(ds))] if sample else [load_image(p) for p in images]
     with Numerics.for_device(device).autocast():  # fp32 (the one numerics object; PNGs only, recorded nowhere)
         pics, ratios, tokens = pca_pictures(pil, enc, group=group, size=size, preset=preset, device=device,
                                             fg_threshold=fg_threshold, invert=fg_invert, original=side_by_side)
-    outdir = Path(out)
-    outdir.mkdir(parents=True, exist_ok=True)
     for pic, stem in zip(pics, stems):
-        write_output(outdir / f"{stem}_pca.png", png_bytes(Image.fromarray(pic)))
+        write_output(outdir / f"{stem}_pca.png", encode_image(Image.fromarray(pic)))
     click.echo(f"PCA over {tokens} patch tokens of {len(pics)} image(s); "
                f"explained variance {', '.join(f'{r:.3f}' for r in ratios)}")
     click.echo(f"wrote {len(pics)} picture(s) to {outdir}")

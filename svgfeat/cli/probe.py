@@ -5,7 +5,8 @@ import json
 import click
 
 from ..errors import ConfigError
-from ._common import write_output
+from ..outputs import check_outputs
+from ._common import overwrite_option, write_output
 from ._types import DEVICE, LR_LIST, POSITIVE, SEED, STEPS, WD_LIST, Real
 
 
@@ -89,8 +90,9 @@ def probe_kwargs(epochs, iterations, min_iterations, lrs, optimizer, wd, select_
 @probe_options
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device, e.g. cpu or cuda:0.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Results JSON.")
+@overwrite_option
 def probe(train, val, features, batch_size, epochs, iterations, min_iterations, lrs, optimizer, wd, select_on,
-          heldout_fraction, normalize, standardize, seed, device, out):
+          heldout_fraction, normalize, standardize, seed, device, out, overwrite):
     """Train a grid of linear heads (one per lr x wd) on cached features and report top-1/top-5."""
     from ..cache import check_compatible, open_cache
     from ..heads._features import aligned_labels, check_same_transform
@@ -100,6 +102,7 @@ def probe(train, val, features, batch_size, epochs, iterations, min_iterations, 
                       normalize, standardize, seed)
     if select_on == "val" and val is None:
         raise ConfigError("--select-on val needs --val CACHE")
+    check_outputs([out], overwrite, "results file")
     tr = open_cache(train)
     p = LinearProbe(features=features, batch_size=batch_size, device=device, progress=True, **kw)
     fit_kw = {}

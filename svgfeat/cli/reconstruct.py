@@ -2,7 +2,9 @@
 
 import click
 
-from ._common import build_encoder, encoder_options, png_bytes, write_output
+from ..outputs import check_outputs
+from ..picture_files import encode_image
+from ._common import build_encoder, encoder_options, overwrite_option, write_output
 from ._types import SIZE
 
 
@@ -13,7 +15,8 @@ from ._types import SIZE
 @click.option("--size", default=256, show_default=True, type=SIZE)
 @click.option("--side-by-side/--no-side-by-side", default=True, show_default=True,
               help="Write input and reconstruction next to each other.")
-def reconstruct(images, out, dinov3, svg, svg_config, model, alignment, device, size, side_by_side):
+@overwrite_option
+def reconstruct(images, out, dinov3, svg, svg_config, model, alignment, device, size, side_by_side, overwrite):
     """Reconstruct IMAGES through the SVG latent and write PNGs (with PSNR printed)."""
     from pathlib import Path
 
@@ -23,13 +26,15 @@ def reconstruct(images, out, dinov3, svg, svg_config, model, alignment, device, 
 
     from ..data.transforms import denormalize, preprocess
 
+    outp = Path(out)
+    many = len(images) > 1 or outp.suffix.lower() != ".png"
+    targets = [outp / f"{Path(name).stem}_recon.png" for name in images] if many else [outp]
+    check_outputs(targets, overwrite)
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     x = preprocess(list(images), preset="svg", size=size).to(device)
     rec = enc.decode(enc.encode(x).latent).clamp(-1, 1)
     src = denormalize(x).clamp(0, 1)
     rec01 = (rec + 1) / 2
-    outp = Path(out)
-    many = len(images) > 1 or outp.suffix.lower() != ".png"
     if many:
         outp.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(images):
@@ -37,6 +42,6 @@ def reconstruct(images, out, dinov3, svg, svg_config, model, alignment, device, 
         psnr = 10 * np.log10(1.0 / max(mse, 1e-12))
         pair = torch.cat([src[i], rec01[i]], dim=2) if side_by_side else rec01[i]
         arr = (pair.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-        target = outp / f"{Path(name).stem}_recon.png" if many else outp
-        write_output(target, png_bytes(Image.fromarray(arr)))
+        target = targets[i]
+        write_output(target, encode_image(Image.fromarray(arr)))
         click.echo(f"{name}: PSNR {psnr:.2f} dB -> {target}")

@@ -4,7 +4,8 @@ import json
 
 import click
 
-from ._common import encoder_options, printable, write_output
+from ..outputs import check_outputs
+from ._common import encoder_options, overwrite_option, printable, write_output
 from ._types import K_NEIGHBOURS, Count
 
 
@@ -23,13 +24,15 @@ from ._types import K_NEIGHBOURS, Count
 @click.option("--ef-search", type=Count(1, "a search depth", 1 << 20), default=None,
               help="Override the HNSW search depth [default: the one tuned at build time].")
 @encoder_options
+@overwrite_option
 def search(index_path, queries, k, as_json, html_out, region, aggregate, nprobe, ef_search, dinov3, svg,
-           svg_config, model, alignment, device):
+           svg_config, model, alignment, device, overwrite):
     """Search INDEX with each QUERY: an image file (encoded with the index's encoder: the weight files its cache
     recorded, or --model/--dinov3/--svg given here; their sha256 must match) or a cache row CACHE:ROW."""
     from ..heads.patch_retrieval import PatchIndex, load_any
     from ..serve.engine import SearchService, parse_query, parse_region
 
+    check_outputs([html_out], overwrite, "--html file")
     idx = load_any(index_path, device=device)
     flat = idx.index_ if isinstance(idx, PatchIndex) else idx
     flat.set_params(nprobe=nprobe or flat.nprobe, ef_search=ef_search or flat.ef_search)

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from ._common import overwrite_option
 from ._types import DEVICE, ENCODER, LOSS_WEIGHT, LR, PROBABILITY, SEED, SIZE, WORKERS, Count, Real
 
 BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_plus"]
@@ -66,10 +67,11 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--family", type=click.Choice(["svg", "t2i-r", "t2i-p"]), default="svg", show_default=True,
               help="Autoencoder family. Only svg (original SVG) trains; SVG-T2I R/P load and run but do not train yet.")
+@overwrite_option
 def train_ae(data, out, dinov3, pretrained, backbone, model, size, steps, batch_size, lr, disc_lr, disc_start, disc_weight,
              perceptual_weight, reduction, mask_ratio, residual_dropout, rope_rescale, batch_stats, lpips_mode,
              lpips_weights, vgg_weights, amp, seed, workers, log_every, ckpt_every, sample_every, num_samples,
-             stats_images, export_official, resume, device, progress, family="svg"):
+             stats_images, export_official, resume, device, progress, overwrite, family="svg"):
     """Train the SVG residual encoder + pixel decoder on DATA (dataset spec, folder or file list)."""
     if family == "svg" and model and "t2i" in model:  # registered SVG-T2I encoders (svg_t2i_*, test_tiny_t2i_*)
         family = "t2i-" + ("p" if "t2i_p" in model else "r")
@@ -84,7 +86,7 @@ def train_ae(data, out, dinov3, pretrained, backbone, model, size, steps, batch_
     if pretrained and dinov3 is None:
         dinov3 = "hf"
 
-    summary = run(data, out, model=model, backbone=backbone, dinov3=dinov3, device=device, resume=resume,
+    summary = run(data, out, model=model, backbone=backbone, dinov3=dinov3, device=device, resume=resume, overwrite=overwrite,
                   progress=progress, size=size, steps=steps, batch_size=batch_size, lr=lr, disc_lr=disc_lr,
                   disc_start=disc_start, disc_weight=disc_weight, perceptual_weight=perceptual_weight,
                   reduction=reduction, mask_ratio=mask_ratio, residual_dropout=residual_dropout,

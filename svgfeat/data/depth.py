@@ -328,10 +328,15 @@ def open_depth_dataset(spec, split: str = "train", depth_scale=None, split_file=
 
 
 def write_depth_folder(ds: DepthDataset, out, layout: str = "folder", split: str = "train",
-                       image_ext: str = ".png") -> Path:
+                       image_ext: str = ".png", overwrite: bool = False) -> Path:
     """Write ``ds`` as image/depth pairs (depth as uint16 millimetre PNGs): ``layout='folder'`` (images/ +
     depth/) or ``'nyu-mmseg'`` (images/<train|test>/ + annotations/<train|test>/). Images are lossless PNG
-    unless ``image_ext=".jpg"`` (what mmseg's NYUDataset reads)."""
+    unless ``image_ext=".jpg"`` (what mmseg's NYUDataset reads). Every file is checked before any is written:
+    one svgfeat did not write is refused unless ``overwrite``; each is written whole or not at all."""
+    from ..atomic import write_bytes_atomic
+    from ..outputs import check_outputs
+    from ..picture_files import encode_image
+
     out = Path(out)
     if layout == "folder":
         img_dir, depth_dir = out / "images", out / "depth"
@@ -340,14 +345,13 @@ def write_depth_folder(ds: DepthDataset, out, layout: str = "folder", split: str
         img_dir, depth_dir = out / "images" / sub, out / "annotations" / sub
     else:
         raise DataError(f"layout {layout!r}: expected 'folder' or 'nyu-mmseg'")
-    img_dir.mkdir(parents=True, exist_ok=True)
-    depth_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(len(ds)):
+    stems = [Path(p).name.rsplit(".", 1)[0] for p in ds.paths]
+    check_outputs([d / f"{s}{x}" for s in stems for d, x in ((img_dir, image_ext), (depth_dir, ".png"))], overwrite)
+    for i, stem in enumerate(stems):
         img, depth = ds.load_pair(i)
-        stem = Path(ds.paths[i]).name.rsplit(".", 1)[0]
-        img.save(img_dir / f"{stem}{image_ext}", **({"quality": 95} if image_ext == ".jpg" else {}))
+        write_bytes_atomic(img_dir / f"{stem}{image_ext}", encode_image(img, image_ext), durable=False)
         mm = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
-        Image.fromarray(mm).save(depth_dir / f"{stem}.png")
+        write_bytes_atomic(depth_dir / f"{stem}.png", encode_image(Image.fromarray(mm), ".png"), durable=False)
     return out
 
 

@@ -354,13 +354,18 @@ def open_seg_dataset(spec, split: str | None = None, num_classes: int | None = N
 
 
 def write_folder_dataset(ds: SegDataset, out, layout: str = "folder", split: str = "train",
-                         image_ext: str = ".png") -> Path:
+                         image_ext: str = ".png", overwrite: bool = False) -> Path:
     """Write ``ds`` to disk as image/mask pairs: ``layout='folder'`` (images/, masks/, classes.txt) or
     ``'ade20k'`` (images/<training|validation>/, annotations/... with raw labels + 1). Images are lossless
     ``*.png`` unless ``image_ext=".jpg"`` (what mmseg's ADE20KDataset reads); masks are always PNG.
 
-    Useful to feed the embedded sample to mmseg's file-based pipelines.
+    Useful to feed the embedded sample to mmseg's file-based pipelines. Every file is checked before any is
+    written: one svgfeat did not write is refused unless ``overwrite``; each is written whole or not at all.
     """
+    from ..atomic import write_bytes_atomic
+    from ..outputs import check_outputs
+    from ..picture_files import encode_image
+
     out = Path(out)
     sub = _SPLITS.get(split, split)
     if layout == "ade20k":
@@ -369,18 +374,19 @@ def write_folder_dataset(ds: SegDataset, out, layout: str = "folder", split: str
         img_dir, mask_dir = out / "images", out / "masks"
     else:
         raise DataError(f"layout {layout!r}: expected 'folder' or 'ade20k'")
-    img_dir.mkdir(parents=True, exist_ok=True)
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(len(ds)):
+    stems = [Path(p).stem for p in ds.paths]
+    files = [d / f"{s}{x}" for s in stems for d, x in ((img_dir, image_ext), (mask_dir, ".png"))]
+    check_outputs(files + ([out / "classes.txt"] if layout == "folder" else []), overwrite)
+    for i, stem in enumerate(stems):
         img, mask = ds.load_pair(i)
-        stem = Path(ds.paths[i]).stem
-        img.save(img_dir / f"{stem}{image_ext}", **({"quality": 95} if image_ext == ".jpg" else {}))
+        write_bytes_atomic(img_dir / f"{stem}{image_ext}", encode_image(img, image_ext), durable=False)
         m = mask.copy()
         if layout == "ade20k":  # raw ADE convention: 0 = ignored "other", class k stored as k + 1
             m = np.where(mask == IGNORE_INDEX, 0, mask + 1)
-        Image.fromarray(m.astype(np.uint8), "L").save(mask_dir / f"{stem}.png")
+        write_bytes_atomic(mask_dir / f"{stem}.png", encode_image(Image.fromarray(m.astype(np.uint8), "L"), ".png"),
+                           durable=False)
     if layout == "folder":
-        (out / "classes.txt").write_text("\n".join(ds.classes) + "\n")
+        write_bytes_atomic(out / "classes.txt", ("\n".join(ds.classes) + "\n").encode(), durable=False)
     return out
 
 

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_file
+from ..atomic import write_bytes_atomic
 from ..errors import ConfigError
+from ..outputs import check_outputs, write_output
 from .protocols import dense_protocol
 
+TRAIN_FILES = ("head.safetensors", "head.json", "metrics.json")  # what train_dense writes into OUT
+PREDICT_SUFFIXES = {"seg": ("_labels", "_mask", "_overlay"), "depth": ("_depth", "_side", "_depth_mm")}
 DEPTH_KEYS = ("rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3")
 
 
@@ -66,31 +69,26 @@ def format_metrics(task: str, r: dict) -> str:
             f"d1 {r['delta1']:.4f}  d2 {r['delta2']:.4f}  d3 {r['delta3']:.4f}")
 
 
-def write_text(path, text: str) -> Path:
-    """Write a small text output whole or not at all."""
-    with atomic_file(path, durable=False) as f:
-        f.write(text.encode())
-    return Path(path)
-
-
-def write_png(path, array: np.ndarray, mode=None) -> Path:
-    """Write a uint8 / uint16 / int32 picture as PNG, whole or not at all."""
+def write_png(path, array: np.ndarray, mode=None, meta: dict | None = None) -> Path:
+    """Write a uint8 / uint16 / int32 picture as PNG (``meta`` recorded in it), whole or not at all."""
     from PIL import Image
 
-    with atomic_file(path, durable=False) as f:
-        Image.fromarray(array, mode).save(f, format="PNG")
-    return Path(path)
+    from ..picture_files import encode_image
+
+    return write_bytes_atomic(path, encode_image(Image.fromarray(array, mode), ".png", meta), durable=False)
 
 
 # ------------------------------------------------------------------------------------------------- train
 def train_dense(task: str, data, out, make_encoder, *, device="cpu", split="train", val_split="val",
                 cached=False, cache_dir=None, cache_size=None, eval_limit=None, evaluate=True, depth_scale=None,
-                split_file=None, val_split_file=None, log=print, **overrides) -> dict | None:
+                split_file=None, val_split_file=None, log=print, overwrite=False, **overrides) -> dict | None:
     """Train a head of ``task`` on ``data`` (preset + ``overrides``: head parameters, None = the preset's) and
     write OUT/head.safetensors (+ .json) and OUT/metrics.json; returns the metrics (None on ranks other than 0).
-    ``make_encoder(device)`` builds the encoder on this rank's device."""
+    ``make_encoder(device)`` builds the encoder on this rank's device. Those files are checked before any
+    work: one svgfeat did not write is refused unless ``overwrite``."""
     from .. import distributed as D
 
+    check_outputs([Path(out) / n for n in TRAIN_FILES], overwrite)
     info, dev = D.setup(device)  # torchrun: rank r on cuda:LOCAL_RANK
     try:
         params, run = head_settings(task, data, **overrides)
@@ -117,7 +115,7 @@ def train_dense(task: str, data, out, make_encoder, *, device="cpu", split="trai
             if evaluate:
                 _evaluate_after_training(task, head, data, val_split, depth_scale, val_split_file, eval_limit,
                                          metrics, log)
-            write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+            write_output(out / "metrics.json", json.dumps(metrics, indent=2))
         D.barrier(info)  # the others wait until rank 0 has written
         return metrics
     finally:
@@ -214,9 +212,12 @@ def load_head(task: str, path, encoder, device="cpu", warn=print):
 
 def evaluate_dense(task: str, data, head_path, encoder, *, device="cpu", split="val", limit=None,
                    depth_scale=None, split_file=None, per_class=False, json_out=None, log=print, warn=print,
-                   **overrides) -> dict:
+                   overwrite=False, **overrides) -> dict:
     """Evaluate a saved head on ``split`` of ``data`` (``overrides``: head parameters such as inference,
-    slide_crop, eval_crop, tta; None = the head's), print the metrics and a baseline, optionally write JSON."""
+    slide_crop, eval_crop, tta; None = the head's), print the metrics and a baseline, optionally write JSON
+    (an existing ``json_out`` svgfeat did not write is refused before any work unless ``overwrite``)."""
+    if json_out:
+        check_outputs([json_out], overwrite)
     head = load_head(task, head_path, encoder, device, warn)
     head.set_params(**{k: v for k, v in overrides.items() if v is not None})
     ds = open_split(task, data, split, depth_scale, split_file, limit)
@@ -236,7 +237,7 @@ def evaluate_dense(task: str, data, head_path, encoder, *, device="cpu", split="
         _log_depth(ds, r, base, log)
     result = {"metrics": r, "baseline": base, "data": str(data), "split": split}
     if json_out:
-        write_text(json_out, json.dumps(result, indent=2))
+        write_output(json_out, json.dumps(result, indent=2))
     return result
 
 
@@ -245,23 +246,23 @@ def _pct(v) -> str:
 
 
 def predict_dense(task: str, images, head_path, encoder, out, *, device="cpu", alpha=0.5, max_display_depth=None,
-                  tta=True, log=print, warn=print) -> list[Path]:
+                  tta=True, log=print, warn=print, overwrite=False) -> list[Path]:
     """Predict IMAGES (paths, or one ``sample:...`` spec) and write pictures to ``out``. Segmentation:
     <stem>_labels.png (class indices), _mask.png (palette colours), _overlay.png; depth: <stem>_depth.png
-    (colour map), _side.png (image | depth) and _depth_mm.png (uint16 millimetres)."""
+    (colour map), _side.png (image | depth) and _depth_mm.png (uint16 millimetres). Every one of them is checked
+    before any work: a file svgfeat did not write is refused unless ``overwrite``."""
     from ..data.segmentation import color_palette, to_pil
     from ..visualize import colorize_depth, overlay, side_by_side
 
     if not 0 <= alpha <= 1:
         raise ConfigError(f"--alpha must be in [0, 1], got {alpha}")
-    head = load_head(task, head_path, encoder, device, warn)
-    if len(images) == 1 and str(images[0]).startswith("sample:"):
-        ds = open_split(task, images[0], str(images[0]).partition("/")[2] or "val")
-        items = [(ds.load(i), Path(ds.paths[i]).name) for i in range(len(ds))]
-    else:
-        items = [(to_pil(p), Path(p).stem) for p in images]
+    sample = len(images) == 1 and str(images[0]).startswith("sample:")
+    ds = open_split(task, images[0], str(images[0]).partition("/")[2] or "val") if sample else None
+    stems = [Path(p).name for p in ds.paths] if sample else [Path(p).stem for p in images]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_outputs([out / f"{s}{x}.png" for s in stems for x in PREDICT_SUFFIXES[task]], overwrite)
+    head = load_head(task, head_path, encoder, device, warn)
+    items = [(ds.load(i) if sample else to_pil(images[i]), stem) for i, stem in enumerate(stems)]
     written = []
     for img, stem in items:
         if task == "seg":

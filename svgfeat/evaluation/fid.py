@@ -246,11 +246,18 @@ def sample_stats(source, extractor_fn, batch_size: int = 50, progress: bool = Fa
 
 
 def fid_score(samples, ref, inception=None, batch_size: int = 50, device="cpu", save_stats=None,
-              progress: bool = False) -> dict:
+              progress: bool = False, overwrite: bool = False) -> dict:
     """FID between ``samples`` (image folder, ``.npz`` images or ``.npz`` mu/sigma) and ``ref`` (``.npz`` mu/sigma).
 
     The Inception weights are located (and missing ones reported) before any image is read.
+    ``save_stats``: also write the samples' mu/sigma there (.npz added); an existing file svgfeat did not write
+    is refused before any work unless ``overwrite``.
     Returns {"fid": float, "n": number of sample images or None for precomputed statistics}."""
+    from ..atomic import atomic_file, check_output
+
+    if save_stats:
+        save_stats = check_output(save_stats if str(save_stats).endswith(".npz") else f"{save_stats}.npz",
+                                  overwrite, "--save-stats file")
     mu_r, sigma_r = load_ref_stats(ref)
     p = Path(samples)
     precomputed = False
@@ -266,9 +273,6 @@ def fid_score(samples, ref, inception=None, batch_size: int = 50, device="cpu", 
 
     mu, sigma, n = sample_stats(samples, extractor, batch_size, progress=progress)
     if save_stats:
-        from ..atomic import atomic_file
-
-        save_stats = save_stats if str(save_stats).endswith(".npz") else f"{save_stats}.npz"
         with atomic_file(save_stats) as f:
             np.savez(f, mu=mu, sigma=sigma)
     return {"fid": frechet_distance(mu, sigma, mu_r, sigma_r), "n": n}

@@ -95,6 +95,9 @@ def extraction_groups(features, depth: int | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+REPORT_FILES = ("results.json", "results.md", "lr_curve.png")
+
+
 def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=None, svg=None, svg_config=None,
                       model=None, alignment="batch", size: int | None = None, preset: str | None = None,
                       batch_size: int = 64, workers: int = 0, train_views: int | None = None, device="cpu",
@@ -111,14 +114,19 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
 
     The caches under ``out/cache`` follow :func:`svgfeat.extract`'s rule: reused only when the whole request
     matches (encoder name, family and every weight sha256, transform, precision, groups, views, source and
-    limit), otherwise refused with the difference named; ``overwrite`` rebuilds them.
+    limit), otherwise refused with the difference named; ``overwrite`` rebuilds them. The report files
+    (results.json, results.md, lr_curve.png) are checked before any work: an existing one svgfeat did not
+    write is refused unless ``overwrite``.
     """
+    from ..atomic import write_bytes_atomic
     from ..cache import check_compatible
     from ..extraction import extract
     from ..heads.knn import KNNClassifier
     from ..heads.probe import LinearProbe
+    from ..outputs import check_outputs
 
     out = Path(out)
+    check_outputs([out / n for n in REPORT_FILES], overwrite, "report file")
     pk = dict(probe_kwargs or {})
     if "batch_size" in pk:
         pk["probe_batch_size"] = pk.pop("batch_size")
@@ -255,11 +263,11 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
     t = time.time()
     plot_lr_curve(lr_series(per_spec), out / "lr_curve.png")
     timings["report"] = time.time() - t
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    write_bytes_atomic(out / "results.json", json.dumps(results, indent=2, default=_json_default).encode())
     md = markdown_report(results)
     if notice:  # right under the title
         md = md.replace("\n", f"\n\n> **Note:** {notice}.\n", 1)
-    (out / "results.md").write_text(md)
+    write_bytes_atomic(out / "results.md", md.encode())
     return results
 
 

@@ -115,8 +115,7 @@ def plot_lr_curve(series: dict, path, title: str = "Linear probe: accuracy per l
     pts = [(lr, a) for s in series.values() for lr, a in s if a is not None and lr > 0]
     if not pts:
         d.text((W // 2 - 60, H // 2), "no data", fill="black", font=f)
-        img.save(path)
-        return Path(path)
+        return _save_png(img, path)
     lx = [math.log10(lr) for lr, _ in pts]
     x0, x1 = math.floor(min(lx)), math.ceil(max(lx))
     if x1 == x0:
@@ -162,6 +161,13 @@ def plot_lr_curve(series: dict, path, title: str = "Linear probe: accuracy per l
         ly = top + 10 + 22 * i
         d.line([(right + 15, ly + 7), (right + 40, ly + 7)], fill=col, width=3)
         d.text((right + 46, ly), label, fill="black", font=fs)
-    path = Path(path)
-    img.save(path)
-    return path
+    return _save_png(img, path)
+
+
+def _save_png(img, path) -> Path:
+    """The picture written whole or not at all, marked as svgfeat's (svgfeat.atomic)."""
+    from ..atomic import atomic_file
+
+    with atomic_file(path, durable=False) as f:
+        img.save(f, format="PNG")
+    return Path(path)

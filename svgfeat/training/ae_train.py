@@ -33,9 +33,11 @@ import numpy as np
 import torch
 
 from .. import distributed as D
+from ..atomic import mark_written, write_bytes_atomic
 from ..errors import CheckpointError, ConfigError
 from ..models.align import AlignmentStats
 from ..numerics import Numerics
+from ..outputs import check_outputs
 from .ae_data import (
     AECropDataset,
     StreamBatchSampler,
@@ -181,12 +183,39 @@ def _truncate_log(path: Path, start_step: int) -> None:
     if not path.is_file():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", -1) < start_step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    write_bytes_atomic(path, "".join(ln + "\n" for ln in keep).encode())
+
+
+def _append_log(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    mark_written(path)  # ours: a resume may append to it again
+
+
+def planned_outputs(out, cfg: "AETrainConfig") -> list[Path]:
+    """The files a run writes into ``out`` by name (the step folders under checkpoints/ are svgfeat's own)."""
+    import os
+    import re
+
+    out = Path(out)
+    files = ["log.jsonl", "summary.json", "encoder.safetensors", "encoder.json"]
+    try:  # the sample sheets this run would write that already exist (a scan: bounded by the folder, not by steps)
+        names = [e.name for e in os.scandir(out / "samples")]
+    except OSError:
+        names = []
+    for name in names:
+        m = re.fullmatch(r"step_(\d{7})\.png", name)
+        if m and 0 < int(m[1]) <= cfg.steps and (int(m[1]) % cfg.sample_every == 0 or int(m[1]) == cfg.steps):
+            files.append(f"samples/{name}")
+    if cfg.export_official:
+        files += ["official/svg_autoencoder.ckpt", "official/svg_autoencoder.yaml"]
+    return [out / f for f in files]
 
 
 # ----------------------------------------------------------------------------------------------- trainer
 def train_ae(data, out, model: str | None = None, backbone: str | None = None, dinov3=None, device="cpu",
-             resume: bool = True, progress: bool = True, config: AETrainConfig | None = None, **overrides) -> dict:
+             resume: bool = True, progress: bool = True, config: AETrainConfig | None = None, overwrite: bool = False,
+             **overrides) -> dict:
     """Train an SVG autoencoder on ``data`` (any :func:`svgfeat.open_dataset` spec or Dataset).
 
     ``model`` (e.g. ``"test_tiny"``) or ``backbone`` (``vit_small_plus`` default, ``vit_base``, ``vit_large``,
@@ -194,6 +223,8 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
     ``config``/``overrides``: :class:`AETrainConfig` fields. Returns a summary dict: out, steps, start_step,
     first/last log records, checkpoint, fixed_stats, latent_channels, encoder (path, rank 0), official
     (paths, with export_official) and encoder_object (the trained :class:`SVGEncoder`, eval mode).
+    The files it writes into ``out`` (:func:`planned_outputs`) are checked before any work: one svgfeat did
+    not write is refused unless ``overwrite``.
     """
     from ..data import open_dataset
     from ..models.loading import export_official, save_encoder
@@ -206,6 +237,7 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
                           f"expected fields of AETrainConfig: {sorted(AETrainConfig.__dataclass_fields__)}")
     cfg = AETrainConfig(**{**asdict(cfg), **overrides})
     cfg.validate()
+    check_outputs(planned_outputs(out, cfg), overwrite)
     ae_numerics(device, cfg.amp)  # a device that is not here (cuda without CUDA) is one error, before setup
     info, dev = D.setup(device)
     try:
@@ -337,14 +369,12 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
                 first = first or rec
                 last_logs = rec
                 if info.is_main:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                    _append_log(log_path, rec)
                     if pbar is not None:
                         pbar.set_postfix(l1=f"{rec['l1']:.4f}", psnr=f"{rec['psnr']:.2f}")
             if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
                 m = sample_grid(enc, fixed, out / "samples" / f"step_{step:07d}.png", dev)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": step - 1, **m}) + "\n")
+                _append_log(log_path, {"step": step - 1, **m})
             if step % cfg.ckpt_every == 0 and step < cfg.steps:
                 save(step)
         if pbar is not None:
@@ -361,7 +391,7 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
             summary["encoder"] = str(save_encoder(enc, out / "encoder.safetensors", include_backbone=random_dino))
             if cfg.export_official:
                 summary["official"] = [str(p) for p in export_official(enc, out / "official" / "svg_autoencoder.ckpt")]
-            (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+            write_bytes_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str).encode())
         D.barrier(info)
         summary["encoder_object"] = enc.eval()
         return summary

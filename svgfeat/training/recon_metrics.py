@@ -92,10 +92,11 @@ def save_sheet(pairs: list[tuple[torch.Tensor, torch.Tensor]] | tuple, path, per
         r, c = divmod(i, cols)
         y0, x0 = pad + r * (h + pad), pad + c * (cw + 3 * pad)
         sheet[:, y0:y0 + h, x0:x0 + cw] = cells[i]
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8_hwc(sheet[None])[0]).save(p)
-    return p
+    from ..atomic import atomic_file
+
+    with atomic_file(path, durable=False) as f:  # whole or absent, marked as svgfeat's
+        Image.fromarray(to_uint8_hwc(sheet[None])[0]).save(f, format="PNG")
+    return Path(path)
 
 
 class ReconMetrics:
