@@ -12,7 +12,7 @@ import functools
 import click
 
 from ..errors import ConfigError
-from ._common import build_encoder, encoder_options
+from ._common import build_encoder, encoder_options, precision_option
 from ._types import GRAD_CLIP, LIMIT, LR, POSITIVE, SEED, SIZE, WEIGHT_DECAY, WORKERS, Real
 
 DATA_HELP = "NYUv2 root, images/+depth/ folder, or sample:depth."
@@ -59,6 +59,7 @@ def depth():
 @click.option("--group", type=click.Choice(["latent", "dino"]), default="latent", show_default=True,
               help="latent = DINOv3 + residual channels; dino = DINOv3 only.")
 @click.option("--cached", is_flag=True, help="Train from a dense-feature cache (fast, no augmentation).")
+@precision_option()
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where the cache lives / is extracted (default OUT/cache).")
 @click.option("--cache-size", type=SIZE, default=None,
@@ -80,7 +81,7 @@ def depth():
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation after training.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 def train(data, split, val_split, depth_scale, split_file, val_split_file, dinov3, svg, svg_config, model,
-          alignment, device, group, cached, cache_dir, cache_size, iters, batch_size, lr, weight_decay, grad_clip,
+          alignment, device, group, cached, precision, cache_dir, cache_size, iters, batch_size, lr, weight_decay, grad_clip,
           warmup, crop_size, n_bins, min_depth, max_depth, no_tta, workers, seed, eval_limit, no_eval, out):
     """Train a linear depth head; writes OUT/head.safetensors (+ .json) and OUT/metrics.json (torchrun: data
     parallel)."""
@@ -92,7 +93,7 @@ def train(data, split, val_split, depth_scale, split_file, val_split_file, dinov
                 depth_scale=depth_scale, split_file=split_file, val_split_file=val_split_file, log=click.echo,
                 group=group, max_iters=iters, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                 grad_clip=grad_clip, warmup_iters=warmup, crop_size=crop_size, n_bins=n_bins, min_depth=min_depth,
-                max_depth=max_depth, tta=False if no_tta else None, workers=workers, seed=seed)
+                max_depth=max_depth, tta=False if no_tta else None, workers=workers, seed=seed, precision=precision)
 
 
 @depth.command("eval")
@@ -102,20 +103,21 @@ def train(data, split, val_split, depth_scale, split_file, val_split_file, dinov
 @click.option("--head", "head_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @encoder_options
 @click.option("--inference", type=click.Choice(["whole", "slide"]), default=None, help="Default: the head's.")
+@precision_option()
 @click.option("--eval-crop", type=click.Choice(["auto", "eigen", "none"]), default="auto", show_default=True,
               help="auto: Eigen crop for NYUv2, none otherwise.")
 @click.option("--no-tta", is_flag=True, help="No flip test-time augmentation.")
 @click.option("--limit", type=LIMIT, default=None, help="Evaluate the first N images only.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write metrics here.")
 def eval_cmd(data, split, depth_scale, split_file, head_path, dinov3, svg, svg_config, model, alignment, device,
-             inference, eval_crop, no_tta, limit, json_out):
+             inference, precision, eval_crop, no_tta, limit, json_out):
     """Evaluate a trained head: RMSE, AbsRel, log10, SILog, delta1-3 (mean over images)."""
     from ..evaluation.dense import evaluate_dense
 
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     evaluate_dense("depth", data, head_path, enc, device=device, split=split, limit=limit, depth_scale=depth_scale,
                    split_file=split_file, json_out=json_out, log=click.echo, warn=_warn, inference=inference,
-                   eval_crop=eval_crop, tta=not no_tta)
+                   eval_crop=eval_crop, tta=not no_tta, precision=precision)
 
 
 @depth.command()
@@ -126,11 +128,13 @@ def eval_cmd(data, split, depth_scale, split_file, head_path, dinov3, svg, svg_c
 @click.option("--max-display-depth", type=Real(0, 1e4, "a depth in metres", lo_open=True), default=None,
               help="Depth mapped to the last colour (default: the head's max depth).")
 @click.option("--no-tta", is_flag=True, help="No flip test-time augmentation.")
-def predict(images, head_path, dinov3, svg, svg_config, model, alignment, device, out, max_display_depth, no_tta):
+@precision_option()
+def predict(images, head_path, dinov3, svg, svg_config, model, alignment, device, out, max_display_depth, no_tta,
+            precision):
     """Predict depth for IMAGES (paths, or sample:depth/val); writes <stem>_depth.png (colour map),
     <stem>_side.png (image | depth) and <stem>_depth_mm.png (uint16 millimetres) to OUT."""
     from ..evaluation.dense import predict_dense
 
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     predict_dense("depth", images, head_path, enc, out, device=device, max_display_depth=max_display_depth,
-                  tta=not no_tta, log=click.echo, warn=_warn)
+                  tta=not no_tta, log=click.echo, warn=_warn, precision=precision)

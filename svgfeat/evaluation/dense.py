@@ -114,6 +114,7 @@ def train_dense(task: str, data, out, make_encoder, *, device="cpu", split="trai
             out.mkdir(parents=True, exist_ok=True)
             log(f"wrote {head.save(out / 'head.safetensors')}")
             metrics = _train_metrics(task, head, data, split, overrides.get("group") or head.group)
+            metrics["numerics"] = head._numerics().record()  # how the encoder and head forward passes ran
             if evaluate:
                 _evaluate_after_training(task, head, data, val_split, depth_scale, val_split_file, eval_limit,
                                          metrics, log)
@@ -214,11 +215,13 @@ def load_head(task: str, path, encoder, device="cpu", warn=print):
 
 def evaluate_dense(task: str, data, head_path, encoder, *, device="cpu", split="val", limit=None,
                    depth_scale=None, split_file=None, per_class=False, json_out=None, log=print, warn=print,
-                   **overrides) -> dict:
+                   precision=None, **overrides) -> dict:
     """Evaluate a saved head on ``split`` of ``data`` (``overrides``: head parameters such as inference,
-    slide_crop, eval_crop, tta; None = the head's), print the metrics and a baseline, optionally write JSON."""
+    slide_crop, eval_crop, tta; None = the head's), print the metrics and a baseline, optionally write JSON.
+    ``precision``: the numerics of the forward passes (None: the head's; recorded under "numerics")."""
     head = load_head(task, head_path, encoder, device, warn)
-    head.set_params(**{k: v for k, v in overrides.items() if v is not None})
+    head.set_params(**{k: v for k, v in dict(overrides, precision=precision).items() if v is not None})
+    numerics = head._numerics().record()  # refused here (one line) when the device cannot run it
     ds = open_split(task, data, split, depth_scale, split_file, limit)
     if task == "seg" and ds.num_classes != head.num_classes_:
         raise ConfigError(f"the dataset has {ds.num_classes} classes but the head predicts {head.num_classes_}")
@@ -234,7 +237,7 @@ def evaluate_dense(task: str, data, head_path, encoder, *, device="cpu", split="
     else:
         base = depth_baseline(head, ds) if head.train_depth_mean_ is not None else None
         _log_depth(ds, r, base, log)
-    result = {"metrics": r, "baseline": base, "data": str(data), "split": split}
+    result = {"metrics": r, "baseline": base, "data": str(data), "split": split, "numerics": numerics}
     if json_out:
         write_text(json_out, json.dumps(result, indent=2))
     return result
@@ -245,16 +248,20 @@ def _pct(v) -> str:
 
 
 def predict_dense(task: str, images, head_path, encoder, out, *, device="cpu", alpha=0.5, max_display_depth=None,
-                  tta=True, log=print, warn=print) -> list[Path]:
+                  tta=True, log=print, warn=print, precision=None) -> list[Path]:
     """Predict IMAGES (paths, or one ``sample:...`` spec) and write pictures to ``out``. Segmentation:
     <stem>_labels.png (class indices), _mask.png (palette colours), _overlay.png; depth: <stem>_depth.png
-    (colour map), _side.png (image | depth) and _depth_mm.png (uint16 millimetres)."""
+    (colour map), _side.png (image | depth) and _depth_mm.png (uint16 millimetres). ``precision``: the numerics of
+    the forward passes (None: the head's)."""
     from ..data.segmentation import color_palette, to_pil
     from ..visualize import colorize_depth, overlay, side_by_side
 
     if not 0 <= alpha <= 1:
         raise ConfigError(f"--alpha must be in [0, 1], got {alpha}")
     head = load_head(task, head_path, encoder, device, warn)
+    if precision is not None:
+        head.set_params(precision=precision)
+    head._numerics()  # a precision the device cannot run: one line, before any picture is written
     if len(images) == 1 and str(images[0]).startswith("sample:"):
         ds = open_split(task, images[0], str(images[0]).partition("/")[2] or "val")
         items = [(ds.load(i), Path(ds.paths[i]).name) for i in range(len(ds))]
