@@ -18,7 +18,8 @@ global batch. Subclasses return those statistics (``_loss_stats``) and turn thei
 **Numerics** (``precision``: "fp32" default | "bf16" | "fp16", one :class:`~svgfeat.numerics.Numerics` from
 :meth:`DenseHead._numerics`): the encoder forward (online training, prediction from images) and the head's
 BN + conv run under its autocast; the head's outputs are cast to float32 at once, so the decoding, the loss
-statistics, the metrics and every prediction are float32. head.json records it under "numerics".
+statistics, the metrics and every prediction are float32; fp16 training scales the loss (``torch.amp.GradScaler``,
+steps with inf/NaN gradients skipped on every rank alike). head.json records it under "numerics".
 """
 
 from __future__ import annotations
@@ -261,6 +262,11 @@ class DenseHead(BaseEstimator):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, total, warm, self.schedule))
         return opt, sched
 
+    def _grad_scaler(self):
+        """fp16: a loss scaler (the fp16 gradients of a per-pixel mean loss underflow without one); else None."""
+        num = self._numerics()
+        return torch.amp.GradScaler(num.device_type) if num.precision == "fp16" else None
+
     def _step(self, feats: torch.Tensor, target: torch.Tensor, opt, sched, info: D.DistInfo) -> float:
         """One step on the global batch: this rank's share -> global loss statistics -> averaged gradient."""
         local = self._loss_stats(self._forward(feats, target.shape[-2:]), target)
@@ -269,11 +275,18 @@ class DenseHead(BaseEstimator):
         loss = self._loss(total + (local - local.detach()))  # value: the global loss; gradient: this share's
         opt.zero_grad(set_to_none=True)
         if torch.isfinite(loss):  # the same decision on every rank: a batch with no valid pixel has no gradient
-            (loss * info.world).backward()
+            scaler = getattr(self, "_scaler", None)
+            (loss * info.world if scaler is None else scaler.scale(loss * info.world)).backward()
             D.average_gradients(self.module_.parameters(), info)
+            if scaler is not None:  # the averaged gradients: every rank finds the same inf/NaN and skips alike
+                scaler.unscale_(opt)
             if self.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.module_.parameters(), float(self.grad_clip))
-            opt.step()
+            if scaler is None:
+                opt.step()
+            else:
+                scaler.step(opt)
+                scaler.update()
         sched.step()
         return float(loss.detach())
 
@@ -297,6 +310,7 @@ class DenseHead(BaseEstimator):
             self._start(self._channels(enc), k, "online", _encoder_spec(enc))
             batches = self._online_batches(ds, enc, info)
         opt, sched = self._optimizer()
+        self._scaler = self._grad_scaler()
         self.history_, self.step_times_, self._totals, t0 = [], [], None, time.time()
         tic = time.perf_counter()
         for it, (xb, tb) in enumerate(batches):  # step time includes loading (+ augmenting, encoding) the batch
@@ -304,7 +318,7 @@ class DenseHead(BaseEstimator):
             self.step_times_.append(time.perf_counter() - tic)
             tic = time.perf_counter()
             self._log(it, t0, info)
-        self.n_iter_ = len(self.history_)
+        self.n_iter_, self._scaler = len(self.history_), None
         self._finish(self._totals)
         self.module_.eval()
         return self
