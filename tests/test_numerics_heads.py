@@ -256,6 +256,15 @@ def test_train_ae_precision_and_the_deprecated_amp_alias(tmp_path, capsys):
     code, _, err = run(["train-ae", "sample:photos", "--out", tmp_path / "x", "--amp", "bf16", "--precision", "fp32",
                         *AE], capsys)
     assert code == 2 and "--amp" in err and "--precision" in err
+    from svgfeat.training.ae_train import train_ae
+
+    tiny = dict(model="test_tiny", size=64, steps=1, batch_size=2, lpips="random", workers=0, stats_images=2,
+                num_samples=2, progress=False)
+    with pytest.warns(DeprecationWarning, match="precision"):  # the library's old keyword still works
+        s = train_ae("sample:photos", tmp_path / "lib", amp="bf16", **tiny)
+    assert s["numerics"]["precision"] == "bf16"
+    saved = json.loads((tmp_path / "lib" / "summary.json").read_text())
+    assert saved["numerics"]["autocast_dtype"] == "bfloat16"
 
 
 # ------------------------------------------------------------------------------ probe / kNN

@@ -61,8 +61,9 @@ from .recon_metrics import psnr, quantize01, save_sheet
 from .rope_aug import install_rope_rescale, rope_rescale_active
 
 LPIPS_MODES = ("auto", "pretrained", "random", "none")
-# trainer settings that must match when resuming (others, e.g. steps or log_every, may change)
 AE_PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 elsewhere
+# trainer settings that must match when resuming (others, e.g. steps or log_every, may change; the precision is
+# compared through the numerics record)
 RESUME_KEYS = ("size", "batch_size", "seed", "mask_ratio", "rope_rescale", "batch_stats", "disc_ndf", "disc_layers")
 
 
