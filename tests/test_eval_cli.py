@@ -74,6 +74,7 @@ def test_eval_imagenet_folder_layout_and_cache_reuse(tmp_path, count_encoder_cal
     res = json.loads((out / "results.json").read_text())
     assert res["selection"] == "heldout" and len(res["heads"]) == 13
     assert res["numerics"]["precision"] == "fp32" and res["numerics"]["device_type"] == "cpu"  # how features were made
+    assert res["head_numerics"]["precision"] == "fp32" and res["knn"]["numerics"]["device_type"] == "cpu"  # the heads'
     assert set(res["best"]) >= {"top1", "top5", "head"} and 0 <= res["best"]["top1"] <= 100
     assert set(res["features"]) == {"cls+pooled", "latent"}
     assert res["train"]["rows"] == 18 and res["val"]["rows"] == 4 and res["train"]["classes"] == 3

@@ -136,6 +136,14 @@ def test_picture_outputs_are_ours_after_a_run_and_rerun_cleanly(inputs, tmp_path
     names = sorted(os.listdir(o))
     assert names == ["img0_pca.png", "img0_recon.png", "img1_recon.png"]  # no temp file left
     assert all(written_by_svgfeat(o / n) for n in names)
+    from svgfeat.picture_files import image_meta
+
+    for n in names:  # each picture records how it was made (the one numerics object)
+        meta = image_meta(o / n)
+        assert meta["numerics"]["precision"] == "fp32" and meta["numerics"]["device_type"] == "cpu", meta
+    assert image_meta(o / "img0_pca.png")["made_by"] == "svgfeat pca"
+    _run(capsys, "pca", inputs / "img0.png", "-o", o, "--model", "test_tiny", "--size", "32", "--precision", "bf16")
+    assert image_meta(o / "img0_pca.png")["numerics"]["precision"] == "bf16"
 
 
 def test_streams_and_devices_are_written_in_place(inputs, capsys, one_thread):

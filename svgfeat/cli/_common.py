@@ -32,6 +32,16 @@ alignment_option = click.option(
 device_option = click.option("--device", default="cpu", show_default=True, type=DEVICE,
                               help="torch device, e.g. cpu or cuda:0.")
 
+DENSE_PRECISION_HELP = ("Numerics of the encoder and head forward passes (recorded in head.json / metrics.json); "
+                        "bf16/fp16: autocast.")
+
+
+def precision_option(choices=("fp32", "bf16", "fp16"), help: str = DENSE_PRECISION_HELP, default: str = "fp32"):
+    """The one ``--precision`` option (a :class:`svgfeat.numerics.Numerics` precision; checked against the device
+    by ``Numerics.for_device``): each command names the precisions it runs and what they apply to."""
+    return click.option("--precision", default=default, show_default=True, type=click.Choice(list(choices)),
+                        help=help)
+
 
 pretrained_option = click.option(
     "--pretrained", "pretrained", is_flag=True, default=False,

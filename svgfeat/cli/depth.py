@@ -12,7 +12,7 @@ import functools
 import click
 
 from ..errors import ConfigError
-from ._common import build_encoder, encoder_options, overwrite_option
+from ._common import build_encoder, encoder_options, overwrite_option, precision_option
 from ._types import GRAD_CLIP, LIMIT, LR, POSITIVE, SEED, SIZE, WEIGHT_DECAY, WORKERS, Real
 
 DATA_HELP = "NYUv2 root, images/+depth/ folder, or sample:depth."
@@ -59,6 +59,7 @@ def depth():
 @click.option("--group", type=click.Choice(["latent", "dino"]), default="latent", show_default=True,
               help="latent = DINOv3 + residual channels; dino = DINOv3 only.")
 @click.option("--cached", is_flag=True, help="Train from a dense-feature cache (fast, no augmentation).")
+@precision_option()
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where the cache lives / is extracted (default OUT/cache).")
 @click.option("--cache-size", type=SIZE, default=None,
@@ -81,8 +82,9 @@ def depth():
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @overwrite_option
 def train(data, split, val_split, depth_scale, split_file, val_split_file, dinov3, svg, svg_config, model,
-          alignment, device, group, cached, cache_dir, cache_size, iters, batch_size, lr, weight_decay, grad_clip,
-          warmup, crop_size, n_bins, min_depth, max_depth, no_tta, workers, seed, eval_limit, no_eval, out, overwrite):
+          alignment, device, group, cached, precision, cache_dir, cache_size, iters, batch_size, lr, weight_decay,
+          grad_clip, warmup, crop_size, n_bins, min_depth, max_depth, no_tta, workers, seed, eval_limit, no_eval, out,
+          overwrite):
     """Train a linear depth head; writes OUT/head.safetensors (+ .json) and OUT/metrics.json (torchrun: data
     parallel)."""
     from ..evaluation.dense import train_dense
@@ -94,7 +96,7 @@ def train(data, split, val_split, depth_scale, split_file, val_split_file, dinov
                 overwrite=overwrite,
                 group=group, max_iters=iters, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                 grad_clip=grad_clip, warmup_iters=warmup, crop_size=crop_size, n_bins=n_bins, min_depth=min_depth,
-                max_depth=max_depth, tta=False if no_tta else None, workers=workers, seed=seed)
+                max_depth=max_depth, tta=False if no_tta else None, workers=workers, seed=seed, precision=precision)
 
 
 @depth.command("eval")
@@ -104,6 +106,7 @@ def train(data, split, val_split, depth_scale, split_file, val_split_file, dinov
 @click.option("--head", "head_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @encoder_options
 @click.option("--inference", type=click.Choice(["whole", "slide"]), default=None, help="Default: the head's.")
+@precision_option()
 @click.option("--eval-crop", type=click.Choice(["auto", "eigen", "none"]), default="auto", show_default=True,
               help="auto: Eigen crop for NYUv2, none otherwise.")
 @click.option("--no-tta", is_flag=True, help="No flip test-time augmentation.")
@@ -111,15 +114,14 @@ def train(data, split, val_split, depth_scale, split_file, val_split_file, dinov
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write metrics here.")
 @overwrite_option
 def eval_cmd(data, split, depth_scale, split_file, head_path, dinov3, svg, svg_config, model, alignment, device,
-             inference, eval_crop, no_tta, limit, json_out, overwrite):
+             inference, precision, eval_crop, no_tta, limit, json_out, overwrite):
     """Evaluate a trained head: RMSE, AbsRel, log10, SILog, delta1-3 (mean over images)."""
     from ..evaluation.dense import evaluate_dense
 
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     evaluate_dense("depth", data, head_path, enc, device=device, split=split, limit=limit, depth_scale=depth_scale,
                    split_file=split_file, json_out=json_out, log=click.echo, warn=_warn, overwrite=overwrite,
-                   inference=inference,
-                   eval_crop=eval_crop, tta=not no_tta)
+                   inference=inference, eval_crop=eval_crop, tta=not no_tta, precision=precision)
 
 
 @depth.command()
@@ -130,13 +132,14 @@ def eval_cmd(data, split, depth_scale, split_file, head_path, dinov3, svg, svg_c
 @click.option("--max-display-depth", type=Real(0, 1e4, "a depth in metres", lo_open=True), default=None,
               help="Depth mapped to the last colour (default: the head's max depth).")
 @click.option("--no-tta", is_flag=True, help="No flip test-time augmentation.")
+@precision_option()
 @overwrite_option
 def predict(images, head_path, dinov3, svg, svg_config, model, alignment, device, out, max_display_depth, no_tta,
-            overwrite):
+            precision, overwrite):
     """Predict depth for IMAGES (paths, or sample:depth/val); writes <stem>_depth.png (colour map),
     <stem>_side.png (image | depth) and <stem>_depth_mm.png (uint16 millimetres) to OUT."""
     from ..evaluation.dense import predict_dense
 
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     predict_dense("depth", images, head_path, enc, out, device=device, max_display_depth=max_display_depth,
-                  tta=not no_tta, log=click.echo, warn=_warn, overwrite=overwrite)
+                  tta=not no_tta, log=click.echo, warn=_warn, precision=precision, overwrite=overwrite)

@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from ._common import encoder_options, printable
+from ._common import encoder_options, precision_option, printable
 from ._types import LIMIT, POSITIVE, SIZE, WORKERS, NonEmptyPath, NonEmptyText
 
 
@@ -40,8 +40,8 @@ from ._types import LIMIT, POSITIVE, SIZE, WORKERS, NonEmptyPath, NonEmptyText
 @click.option("--gpu-decode", is_flag=True,
               help="Decode JPEG batches on --device (nvJPEG on CUDA) with the preset's exact geometry; workers only "
                    "read bytes.")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
-              help="Encoder numerics (recorded; a cache is never resumed in another precision). bf16: autocast.")
+@precision_option(("fp32", "bf16"), "Encoder numerics (recorded; a cache is never resumed in another precision). "
+                  "bf16: autocast.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the encoder forward (faster on GPUs after a warm-up; fp32 equal to eager "
                    "within 1e-5; recorded in the manifest).")

@@ -2,6 +2,7 @@
 
 import click
 
+from ..numerics import Numerics
 from ..outputs import check_outputs
 from ..picture_files import encode_image
 from ._common import build_encoder, encoder_options, overwrite_option, write_output
@@ -28,7 +29,7 @@ def to_uint8(img):
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
 
 
-def save_grid(images, rows: int, path) -> None:
+def save_grid(images, rows: int, path, meta: dict | None = None) -> None:
     """uint8 [rows*cols,H,W,3] -> one PNG with ``rows`` rows."""
     import numpy as np
     from PIL import Image
@@ -39,7 +40,7 @@ def save_grid(images, rows: int, path) -> None:
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
         grid[r * H:(r + 1) * H, c * W:(c + 1) * W] = im
-    write_output(path, encode_image(Image.fromarray(grid)))
+    write_output(path, encode_image(Image.fromarray(grid), meta=meta))
 
 
 @click.command()
@@ -121,7 +122,9 @@ def generate(dit_path, dit_config, dinov3, svg, svg_config, model, alignment, de
     import numpy as np
 
     images = np.concatenate(images)
+    meta = {"made_by": "svgfeat generate", "method": method, "steps": steps, "cfg": cfg, "cfg_mode": cfg_mode,
+            "shift": shift, "seed": seed, "numerics": Numerics.for_device(device).record()}  # fp32 sampling
     for name, im in zip(names, images):
-        write_output(outp / name, encode_image(Image.fromarray(im)))
-    save_grid(images, len(cls), outp / "grid.png")
+        write_output(outp / name, encode_image(Image.fromarray(im), meta=meta))
+    save_grid(images, len(cls), outp / "grid.png", meta)
     click.echo(f"wrote {len(images)} samples ({method}, {steps} steps, cfg {cfg} {cfg_mode}) and grid.png to {outp}")

@@ -2,6 +2,7 @@
 
 import click
 
+from ..numerics import Numerics
 from ..outputs import check_outputs
 from ..picture_files import encode_image
 from ._common import build_encoder, encoder_options, overwrite_option, write_output
@@ -43,5 +44,6 @@ def interpolate(image_a, image_b, out, dinov3, svg, svg_config, model, alignment
         frames = np.concatenate([src[:1], frames, src[1:]])
     strip = np.concatenate(list(frames), axis=1)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write_output(out, encode_image(Image.fromarray(strip)))
+    write_output(out, encode_image(Image.fromarray(strip), meta={"made_by": "svgfeat interpolate", "size": size,
+                                                                 "numerics": Numerics.for_device(device).record()}))
     click.echo(f"wrote {len(frames)} frames ({strip.shape[1]}x{strip.shape[0]}) to {out}")

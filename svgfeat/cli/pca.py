@@ -16,7 +16,7 @@ import click
 from ..numerics import Numerics
 from ..outputs import check_outputs
 from ..picture_files import encode_image
-from ._common import build_encoder, encoder_options, overwrite_option, write_output
+from ._common import build_encoder, encoder_options, overwrite_option, precision_option, write_output
 from ._types import SIZE, Real
 
 
@@ -32,9 +32,10 @@ from ._types import SIZE, Real
 @click.option("--fg-invert", is_flag=True, help="Foreground is *below* the threshold (PCA sign is arbitrary).")
 @click.option("--side-by-side/--pca-only", default=True, show_default=True,
               help="Write the input (as the encoder saw it) beside its PCA picture, or the PCA picture alone.")
+@precision_option(help="Numerics of the encoder forward pass (recorded in each PNG); bf16/fp16: autocast.")
 @overwrite_option
 def pca(images, out, dinov3, svg, svg_config, model, alignment, device, group, size, preset, fg_threshold,
-        fg_invert, side_by_side, overwrite):
+        fg_invert, side_by_side, precision, overwrite):
     """Write <stem>_pca.png for each of IMAGES (paths or sample:photos): the image beside its patch-feature PCA."""
     from PIL import Image
 
@@ -47,13 +48,15 @@ def pca(images, out, dinov3, svg, svg_config, model, alignment, device, group, s
     stems = [Path(p).name for p in ds.paths] if sample else [Path(p).stem for p in images]
     outdir = Path(out)
     check_outputs([outdir / f"{stem}_pca.png" for stem in stems], overwrite)
+    numerics = Numerics.for_device(device, precision)  # one line when the device cannot run it
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     pil = [ds.load(i) for i in range(len(ds))] if sample else [load_image(p) for p in images]
-    with Numerics.for_device(device).autocast():  # fp32 (the one numerics object; PNGs only, recorded nowhere)
+    with numerics.autocast():
         pics, ratios, tokens = pca_pictures(pil, enc, group=group, size=size, preset=preset, device=device,
                                             fg_threshold=fg_threshold, invert=fg_invert, original=side_by_side)
     for pic, stem in zip(pics, stems):
-        write_output(outdir / f"{stem}_pca.png", encode_image(Image.fromarray(pic)))
+        write_output(outdir / f"{stem}_pca.png", encode_image(Image.fromarray(pic), meta={
+            "made_by": "svgfeat pca", "group": group, "size": size, "preset": preset, "numerics": numerics.record()}))
     click.echo(f"PCA over {tokens} patch tokens of {len(pics)} image(s); "
                f"explained variance {', '.join(f'{r:.3f}' for r in ratios)}")
     click.echo(f"wrote {len(pics)} picture(s) to {outdir}")

@@ -2,6 +2,7 @@
 
 import click
 
+from ..numerics import Numerics
 from ..outputs import check_outputs
 from ..picture_files import encode_image
 from ._common import build_encoder, encoder_options, overwrite_option, write_output
@@ -43,5 +44,7 @@ def reconstruct(images, out, dinov3, svg, svg_config, model, alignment, device, 
         pair = torch.cat([src[i], rec01[i]], dim=2) if side_by_side else rec01[i]
         arr = (pair.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         target = targets[i]
-        write_output(target, encode_image(Image.fromarray(arr)))
+        write_output(target, encode_image(Image.fromarray(arr), meta={
+            "made_by": "svgfeat reconstruct", "size": size, "psnr_db": round(float(psnr), 4),
+            "numerics": Numerics.for_device(device).record()}))
         click.echo(f"{name}: PSNR {psnr:.2f} dB -> {target}")

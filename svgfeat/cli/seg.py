@@ -10,7 +10,7 @@ import functools
 
 import click
 
-from ._common import build_encoder, encoder_options, overwrite_option
+from ._common import build_encoder, encoder_options, overwrite_option, precision_option
 from ._types import CROP, LIMIT, LR, POSITIVE, SEED, WEIGHT_DECAY, WORKERS, Count, Real
 
 DATA_HELP = "ADE20K root, images/+masks/ folder, or sample:digitseg."
@@ -34,6 +34,7 @@ def seg():
 @click.option("--group", type=click.Choice(["latent", "dino"]), default="latent", show_default=True,
               help="latent = DINOv3 + residual channels; dino = DINOv3 only.")
 @click.option("--cached", is_flag=True, help="Train from a dense-feature cache (fast, no augmentation).")
+@precision_option()
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where the cache lives / is extracted (default OUT/cache).")
 @click.option("--iters", type=POSITIVE, default=None, help="Training iterations (40000; 300 for the sample).")
@@ -53,8 +54,8 @@ def seg():
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @overwrite_option
 def train(data, split, val_split, dinov3, svg, svg_config, model, alignment, device, head_kind, group, cached,
-          cache_dir, iters, batch_size, lr, weight_decay, warmup, schedule, crop_size, base_size, slide_crop,
-          slide_stride, workers, seed, eval_limit, no_eval, out, overwrite):
+          precision, cache_dir, iters, batch_size, lr, weight_decay, warmup, schedule, crop_size, base_size,
+          slide_crop, slide_stride, workers, seed, eval_limit, no_eval, out, overwrite):
     """Train a linear head; writes OUT/head.safetensors (+ .json) and OUT/metrics.json (torchrun: data parallel)."""
     from ..evaluation.dense import train_dense
 
@@ -63,7 +64,7 @@ def train(data, split, val_split, dinov3, svg, svg_config, model, alignment, dev
                 cache_dir=cache_dir, eval_limit=eval_limit, evaluate=not no_eval, log=click.echo, overwrite=overwrite, group=group,
                 max_iters=iters, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_iters=warmup,
                 schedule=schedule, crop_size=crop_size, base_size=base_size, slide_crop=slide_crop,
-                slide_stride=slide_stride, workers=workers, seed=seed)
+                slide_stride=slide_stride, workers=workers, seed=seed, precision=precision)
 
 
 @seg.command("eval")
@@ -72,21 +73,22 @@ def train(data, split, val_split, dinov3, svg, svg_config, model, alignment, dev
 @click.option("--head", "head_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @encoder_options
 @click.option("--inference", type=click.Choice(["slide", "whole"]), default=None, help="Default: the head's.")
+@precision_option()
 @click.option("--slide-crop", type=CROP, default=None)
 @click.option("--slide-stride", type=POSITIVE, default=None)
 @click.option("--limit", type=LIMIT, default=None, help="Evaluate the first N images only.")
 @click.option("--per-class", is_flag=True, help="Also print per-class IoU / Acc.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write metrics here.")
 @overwrite_option
-def eval_cmd(data, split, head_path, dinov3, svg, svg_config, model, alignment, device, inference, slide_crop,
-             slide_stride, limit, per_class, json_out, overwrite):
+def eval_cmd(data, split, head_path, dinov3, svg, svg_config, model, alignment, device, inference, precision,
+             slide_crop, slide_stride, limit, per_class, json_out, overwrite):
     """Evaluate a trained head (mIoU / mAcc / aAcc, sliding-window inference on the original images)."""
     from ..evaluation.dense import evaluate_dense
 
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     evaluate_dense("seg", data, head_path, enc, device=device, split=split, limit=limit, per_class=per_class,
-                   json_out=json_out, log=click.echo, warn=_warn, overwrite=overwrite, inference=inference, slide_crop=slide_crop,
-                   slide_stride=slide_stride)
+                   json_out=json_out, log=click.echo, warn=_warn, overwrite=overwrite, inference=inference,
+                   slide_crop=slide_crop, slide_stride=slide_stride, precision=precision)
 
 
 @seg.command()
@@ -95,11 +97,12 @@ def eval_cmd(data, split, head_path, dinov3, svg, svg_config, model, alignment, 
 @encoder_options
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--alpha", type=Real(0, 1, "an opacity"), default=0.5, show_default=True, help="Mask opacity in the overlay.")
+@precision_option()
 @overwrite_option
-def predict(images, head_path, dinov3, svg, svg_config, model, alignment, device, out, alpha, overwrite):
+def predict(images, head_path, dinov3, svg, svg_config, model, alignment, device, out, alpha, precision, overwrite):
     """Segment IMAGES (paths, or sample:digitseg/val); writes <stem>_labels/_mask/_overlay.png to OUT."""
     from ..evaluation.dense import predict_dense
 
     enc = build_encoder(dinov3, svg, svg_config, model, alignment, device)
     predict_dense("seg", images, head_path, enc, out, device=device, alpha=alpha, log=click.echo, warn=_warn,
-                  overwrite=overwrite)
+                  precision=precision, overwrite=overwrite)

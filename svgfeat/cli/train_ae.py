@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ._common import overwrite_option
+from ._common import overwrite_option, precision_option
 from ._types import DEVICE, ENCODER, LOSS_WEIGHT, LR, PROBABILITY, SEED, SIZE, WORKERS, Count, Real
 
 BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_plus"]
@@ -50,8 +50,10 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
               help="LPIPS lin layers (vgg.pth).")
 @click.option("--vgg-weights", default=None, type=click.Path(dir_okay=False, exists=True),
               help="torchvision vgg16 state dict (vgg16-397923af.pth).")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
-              help="auto = bf16 autocast on CUDA, fp32 elsewhere.")
+@precision_option(("auto", "fp32", "bf16"), "Numerics of the forward passes (recorded; a resume in another precision "
+                  "is refused). auto = bf16 autocast on CUDA, fp32 elsewhere; bf16: autocast.", default="auto")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp32"]), default=None, hidden=True,
+              help="Deprecated: --precision.")
 @click.option("--seed", default=23, show_default=True, type=SEED)
 @click.option("--workers", default=min(4, os.cpu_count() or 1), show_default=True, type=WORKERS)
 @click.option("--log-every", default=50, show_default=True, type=click.IntRange(min=1))
@@ -70,7 +72,7 @@ BACKBONES = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_p
 @overwrite_option
 def train_ae(data, out, dinov3, pretrained, backbone, model, size, steps, batch_size, lr, disc_lr, disc_start, disc_weight,
              perceptual_weight, reduction, mask_ratio, residual_dropout, rope_rescale, batch_stats, lpips_mode,
-             lpips_weights, vgg_weights, amp, seed, workers, log_every, ckpt_every, sample_every, num_samples,
+             lpips_weights, vgg_weights, precision, amp, seed, workers, log_every, ckpt_every, sample_every, num_samples,
              stats_images, export_official, resume, device, progress, overwrite, family="svg"):
     """Train the SVG residual encoder + pixel decoder on DATA (dataset spec, folder or file list)."""
     if family == "svg" and model and "t2i" in model:  # registered SVG-T2I encoders (svg_t2i_*, test_tiny_t2i_*)
@@ -83,6 +85,15 @@ def train_ae(data, out, dinov3, pretrained, backbone, model, size, steps, batch_
                           "--family svg trains the original SVG autoencoder")
     from ..training.ae_train import train_ae as run
 
+    if amp is not None:  # the old spelling of --precision
+        click.echo(f"warning: --amp is deprecated; use --precision {amp}", err=True)
+        src = click.get_current_context().get_parameter_source("precision")
+        if src == click.core.ParameterSource.COMMANDLINE and precision != amp:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--amp {amp} (deprecated) and --precision {precision} disagree; pass --precision only")
+        precision = amp
+
     if pretrained and dinov3 is None:
         dinov3 = "hf"
 
@@ -91,7 +102,7 @@ def train_ae(data, out, dinov3, pretrained, backbone, model, size, steps, batch_
                   disc_start=disc_start, disc_weight=disc_weight, perceptual_weight=perceptual_weight,
                   reduction=reduction, mask_ratio=mask_ratio, residual_dropout=residual_dropout,
                   rope_rescale=rope_rescale, batch_stats=batch_stats, lpips=lpips_mode,
-                  lpips_weights=lpips_weights, vgg_weights=vgg_weights, amp=amp, seed=seed, workers=workers,
+                  lpips_weights=lpips_weights, vgg_weights=vgg_weights, precision=precision, seed=seed, workers=workers,
                   log_every=log_every, ckpt_every=ckpt_every, sample_every=sample_every, num_samples=num_samples,
                   stats_images=stats_images,
                   export_official=export_official)

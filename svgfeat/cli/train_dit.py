@@ -5,6 +5,7 @@ Runs as is on one device, or under ``torchrun --nproc_per_node N svgfeat train-d
 
 import click
 
+from ._common import precision_option
 from ._types import (
     DECAY,
     DEVICE,
@@ -42,8 +43,8 @@ from ._types import (
               help="Latent stats (.pt official layout or .npz); default: the cache's `svgfeat stats` output.")
 @click.option("--num-classes", type=POSITIVE, default=None, help="Override the DiT's class count (default 1000).")
 @click.option("--class-dropout", type=PROBABILITY, default=None, help="Label dropout for CFG (default 0.1).")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
-              help="Forward-pass numerics (recorded; a resume in another precision is refused). bf16: autocast.")
+@precision_option(("fp32", "bf16"), "Forward-pass numerics (recorded; a resume in another precision is refused). "
+                  "bf16: autocast.")
 @click.option("--tf32", is_flag=True, help="Allow TF32 float32 matmuls on CUDA (the official recipe; recorded).")
 @click.option("--overwrite", is_flag=True, help="Replace files in OUT that svgfeat did not write.")
 def train_dit(cache, model, out, steps, batch_size, lr, weight_decay, ema_decay, shift, grad_clip, seed, device,

@@ -112,6 +112,7 @@ def train_dense(task: str, data, out, make_encoder, *, device="cpu", split="trai
             out.mkdir(parents=True, exist_ok=True)
             log(f"wrote {head.save(out / 'head.safetensors')}")
             metrics = _train_metrics(task, head, data, split, overrides.get("group") or head.group)
+            metrics["numerics"] = head._numerics().record()  # how the encoder and head forward passes ran
             if evaluate:
                 _evaluate_after_training(task, head, data, val_split, depth_scale, val_split_file, eval_limit,
                                          metrics, log)
@@ -212,14 +213,16 @@ def load_head(task: str, path, encoder, device="cpu", warn=print):
 
 def evaluate_dense(task: str, data, head_path, encoder, *, device="cpu", split="val", limit=None,
                    depth_scale=None, split_file=None, per_class=False, json_out=None, log=print, warn=print,
-                   overwrite=False, **overrides) -> dict:
+                   overwrite=False, precision=None, **overrides) -> dict:
     """Evaluate a saved head on ``split`` of ``data`` (``overrides``: head parameters such as inference,
     slide_crop, eval_crop, tta; None = the head's), print the metrics and a baseline, optionally write JSON
-    (an existing ``json_out`` svgfeat did not write is refused before any work unless ``overwrite``)."""
+    (an existing ``json_out`` svgfeat did not write is refused before any work unless ``overwrite``).
+    ``precision``: the numerics of the forward passes (None: the head's; recorded under "numerics")."""
     if json_out:
         check_outputs([json_out], overwrite)
     head = load_head(task, head_path, encoder, device, warn)
-    head.set_params(**{k: v for k, v in overrides.items() if v is not None})
+    head.set_params(**{k: v for k, v in dict(overrides, precision=precision).items() if v is not None})
+    numerics = head._numerics().record()  # refused here (one line) when the device cannot run it
     ds = open_split(task, data, split, depth_scale, split_file, limit)
     if task == "seg" and ds.num_classes != head.num_classes_:
         raise ConfigError(f"the dataset has {ds.num_classes} classes but the head predicts {head.num_classes_}")
@@ -235,7 +238,7 @@ def evaluate_dense(task: str, data, head_path, encoder, *, device="cpu", split="
     else:
         base = depth_baseline(head, ds) if head.train_depth_mean_ is not None else None
         _log_depth(ds, r, base, log)
-    result = {"metrics": r, "baseline": base, "data": str(data), "split": split}
+    result = {"metrics": r, "baseline": base, "data": str(data), "split": split, "numerics": numerics}
     if json_out:
         write_output(json_out, json.dumps(result, indent=2))
     return result
@@ -246,11 +249,12 @@ def _pct(v) -> str:
 
 
 def predict_dense(task: str, images, head_path, encoder, out, *, device="cpu", alpha=0.5, max_display_depth=None,
-                  tta=True, log=print, warn=print, overwrite=False) -> list[Path]:
+                  tta=True, log=print, warn=print, precision=None, overwrite=False) -> list[Path]:
     """Predict IMAGES (paths, or one ``sample:...`` spec) and write pictures to ``out``. Segmentation:
     <stem>_labels.png (class indices), _mask.png (palette colours), _overlay.png; depth: <stem>_depth.png
     (colour map), _side.png (image | depth) and _depth_mm.png (uint16 millimetres). Every one of them is checked
-    before any work: a file svgfeat did not write is refused unless ``overwrite``."""
+    before any work: a file svgfeat did not write is refused unless ``overwrite``. ``precision``: the numerics of
+    the forward passes (None: the head's)."""
     from ..data.segmentation import color_palette, to_pil
     from ..visualize import colorize_depth, overlay, side_by_side
 
@@ -262,6 +266,10 @@ def predict_dense(task: str, images, head_path, encoder, out, *, device="cpu", a
     out = Path(out)
     check_outputs([out / f"{s}{x}.png" for s in stems for x in PREDICT_SUFFIXES[task]], overwrite)
     head = load_head(task, head_path, encoder, device, warn)
+    if precision is not None:
+        head.set_params(precision=precision)
+    meta = {"made_by": f"svgfeat {task} predict", "head": str(head_path),  # recorded in every PNG
+            "numerics": head._numerics().record()}  # a precision the device cannot run: one line, nothing written
     items = [(ds.load(i) if sample else to_pil(images[i]), stem) for i, stem in enumerate(stems)]
     written = []
     for img, stem in items:
@@ -270,18 +278,18 @@ def predict_dense(task: str, images, head_path, encoder, out, *, device="cpu", a
             colour = color_palette(max(head.num_classes_, 1))[labels]
             wide = head.num_classes_ > 256
             written += [write_png(out / f"{stem}_labels.png", labels.astype(np.int32 if wide else np.uint8),
-                                  "I" if wide else "L"),
-                        write_png(out / f"{stem}_mask.png", colour),
-                        write_png(out / f"{stem}_overlay.png", overlay(img, colour, alpha))]
+                                  "I" if wide else "L", meta),
+                        write_png(out / f"{stem}_mask.png", colour, meta=meta),
+                        write_png(out / f"{stem}_overlay.png", overlay(img, colour, alpha), meta=meta)]
             present = [head.classes_[c] for c in np.unique(labels)]
             log(f"{stem}: {', '.join(present[:8])}{' ...' if len(present) > 8 else ''}")
         else:
             d = head.image_depth(img, tta=tta)
             colour = colorize_depth(d, 0.0, float(max_display_depth or head.max_depth))
-            written += [write_png(out / f"{stem}_depth.png", colour),
-                        write_png(out / f"{stem}_side.png", side_by_side(np.asarray(img), colour)),
+            written += [write_png(out / f"{stem}_depth.png", colour, meta=meta),
+                        write_png(out / f"{stem}_side.png", side_by_side(np.asarray(img), colour), meta=meta),
                         write_png(out / f"{stem}_depth_mm.png",
-                                  np.clip(np.round(d * 1000), 0, 65535).astype(np.uint16))]
+                                  np.clip(np.round(d * 1000), 0, 65535).astype(np.uint16), meta=meta)]
             log(f"{stem}: depth {d.min():.2f}-{d.max():.2f} m (median {np.median(d):.2f})")
     log(f"wrote {len(written)} PNG file(s) to {out}")
     return written

@@ -253,6 +253,7 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
         "val": {"data": str(getattr(val_data, "spec", val_data)), "rows": len(val_cache),
                 "evaluated": int(len(labelled)), "cache": str(val_cache.root), "transform": val_cache.transform},
         "encoder": enc, "numerics": train_cache.manifest.get("numerics"),  # how the features were computed
+        "head_numerics": primary.get("numerics"),  # how the probe / kNN heads were computed
         "transform": val_cache.transform, "primary_features": features[0],
         "normalize": primary["normalize"], "normalize_note": primary["normalize_note"],
         "best": primary["best"], "selection": primary["selection"], "note": primary["note"],

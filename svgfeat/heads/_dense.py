@@ -14,6 +14,12 @@ loss through its own share. With the gradients averaged, every rank takes the st
 global batch. Subclasses return those statistics (``_loss_stats``) and turn their sum into the loss
 (``_loss``); they also define the decoding (``_forward``), the data (``_dataset``, ``_augment``,
 ``_cached_set``), the metric and their own parameters.
+
+**Numerics** (``precision``: "fp32" default | "bf16" | "fp16", one :class:`~svgfeat.numerics.Numerics` from
+:meth:`DenseHead._numerics`): the encoder forward (online training, prediction from images) and the head's
+BN + conv run under its autocast; the head's outputs are cast to float32 at once, so the decoding, the loss
+statistics, the metrics and every prediction are float32; fp16 training scales the loss (``torch.amp.GradScaler``,
+steps with inf/NaN gradients skipped on every rank alike). head.json records it under "numerics".
 """
 
 from __future__ import annotations
@@ -112,7 +118,8 @@ class SyncStatsBatchNorm2d(nn.BatchNorm2d):
     float64 sums of x, x^2 and the count), so every rank normalises like one process and holds the running
     statistics one process would. One process computes them the same way (without the all-reduce), so the two
     agree to rounding. Its input must be constant (frozen encoder features): no gradient flows through the
-    statistics. In eval mode it is ``nn.BatchNorm2d``."""
+    statistics. A bf16 / fp16 input (autocast) is normalised in float32 (the float64 statistics of the input
+    as given). In eval mode it is ``nn.BatchNorm2d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -133,8 +140,9 @@ class SyncStatsBatchNorm2d(nn.BatchNorm2d):
             self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
             unbiased = var * (n / (n - 1)) if n > 1 else var
             self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
-        scale = (var + self.eps).rsqrt().to(x.dtype)
-        y = (x - mean.to(x.dtype).view(1, C, 1, 1)) * scale.view(1, C, 1, 1)
+        dt = torch.promote_types(x.dtype, self.weight.dtype)  # float32 for bf16 / fp16 input, else x's dtype
+        scale = (var + self.eps).rsqrt().to(dt)
+        y = (x.to(dt) - mean.to(dt).view(1, C, 1, 1)) * scale.view(1, C, 1, 1)
         return y * self.weight.view(1, C, 1, 1) + self.bias.view(1, C, 1, 1)
 
 
@@ -194,6 +202,24 @@ class DenseHead(BaseEstimator):
         for name in ("slide_crop", "slide_stride"):
             if min(hw(getattr(self, name))) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        self._numerics()  # a precision the device cannot run, or a device that is not here: one ConfigError
+
+    def _numerics(self):
+        """The :class:`~svgfeat.numerics.Numerics` of the encoder and head forward passes (``precision`` on
+        ``device``, checked against this machine)."""
+        from ..numerics import Numerics
+
+        return Numerics.for_device(self.device, getattr(self, "precision", "fp32"))
+
+    def _encode(self, enc, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] (normalised) -> the ``group`` patch map [B, C, h, w] under the autocast (no grad)."""
+        with torch.no_grad(), self._numerics().autocast():
+            return enc.encode(x.to(self.device)).group(self.group)
+
+    def _head(self, feats: torch.Tensor) -> torch.Tensor:
+        """BN + conv (``module_``) on features [B, C, h, w] under the autocast -> [B, K, h, w] float32."""
+        with self._numerics().autocast():
+            return self.module_(feats.float()).float()
 
     def _check_fitted(self):
         if not hasattr(self, "module_"):
@@ -236,6 +262,11 @@ class DenseHead(BaseEstimator):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, total, warm, self.schedule))
         return opt, sched
 
+    def _grad_scaler(self):
+        """fp16: a loss scaler (the fp16 gradients of a per-pixel mean loss underflow without one); else None."""
+        num = self._numerics()
+        return torch.amp.GradScaler(num.device_type) if num.precision == "fp16" else None
+
     def _step(self, feats: torch.Tensor, target: torch.Tensor, opt, sched, info: D.DistInfo) -> float:
         """One step on the global batch: this rank's share -> global loss statistics -> averaged gradient."""
         local = self._loss_stats(self._forward(feats, target.shape[-2:]), target)
@@ -244,11 +275,18 @@ class DenseHead(BaseEstimator):
         loss = self._loss(total + (local - local.detach()))  # value: the global loss; gradient: this share's
         opt.zero_grad(set_to_none=True)
         if torch.isfinite(loss):  # the same decision on every rank: a batch with no valid pixel has no gradient
-            (loss * info.world).backward()
+            scaler = getattr(self, "_scaler", None)
+            (loss * info.world if scaler is None else scaler.scale(loss * info.world)).backward()
             D.average_gradients(self.module_.parameters(), info)
+            if scaler is not None:  # the averaged gradients: every rank finds the same inf/NaN and skips alike
+                scaler.unscale_(opt)
             if self.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.module_.parameters(), float(self.grad_clip))
-            opt.step()
+            if scaler is None:
+                opt.step()
+            else:
+                scaler.step(opt)
+                scaler.update()
         sched.step()
         return float(loss.detach())
 
@@ -272,6 +310,7 @@ class DenseHead(BaseEstimator):
             self._start(self._channels(enc), k, "online", _encoder_spec(enc))
             batches = self._online_batches(ds, enc, info)
         opt, sched = self._optimizer()
+        self._scaler = self._grad_scaler()
         self.history_, self.step_times_, self._totals, t0 = [], [], None, time.time()
         tic = time.perf_counter()
         for it, (xb, tb) in enumerate(batches):  # step time includes loading (+ augmenting, encoding) the batch
@@ -279,7 +318,7 @@ class DenseHead(BaseEstimator):
             self.step_times_.append(time.perf_counter() - tic)
             tic = time.perf_counter()
             self._log(it, t0, info)
-        self.n_iter_ = len(self.history_)
+        self.n_iter_, self._scaler = len(self.history_), None
         self._finish(self._totals)
         self.module_.eval()
         return self
@@ -299,9 +338,7 @@ class DenseHead(BaseEstimator):
                                 int(self.workers), info.rank, info.world)
         for x, t in loader:
             self._check_batch(t)
-            with torch.no_grad():
-                feats = enc.encode(x.to(self.device)).group(self.group)
-            yield feats, t.to(self.device)
+            yield self._encode(enc, x), t.to(self.device)
 
     def _cached_batches(self, feats, targets, info):
         n = len(feats)
@@ -347,8 +384,7 @@ class DenseHead(BaseEstimator):
         p = self.encoder.patch_size
         h, w = x.shape[-2:]
         xp = F.pad(x, (0, (-w) % p, 0, (-h) % p))
-        feats = self.encoder.encode(xp.to(self.device)).group(self.group)
-        return self._forward(feats, xp.shape[-2:])[..., :h, :w]
+        return self._forward(self._encode(self.encoder, xp), xp.shape[-2:])[..., :h, :w]
 
     def _infer(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         if (mode or self.inference) == "whole":
@@ -435,7 +471,8 @@ class DenseHead(BaseEstimator):
         params = {k: (list(v) if isinstance(v, tuple) else v)
                   for k, v in self.get_params(deep=False).items() if k != "encoder"}
         return {"kind": self._kind, "params": params, "in_channels": self.in_channels_, "mode": self.mode_,
-                "encoder": self.encoder_spec_, "n_iter": self.n_iter_, **self._config_extra()}
+                "encoder": self.encoder_spec_, "n_iter": self.n_iter_, "numerics": self._numerics().record(),
+                **self._config_extra()}
 
     def save(self, path):
         """Write safetensors weights + JSON config (``path`` and ``path`` with .json)."""
@@ -456,6 +493,7 @@ class DenseHead(BaseEstimator):
         defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
         params = {k: (tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v)
                   for k, v in cfg["params"].items()}
+        params.setdefault("precision", (cfg.get("numerics") or {}).get("precision", "fp32"))  # older: fp32
         head = cls(encoder=encoder, **dict(params, device=device))
         head.in_channels_, head.mode_, head.encoder_spec_ = int(cfg["in_channels"]), cfg["mode"], cfg["encoder"]
         head.n_iter_, head.history_ = int(cfg.get("n_iter", 0)), []

@@ -100,8 +100,9 @@ class LinearDepthHead(DenseHead):
     "softmax"), upsample; lr, weight_decay, grad_clip, max_iters, batch_size, warmup_iters, schedule
     ("cosine" | "poly"); crop_size (h, w), flip, brightness (online augmentation); inference ("whole" |
     "slide"), slide_crop, slide_stride, tta (flip test-time augmentation); eval_crop ("auto": the dataset's,
-    i.e. Eigen for NYUv2; "eigen"; "none"); depth_stride (target resolution in cached mode); device; workers;
-    seed; verbose.
+    i.e. Eigen for NYUv2; "eigen"; "none"); depth_stride (target resolution in cached mode); device; precision
+    ("fp32" | "bf16" | "fp16": autocast of the encoder and head forward passes, bin decoding, loss and depth in
+    float32); workers; seed; verbose.
 
     Learned attributes: ``module_``, ``in_channels_``, ``history_`` (loss per iteration), ``step_times_``,
     ``n_iter_``, ``mode_`` ("online" | "cached"), ``encoder_spec_``, ``train_depth_mean_`` (mean valid
@@ -117,8 +118,8 @@ class LinearDepthHead(DenseHead):
                  max_iters: int = 38400, batch_size: int = 16, warmup_iters: int = 12800,
                  schedule: str = "cosine", crop_size=(416, 544), flip: bool = True, brightness=(0.75, 1.25),
                  inference: str = "whole", slide_crop=(416, 544), slide_stride=(208, 272), tta: bool = True,
-                 eval_crop: str = "auto", depth_stride: int = 4, device="cpu", workers: int = 0, seed: int = 0,
-                 verbose: bool = False):
+                 eval_crop: str = "auto", depth_stride: int = 4, device="cpu", precision: str = "fp32",
+                 workers: int = 0, seed: int = 0, verbose: bool = False):
         self._store(locals())
 
     _choices = {"bins": BINS, "norm": NORMS, "eval_crop": EVAL_CROPS}
@@ -169,7 +170,7 @@ class LinearDepthHead(DenseHead):
         """Patch features [B, C, h, w] -> depth [B, 1, H, W] at ``size``; differentiable."""
         h, w = feats.shape[-2:]
         up = int(self.upsample)
-        logits = self.module_(_upsample(feats.float(), (h * up, w * up)))  # BNHead: upsample, then BN + conv
+        logits = self._head(_upsample(feats.float(), (h * up, w * up)))  # BNHead: upsample, then BN + conv
         return _upsample(decode_bins(logits, self._bins(), self.norm), size)
 
     def depth_from_features(self, feats: torch.Tensor, size=None) -> torch.Tensor:

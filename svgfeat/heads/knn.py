@@ -307,7 +307,7 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         """Top-1/top-5 accuracy (percent) for every k on X (one row per sample).
 
         Returns {"k": {"10": {"top1", "top5"}, ...}, "best": {"k", "top1", "top5"}, "temperature",
-        "backend", "n_train", "n_query"}. "best" is the largest top-1 (ties: smaller k) -- reported for
+        "backend", "n_train", "n_query", "numerics"}. "best" is the largest top-1 (ties: smaller k) -- reported for
         convenience; the DINO protocol reports k=20.
         """
         fm = predict_input(self, X, y, progress=self.progress)
@@ -322,5 +322,8 @@ class KNNClassifier(ScoreMixin, ClassifierMixin, BaseEstimator):
         for k, (p1, p5) in preds.items():
             res[str(k)] = {"top1": float((p1 == yq).mean() * 100), "top5": float((p5 == yq[:, None]).any(1).mean() * 100)}
         bk = max(res, key=lambda s: (res[s]["top1"], -int(s)))
+        from ..numerics import Numerics
+
         return {"k": res, "best": {"k": int(bk), **res[bk]}, "temperature": float(self.temperature),
-                "backend": self.backend_, "n_train": int(len(self.X_)), "n_query": int(len(rows))}
+                "backend": self.backend_, "n_train": int(len(self.X_)), "n_query": int(len(rows)),
+                "numerics": Numerics.for_device(self.device).record()}  # float32 on device, float64 sums

@@ -353,7 +353,7 @@ class LinearProbe(ScoreMixin, ClassifierMixin, BaseEstimator):
 
     def report(self, X_val=None, y_val=None) -> dict:
         """JSON-able summary: {"best": {"head", "lr", "wd", "top1", "top5", ...}, "selection", "note",
-        "heads": [...], "config": {...}}; accuracies in percent. "best" top1/top5 are on val when val
+        "heads": [...], "config": {...}, "numerics": {...}}; accuracies in percent. "best" top1/top5 are on val when val
         accuracies are known (from fit or ``X_val``), else on the held-out split."""
         check_is_fitted(self)
         heads = [dict(h) for h in self.heads_]
@@ -379,7 +379,16 @@ class LinearProbe(ScoreMixin, ClassifierMixin, BaseEstimator):
             cfg["lrs"] = [float(v) for v in np.atleast_1d(cfg["lrs"])]
         cfg["weight_decays"] = [float(v) for v in np.atleast_1d(cfg["weight_decays"])]
         return {"best": out_best, "selection": self.selection_, "note": note, "normalize": self.normalize,
-                "normalize_note": NORMALIZE_NOTES[self.normalize], "heads": heads, "config": cfg}
+                "normalize_note": NORMALIZE_NOTES[self.normalize], "heads": heads, "config": cfg,
+                "numerics": self._numerics_record()}
+
+    def _numerics_record(self) -> dict:
+        """How the heads were computed: float32 on ``device`` (no autocast); a device-resident run's matmul
+        dtype is added as "resident_dtype"."""
+        from ..numerics import Numerics
+
+        rec = Numerics.for_device(self.device).record()
+        return {**rec, "resident_dtype": self.resident_dtype} if self.resident_dtype is not None else rec
 
 
 def _head_name(lr: float, wd: float, with_wd: bool) -> str:

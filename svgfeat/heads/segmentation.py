@@ -48,7 +48,9 @@ class LinearSegHead(DenseHead):
     weight_decay, max_iters, batch_size, warmup_iters, schedule ("cosine" | "poly"); crop_size, base_size
     (short side before jitter, default crop_size), scale_range, flip, cat_max_ratio (online augmentation);
     slide_crop, slide_stride, inference ("slide" | "whole"); mask_stride (cached mode); ignore_index;
-    device; workers (DataLoader processes for online training); seed; verbose.
+    device; precision ("fp32" | "bf16" | "fp16": autocast of the encoder and head forward passes, loss and
+    outputs in float32; see :mod:`svgfeat.heads._dense`); workers (DataLoader processes for online training);
+    seed; verbose.
 
     Learned attributes: ``module_`` (nn.Sequential(BatchNorm2d(C), Conv2d(C, K, 1))), ``classes_``,
     ``num_classes_``, ``in_channels_``, ``history_`` (loss per iteration), ``step_times_`` (seconds per
@@ -64,7 +66,7 @@ class LinearSegHead(DenseHead):
                  base_size: int | None = None, scale_range=(0.5, 2.0), flip: bool = True,
                  cat_max_ratio: float = 0.75, slide_crop: int = 512, slide_stride: int = 341,
                  inference: str = "slide", mask_stride: int = 4, ignore_index: int = 255, device="cpu",
-                 workers: int = 0, seed: int = 0, verbose: bool = False):
+                 precision: str = "fp32", workers: int = 0, seed: int = 0, verbose: bool = False):
         self._store(locals())
 
     _positive, _stride_param = ("crop_size", "mask_stride"), "mask_stride"
@@ -125,7 +127,7 @@ class LinearSegHead(DenseHead):
 
     # ------------------------------------------------------------------ loss and decoding
     def _forward(self, feats: torch.Tensor, size) -> torch.Tensor:
-        return _upsample(self.module_(feats.float()), size)
+        return _upsample(self._head(feats), size)  # float32 logits (the head ran under the autocast)
 
     def _loss_stats(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """[sum of pixel cross-entropies, number of labelled pixels] of this share of the batch."""

@@ -63,7 +63,9 @@ from .recon_metrics import psnr, quantize01, save_sheet
 from .rope_aug import install_rope_rescale, rope_rescale_active
 
 LPIPS_MODES = ("auto", "pretrained", "random", "none")
-# trainer settings that must match when resuming (others, e.g. steps or log_every, may change)
+AE_PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 elsewhere
+# trainer settings that must match when resuming (others, e.g. steps or log_every, may change; the precision is
+# compared through the numerics record)
 RESUME_KEYS = ("size", "batch_size", "seed", "mask_ratio", "rope_rescale", "batch_stats", "disc_ndf", "disc_layers")
 
 
@@ -92,7 +94,7 @@ class AETrainConfig:
     lpips_width_div: int = 1
     vgg_weights: str | None = None
     lpips_weights: str | None = None
-    amp: str = "auto"                     # auto: bf16 autocast on CUDA, fp32 elsewhere | bf16 | fp32
+    precision: str = "auto"               # auto: bf16 autocast on CUDA, fp32 elsewhere | bf16 | fp32
     seed: int = 23
     workers: int = 4
     log_every: int = 50
@@ -117,8 +119,8 @@ class AETrainConfig:
             raise ConfigError(f"reduction={self.reduction!r}: expected one of {REDUCTIONS}")
         if self.lpips not in LPIPS_MODES:
             raise ConfigError(f"lpips={self.lpips!r}: expected one of {LPIPS_MODES}")
-        if self.amp not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"amp={self.amp!r}: expected auto, bf16 or fp32")
+        if self.precision not in AE_PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}: expected auto, bf16 or fp32")
         if self.lpips == "none" and self.perceptual_weight > 0:
             raise ConfigError("lpips='none' needs perceptual_weight=0")
 
@@ -129,17 +131,29 @@ class AETrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def ae_numerics(device, amp: str) -> Numerics:
-    """The run's :class:`Numerics` from ``amp`` (auto: bf16 autocast on CUDA as documented, fp32 elsewhere);
-    recorded in the checkpoint config and summary.json. Refused on a device without float64 (the batch
-    statistics are float64 sums)."""
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``precision`` (auto | fp32 | bf16) -> the Numerics precision: auto = bf16 on CUDA, fp32 elsewhere."""
+    return ("bf16" if device_type == "cuda" else "fp32") if precision == "auto" else precision
+
+
+def ae_numerics(device, precision: str) -> Numerics:
+    """The run's :class:`Numerics` from ``precision`` (auto: bf16 autocast on CUDA as documented, fp32 elsewhere;
+    bf16: autocast wherever :meth:`Numerics.for_device` allows it); recorded in the checkpoint config and
+    summary.json. Refused on a device without float64 (the batch statistics are float64 sums)."""
     device = torch.device(device)
-    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    if use and device.type != "cuda":
-        raise ConfigError("bf16 autocast is only used on CUDA; pass amp='fp32' (--amp fp32) on CPU")
-    num = Numerics.for_device(device, "bf16" if use else "fp32")
+    num = Numerics.for_device(device, resolve_precision(precision, device.type))
     num.require_float64("autoencoder training (float64 batch statistics)")
     return num
+
+
+def saved_precision(saved: dict, device_type: str) -> str:
+    """The precision a checkpoint was trained in: its numerics record, else (older checkpoints) its trainer's
+    ``amp`` setting resolved on this device type."""
+    rec = (saved.get("numerics") or {}).get("precision")
+    if rec:
+        return rec
+    t = saved.get("trainer", {})
+    return resolve_precision(t.get("precision", t.get("amp", "auto")), device_type)
 
 
 @torch.no_grad()
@@ -231,6 +245,14 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
     from .lpips import build_lpips
 
     cfg = config or AETrainConfig()
+    if "amp" in overrides:  # the old name of ``precision``
+        import warnings
+
+        warnings.warn("train_ae(amp=...) is deprecated; use precision=...", DeprecationWarning, stacklevel=2)
+        amp = overrides.pop("amp")
+        if overrides.setdefault("precision", amp) != amp:
+            raise ConfigError(f"amp={amp!r} (deprecated) and precision={overrides['precision']!r} disagree; "
+                              "pass precision only")
     bad = set(overrides) - set(AETrainConfig.__dataclass_fields__)
     if bad:
         raise ConfigError(f"unknown AE training option(s) {sorted(bad)}; "
@@ -238,12 +260,12 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
     cfg = AETrainConfig(**{**asdict(cfg), **overrides})
     cfg.validate()
     check_outputs(planned_outputs(out, cfg), overwrite)
-    ae_numerics(device, cfg.amp)  # a device that is not here (cuda without CUDA) is one error, before setup
+    ae_numerics(device, cfg.precision)  # a device that is not here (cuda without CUDA) is one error, before setup
     info, dev = D.setup(device)
     try:
         if cfg.batch_size % info.world:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {info.world} ranks")
-        numerics = ae_numerics(dev, cfg.amp)
+        numerics = ae_numerics(dev, cfg.precision)
         autocast = numerics.autocast
         dataset = open_dataset(data)
         crops = AECropDataset(dataset, cfg.size)
@@ -299,6 +321,10 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
             if diffs:
                 raise ConfigError(f"cannot resume from {last}: different {', '.join(diffs)}; use a new --out "
                                   "or --no-resume")
+            was = saved_precision(saved, dev.type)
+            if was != numerics.precision:
+                raise ConfigError(f"cannot resume from {last}: it was trained with precision {was}, requested "
+                                  f"{numerics.precision}; pass the same --precision, a new --out, or --no-resume")
             start = load_checkpoint(last, enc, disc, opt_ae, opt_d, info, dev)
         if info.is_main:
             _truncate_log(log_path, start)
