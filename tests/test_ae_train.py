@@ -304,6 +304,7 @@ def test_cli_train_ae_and_eval_recon(tmp_path, capsys):
     assert "rFID skipped" in cap.err
     m = json.loads(js.read_text())
     assert m["n"] == 4 and 0 < m["ssim"] <= 1 and m["psnr"] > 0 and sheet.is_file() and "rfid" not in m
+    assert m["numerics"]["precision"] == "fp32" and m["numerics"]["device_type"] == "cpu"
     # rFID through the FID Inception of `svgfeat fid` (random weights: plumbing only)
     from svgfeat.evaluation.fid import build_fid_inception
 

@@ -37,9 +37,14 @@ def test_encode_and_reconstruct_with_golden_weights(tmp_path, photos):
     enc = svgfeat.load_encoder(dinov3=d, svg=s, svg_config=y)
     ref = enc.encode(svgfeat.preprocess(img, size=64)).latent
     assert torch.allclose(t["latent"], ref, atol=1e-5)
+    from svgfeat.checkpoints import read_safetensors_config
+    from svgfeat.picture_files import image_meta
+
+    assert read_safetensors_config(tmp_path / "f.safetensors")["numerics"]["precision"] == "fp32"
     r = run("reconstruct", img, "-o", tmp_path / "r.png", "--dinov3", d, "--svg", s, "--size", "64")
     assert r.returncode == 0, r.stderr
     assert "PSNR" in r.stdout and Image.open(tmp_path / "r.png").size == (128, 64)
+    assert image_meta(tmp_path / "r.png")["numerics"]["device_type"] == "cpu"
 
 
 def test_extract_stats_info_on_sample(tmp_path):

@@ -34,11 +34,16 @@ def encode(images, out, dinov3, svg, svg_config, model, alignment, device, group
         pil, names = [ds.load(i) for i in range(len(ds))], ds.paths
     else:
         pil, names = list(images), list(images)
+    from ..numerics import Numerics
+
+    num = Numerics.for_device(device)  # fp32, recorded with the features
     x = preprocess(pil, preset=preset, size=size).to(device)
-    f = enc.encode(x, layers=layers_needed(gs) or None)
+    with num.autocast():
+        f = enc.encode(x, layers=layers_needed(gs) or None)
     tensors = {g: f.group(g).float() for g in gs}
     save_safetensors(out, tensors, {"images": [str(n) for n in names], "provenance": enc.provenance,
-                                    "transform": {"preset": preset, "size": size}}, sidecar_json=False)
+                                    "transform": {"preset": preset, "size": size}, "numerics": num.record()},
+                      sidecar_json=False)
     for g, t in tensors.items():
         click.echo(f"{g:<10} {tuple(t.shape)}  mean {t.mean():+.4f}  std {t.std():.4f}")
     click.echo(f"wrote {len(names)} image(s) to {out}")

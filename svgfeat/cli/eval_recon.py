@@ -63,7 +63,9 @@ def eval_recon(data, dinov3, svg, svg_config, model, alignment, device, size, ba
     res = evaluate_reconstruction(enc, dataset, size=size, batch_size=batch_size, device=device, lpips=lp,
                                   inception=inc, limit=limit, sheet=sheet or None, sheet_images=sheet_images,
                                   progress=progress)
-    res["alignment"] = enc.alignment
+    from ..numerics import Numerics
+
+    res["alignment"], res["numerics"] = enc.alignment, Numerics.for_device(device).record()  # fp32
     if enc.alignment == "batch":
         res["alignment_batch"] = batch_size
     for n in notes:
