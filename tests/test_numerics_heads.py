@@ -240,10 +240,11 @@ def test_train_ae_precision_and_the_deprecated_amp_alias(tmp_path, capsys):
     assert code == 0, err
     warn = [ln for ln in err.splitlines() if "--amp" in ln]
     assert len(warn) == 1 and "deprecated" in warn[0] and "--precision bf16" in warn[0]
+    assert "train-ae: bf16 autocast on cpu" in err  # never switched on silently
     s = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert s["numerics"]["precision"] == "bf16"
     code, _, err = run(["train-ae", "sample:photos", "--out", tmp_path / "b", "--precision", "fp32", *AE], capsys)
-    assert code == 0 and "--amp" not in err
+    assert code == 0 and "--amp" not in err and "autocast" not in err
     s = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert s["numerics"]["precision"] == "fp32"
     code, _, err = run(["train-ae", "sample:photos", "--out", tmp_path / "c", *AE], capsys)  # auto: fp32 on the CPU

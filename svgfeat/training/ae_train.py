@@ -329,6 +329,9 @@ def train_ae(data, out, model: str | None = None, backbone: str | None = None, d
         if info.is_main:
             _truncate_log(log_path, start)
         D.barrier(info)
+        if info.is_main and numerics.precision != "fp32":  # never switched on silently (auto: bf16 on CUDA)
+            print(f"train-ae: {numerics.precision} autocast on {numerics.device_type} (--precision {cfg.precision}; "
+                  "recorded in the checkpoints and summary.json; --precision fp32 turns it off)", file=sys.stderr)
 
         sampler = StreamBatchSampler(len(crops), cfg.batch_size, cfg.seed, info.rank, info.world, start,
                                      max(cfg.steps - start, 0))
