@@ -71,25 +71,6 @@ def check_output(path, overwrite: bool = False, what: str = "output file") -> Pa
     return p
 
 
-def check_outputs(paths, overwrite: bool = False, what: str = "output file") -> list[Path]:
-    """:func:`check_output` for every file a run will write, before it starts: one ConfigError naming how many
-    are refused and the first few (a folder of 10,000 PNGs is one line, not 10,000 runs)."""
-    paths, refused = [Path(p) for p in paths], []
-    for p in paths:
-        try:
-            check_output(p, overwrite, what)
-        except ConfigError as e:
-            refused.append((p, e))
-    if len(refused) == 1:
-        raise refused[0][1]
-    if refused:
-        names = ", ".join(p.name for p, _ in refused[:3]) + (", ..." if len(refused) > 3 else "")
-        folder = refused[0][0].parent
-        raise ConfigError(f"{len(refused)} {what}s in {folder} ({names}) exist and were not written by svgfeat; "
-                          "refusing to replace them (pass --overwrite, or choose another path)")
-    return paths
-
-
 def _as_oserror(e: BaseException) -> OSError | None:
     """The OSError behind a failed write: itself, the one a library (torch.save into a file object)
     wrapped in its own error, or the 'os error N' text of safetensors."""

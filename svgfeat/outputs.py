@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from pathlib import Path
 
-from .atomic import check_outputs as _check
-from .atomic import write_bytes_atomic
+from .atomic import check_output, write_bytes_atomic
+from .errors import ConfigError
 
 STREAMS = ("/dev/stdout", "/dev/stderr")
 
@@ -30,10 +31,24 @@ def in_place(path) -> bool:
         return False
 
 
-def check_outputs(paths, overwrite: bool = False, what: str = "output file") -> None:
-    """Refuse, before any work, an output svgfeat did not write (see :func:`svgfeat.atomic.check_output`); None
-    entries (an output not asked for) and streams/devices are skipped."""
-    _check([p for p in paths if p is not None and str(p) != "" and not in_place(p)], overwrite, what)
+def check_outputs(paths, overwrite: bool = False, what: str = "output file") -> list[Path]:
+    """:func:`svgfeat.atomic.check_output` for every file a run will write, before it starts; None entries (an
+    output not asked for) and streams/devices are skipped. One ConfigError names how many are refused and the
+    first few (a folder of 10,000 PNGs is one line, not 10,000 runs)."""
+    paths = [Path(p) for p in paths if p is not None and str(p) != "" and not in_place(p)]
+    refused = []
+    for p in paths:
+        try:
+            check_output(p, overwrite, what)
+        except ConfigError as e:
+            refused.append((p, e))
+    if len(refused) == 1:
+        raise refused[0][1]
+    if refused:
+        names = ", ".join(p.name for p, _ in refused[:3]) + (", ..." if len(refused) > 3 else "")
+        raise ConfigError(f"{len(refused)} {what}s in {refused[0][0].parent} ({names}) exist and were not written "
+                          "by svgfeat; refusing to replace them (pass --overwrite, or choose another path)")
+    return paths
 
 
 def write_output(path, data: str | bytes) -> None:
