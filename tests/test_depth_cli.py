@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from _cli_helpers import run_cli
 from PIL import Image
 
 from conftest import golden_path
@@ -14,15 +15,7 @@ from svgfeat.cli import main
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
 
 
-def run(args, capsys):
-    try:
-        main(args)
-    except SystemExit as e:
-        code = e.code
-    else:
-        code = 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from _cli_helpers import run_cli
 
-from svgfeat.cli import main
 from svgfeat.errors import ConfigError
 from svgfeat.heads._dense import SyncStatsBatchNorm2d
 from svgfeat.heads.depth import LinearDepthHead
@@ -19,15 +19,7 @@ from svgfeat.heads.segmentation import LinearSegHead
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: avoid oversubscription
 
 
-def run(args, capsys):
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    else:
-        code = 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_cli
 
 
 def _feats(n=4, c=16, seed=0):
