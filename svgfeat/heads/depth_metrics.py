@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
-from ._dense import as_numeric
+from ._dense_ops import as_numeric
 
 METRICS = ("rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3")
 LOWER_IS_BETTER = {"rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "silog"}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
-from ._dense import as_numeric
+from ._dense_ops import as_numeric
 
 
 def reduce_zero_label(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
