@@ -108,6 +108,14 @@ def test_eval_imagenet_folder_layout_and_cache_reuse(tmp_path, count_encoder_cal
     assert (out / "cache" / "train" / "manifest.json").read_text() == manifest
     assert json.loads((out / "results.json").read_text())["best"] == res["best"]
 
+    # --precision bf16: the fp32 caches are not reused (refused, one line); --overwrite rebuilds them in bf16
+    assert run(argv + ["--precision", "bf16"]) == 2
+    assert (out / "cache" / "train" / "manifest.json").read_text() == manifest
+    assert run(argv + ["--precision", "bf16", "--overwrite"]) == 0
+    res16 = json.loads((out / "results.json").read_text())
+    assert res16["numerics"]["precision"] == "bf16" and res16["numerics"]["autocast_dtype"] == "bfloat16"
+    assert res16["head_numerics"]["precision"] == "fp32"  # the probe and kNN themselves run in fp32
+
 
 def test_probe_and_knn_commands(tmp_path):
     kw = dict(model="test_tiny", size=32, batch_size=128, progress=False, limit=200)

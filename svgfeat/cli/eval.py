@@ -3,7 +3,7 @@
 import click
 
 from ..evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
-from ._common import encoder_options
+from ._common import encoder_options, precision_option
 from ._types import K_LIST, LIMIT, POSITIVE, SIZE, TEMPERATURE, WORKERS
 from .probe import probe_kwargs, probe_options
 
@@ -58,10 +58,12 @@ def eval_group():
 @click.option("--overwrite", is_flag=True,
               help="Rebuild caches under --out that hold a different extraction (another encoder, transform, "
                    "source ...) and replace report files svgfeat did not write; without it both are refused.")
+@precision_option(("fp32", "bf16"), "Numerics of the extraction (recorded in the caches and results.json); "
+                  "bf16: autocast. The probe and kNN run in fp32.")
 def imagenet(root, train_spec, val_spec, protocol, dinov3, svg, svg_config, model, alignment, device, out, val_labels, size, preset,
              batch_size, workers, train_views, limit, features, probe_batch_size, epochs, iterations, min_iterations,
              lrs, optimizer, wd, select_on, heldout_fraction, normalize, standardize, seed, no_knn, knn_features, ks,
-             temperature, overwrite):
+             temperature, overwrite, precision):
     """Linear probe + kNN on ImageNet-1K (or the embedded sample) under a named protocol."""
     from ..errors import ConfigError
     from ..evaluation.imagenet import run_imagenet_eval
@@ -85,7 +87,8 @@ def imagenet(root, train_spec, val_spec, protocol, dinov3, svg, svg_config, mode
                             alignment=alignment, size=size, preset=preset, batch_size=batch_size, workers=workers,
                             train_views=train_views, device=device, features=specs, knn_features=knn_features,
                             val_labels=val_labels, limit=limit, probe_kwargs=kw, knn=not no_knn, knn_k=k,
-                            temperature=temperature, overwrite=overwrite, train=train_spec, val=val_spec)
+                            temperature=temperature, overwrite=overwrite, train=train_spec, val=val_spec,
+                            precision=precision)
     click.echo(f"protocol {res['protocol']}: {len(res['deviations'])} deviation(s) (see results.md)")
     for spec, r in res["features"].items():
         b = r["probe"]["best"]

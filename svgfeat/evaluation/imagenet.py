@@ -103,7 +103,8 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
                       batch_size: int = 64, workers: int = 0, train_views: int | None = None, device="cpu",
                       features=None, knn_features: str | None = None, val_labels=None, limit: int | None = None,
                       probe_kwargs: dict | None = None, knn: bool = True, knn_k=None, temperature: float | None = None,
-                      progress: bool = True, overwrite: bool = False, train=None, val=None) -> dict:
+                      progress: bool = True, overwrite: bool = False, train=None, val=None,
+                      precision: str = "fp32") -> dict:
     """Run the whole evaluation under a named protocol (see :mod:`svgfeat.evaluation.protocols`);
     returns the results dict also written to ``out/results.json``.
 
@@ -114,7 +115,8 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
 
     The caches under ``out/cache`` follow :func:`svgfeat.extract`'s rule: reused only when the whole request
     matches (encoder name, family and every weight sha256, transform, precision, groups, views, source and
-    limit), otherwise refused with the difference named; ``overwrite`` rebuilds them. The report files
+    limit), otherwise refused with the difference named; ``overwrite`` rebuilds them. ``precision``: the numerics of
+    the extraction (fp32 default; bf16 autocast), recorded as results.json's ``numerics``. The report files
     (results.json, results.md, lr_curve.png) are checked before any work: an existing one svgfeat did not
     write is refused unless ``overwrite``.
     """
@@ -171,7 +173,7 @@ def run_imagenet_eval(root, out, *, protocol: str = DEFAULT_PROTOCOL, dinov3=Non
     groups = extraction_groups(features + [st["knn_features"]], depth)
     common = dict(dinov3=dinov3, svg=svg, svg_config=svg_config, model=model, alignment=alignment,
                   groups=groups, batch_size=batch_size, workers=workers, device=device, limit=limit,
-                  progress=progress, protocol=proto.name, overwrite=overwrite)
+                  progress=progress, protocol=proto.name, overwrite=overwrite, precision=precision)
     train_cache = extract(train_data, out / "cache" / "train", views=int(st["train_views"]), view_seed=seed,
                           preset=st["train_preset"], size=int(st["train_size"]), **common)
     timings["extract_train"] = time.time() - t
