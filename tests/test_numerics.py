@@ -208,3 +208,23 @@ def test_serve_info_records_the_numerics(tmp_path):
     cache = svgfeat.extract("sample:digits/val", tmp_path / "c", encoder=cache, size=64, limit=4, progress=False)
     svc = SearchService(FaissIndex().fit(cache))
     assert Numerics.from_record(svc.info()["numerics"]) == Numerics()
+
+
+def test_image_queries_are_encoded_in_the_precision_of_the_index_cache(tmp_path):
+    from conftest import require_extra
+
+    require_extra("faiss", "faiss")
+    from svgfeat.heads.retrieval import FaissIndex
+    from svgfeat.serve.engine import SearchService
+
+    enc = svgfeat.create_model("test_tiny")
+    cache = svgfeat.extract("sample:digits/val", tmp_path / "c", encoder=enc, size=64, limit=4, progress=False,
+                            groups=["pooled"], precision="bf16")
+    idx = FaissIndex().fit(cache)
+    assert idx.provenance_["numerics"]["precision"] == "bf16"
+    idx.save(tmp_path / "i.faiss")
+    svc = SearchService(tmp_path / "i.faiss", enc)
+    assert svc.numerics.precision == "bf16" and svc.info()["numerics"]["precision"] == "bf16"
+    res = svc.by_image(svgfeat.open_dataset("sample:digits/val").load(2), 1)
+    assert res[0]["id"] == 2  # the query, encoded as its cache row was, finds that row
+    assert SearchService(idx, enc, numerics=Numerics()).numerics.precision == "fp32"  # an explicit choice wins

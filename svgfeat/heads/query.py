@@ -112,7 +112,7 @@ def cache_provenance(cache, group: str) -> dict:
             "cache": str(cache.root), "cache_digest": manifest_digest(cache.manifest),
             "cache_created": cache.manifest.get("created"),
             "dataset_root": ds.get("root"), "dataset_fingerprint": cache.manifest.get("dataset_fingerprint"),
-            "alignment": cache.manifest.get("alignment"),
+            "alignment": cache.manifest.get("alignment"), "numerics": cache.manifest.get("numerics"),
             "weights": {"provenance": cache.manifest.get("provenance"), "request": cache.manifest.get("weights")}}
 
 

@@ -53,15 +53,29 @@ def index_encoder(index_prov, dinov3=None, svg=None, svg_config=None, model=None
     return load_encoder(**args, alignment=align if alignment == "batch" else alignment, device=device)
 
 
+def _query_numerics(index_prov: dict | None, device) -> Numerics:
+    """The cache's extraction precision on ``device`` (fp32 for an older index, or where the device cannot
+    run it: a query differs from its cache row by round-off only)."""
+    from ..errors import ConfigError
+
+    precision = (((index_prov or {}).get("numerics") or {}).get("precision")) or "fp32"
+    try:
+        return Numerics.for_device(device, precision)
+    except ConfigError:
+        return Numerics.for_device(device)
+
+
 class SearchService:
     """Answers queries against one index (global :class:`FaissIndex` or :class:`PatchIndex`).
 
     ``encoder`` (optional) encodes image queries; its spec must match the index provenance (checked here)."""
 
     def __init__(self, index, encoder=None, device="cpu", numerics: Numerics | None = None):
-        self.numerics = numerics or Numerics.for_device(device)  # image queries are encoded under it
         if isinstance(index, (str, Path)):
             index = load_any(index, device=device)
+        # image queries are encoded under it: by default the precision the index's cache was extracted in
+        self.numerics = numerics or _query_numerics((index.index_ if isinstance(index, PatchIndex) else index)
+                                                    .provenance_, device)
         self.index, self.encoder, self.device = index, encoder, device
         self.patch = isinstance(index, PatchIndex)
         self.flat = index.index_ if self.patch else index
