@@ -22,11 +22,12 @@ STREAMS = ("/dev/stdout", "/dev/stderr")
 
 
 def in_place(path) -> bool:
-    """``path`` is a standard stream or a character device: written in place."""
+    """``path`` is a standard stream or a character device (itself, not a link to one: the write opens it with
+    O_NOFOLLOW, and a link goes through :func:`svgfeat.atomic.check_output` like any other): written in place."""
     if str(path) in STREAMS:
         return True
     try:
-        return stat.S_ISCHR(os.stat(path).st_mode)
+        return stat.S_ISCHR(os.lstat(path).st_mode)
     except (OSError, ValueError):
         return False
 

@@ -90,8 +90,9 @@ def expand_pattern(spec: str) -> list[str] | None:
     return None
 
 
-def files_of(spec, suffixes: tuple) -> list[str]:
-    """The files a spec names: one file, a pattern, or a folder holding only such files (sorted)."""
+def files_of(spec, suffixes: tuple, in_folder=None) -> list[str]:
+    """The files a spec names: one file, a pattern, or a folder holding only such files (sorted; ``in_folder(files,
+    folder)`` may narrow a folder's listing or refuse it, e.g. a folder holding several splits)."""
     s = str(spec)
     found = expand_pattern(s)
     if found is None:
@@ -100,6 +101,7 @@ def files_of(spec, suffixes: tuple) -> list[str]:
             found = [s]
         elif p.is_dir():
             found = folder_files(p, suffixes)
+            found = in_folder(found, p) if in_folder else found
         else:
             raise DataError(f"dataset not found: {s}")
     bad = [f for f in found if not f.lower().endswith(suffixes)]

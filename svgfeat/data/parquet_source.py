@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .container import ContainerDataset, common_root, expand_pattern, folder_files
+from .container import ContainerDataset, common_root, files_of
 
 SPLIT_FILE = re.compile(r"^(?P<split>.+?)-\d+-of-\d+\.(parquet|arrow)$")
 
@@ -175,20 +175,7 @@ class TableDataset(ContainerDataset):
 
 
 def open_parquet(spec) -> TableDataset:
-    s = str(spec)
-    files = expand_pattern(s)
-    if files is None:
-        p = Path(s)
-        if p.is_file():
-            files = [s]
-        elif p.is_dir():
-            files = one_split(folder_files(p, (".parquet",)), p)
-        else:
-            raise DataError(f"dataset not found: {s}")
-    bad = [f for f in files if not f.endswith(".parquet")]
-    if bad:
-        raise DataError(f"{bad[0]} is not a .parquet file (in {s})")
-    return TableDataset([os.path.abspath(f) for f in files], s, "parquet")
+    return TableDataset(files_of(spec, (".parquet",), in_folder=one_split), str(spec), "parquet")
 
 
 def is_saved_dataset(p: Path) -> bool:
